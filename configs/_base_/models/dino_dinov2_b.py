@@ -1,0 +1,66 @@
+# DINO-4scale on a frozen DINOv2 ViT-B/16 with ViTDet's simple feature pyramid
+# (../shared/docs/RECIPE.md "Model"). mmdet's DINO, DINOHead and CdnQueryGenerator.
+embed_dim = 768
+model = dict(
+    type='DINO',
+    num_queries=900,
+    with_box_refine=True,
+    as_two_stage=True,
+    num_feature_levels=4,
+    data_preprocessor=dict(
+        type='DetDataPreprocessor',
+        mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375],
+        bgr_to_rgb=True,
+        pad_size_divisor=16),
+    backbone=dict(
+        type='TimmDinov2',
+        model_name='vit_base_patch14_dinov2.lvd142m',
+        pretrained=True,
+        patch_size=16,
+        out_indices=(-1, ),
+        final_norm=False,
+        frozen=True),
+    neck=[
+        dict(type='SimpleFeaturePyramid', in_channels=embed_dim, out_channels=256,
+             scale_factors=(2.0, 1.0, 0.5), top_block=True),
+        dict(type='ChannelMapper', in_channels=[256, 256, 256, 256], kernel_size=1,
+             out_channels=256, act_cfg=None, norm_cfg=dict(type='GN', num_groups=32),
+             num_outs=4),
+    ],
+    encoder=dict(
+        num_layers=6,
+        layer_cfg=dict(
+            self_attn_cfg=dict(embed_dims=256, num_levels=4, dropout=0.0),
+            ffn_cfg=dict(embed_dims=256, feedforward_channels=2048, ffn_drop=0.0))),
+    decoder=dict(
+        num_layers=6,
+        return_intermediate=True,
+        layer_cfg=dict(
+            self_attn_cfg=dict(embed_dims=256, num_heads=8, dropout=0.0),
+            cross_attn_cfg=dict(embed_dims=256, num_levels=4, dropout=0.0),
+            ffn_cfg=dict(embed_dims=256, feedforward_channels=2048, ffn_drop=0.0)),
+        post_norm_cfg=None),
+    # detrex's sine embedding: temperature 10000, normalised, offset -0.5
+    positional_encoding=dict(num_feats=128, normalize=True, offset=-0.5, temperature=10000),
+    bbox_head=dict(
+        type='DINOHead',
+        num_classes=80,
+        sync_cls_avg_factor=True,
+        loss_cls=dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
+                      loss_weight=1.0),
+        loss_bbox=dict(type='L1Loss', loss_weight=5.0),
+        loss_iou=dict(type='GIoULoss', loss_weight=2.0)),
+    dn_cfg=dict(
+        label_noise_scale=0.5,
+        box_noise_scale=1.0,
+        group_cfg=dict(dynamic=True, num_groups=None, num_dn_queries=100)),
+    train_cfg=dict(
+        assigner=dict(
+            type='HungarianAssigner',
+            match_costs=[
+                dict(type='FocalLossCost', weight=2.0),
+                dict(type='BBoxL1Cost', weight=5.0, box_format='xywh'),
+                dict(type='IoUCost', iou_mode='giou', weight=2.0)
+            ])),
+    test_cfg=dict(max_per_img=300))

@@ -1,0 +1,5 @@
+# DINO-4scale, frozen DINOv2 ViT-S/16, COCO 2017, 50 epochs (lr drop after 40).
+_base_ = [
+    './_base_/models/dino_dinov2_s.py', './_base_/datasets/coco_detection.py',
+    './_base_/schedules/schedule_50e.py', './_base_/default_runtime.py'
+]

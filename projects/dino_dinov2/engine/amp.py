@@ -1,0 +1,41 @@
+"""Mixed precision that picks its dtype and also runs on the CPU."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from mmengine.optim import AmpOptimWrapper
+from mmengine.registry import OPTIM_WRAPPERS
+
+
+def preferred_amp_dtype() -> str:
+    """'bfloat16' where the hardware has it (Ampere+ GPUs, CPUs), else 'float16'."""
+    if torch.cuda.is_available():
+        return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
+    return 'bfloat16'
+
+
+@OPTIM_WRAPPERS.register_module()
+class AutoAmpOptimWrapper(AmpOptimWrapper):
+    """mmengine's ``AmpOptimWrapper`` with ``dtype='auto'`` and CPU support.
+
+    mmengine's wrapper refuses to start without an accelerator; on the CPU autocast
+    runs in bfloat16 and no loss scaling is needed, so the check is skipped there.
+    bfloat16 has float32's range: the loss scaler is only used for float16.
+    """
+
+    def __init__(self, loss_scale='dynamic', dtype: Optional[str] = 'auto', **kwargs):
+        if dtype == 'auto':
+            dtype = preferred_amp_dtype()
+        if torch.cuda.is_available():
+            super().__init__(loss_scale=loss_scale, dtype=dtype, **kwargs)
+        else:
+            # mmengine asserts an accelerator; build the plain wrapper, then add
+            # what AmpOptimWrapper's methods use.
+            from mmengine.optim import OptimWrapper
+            OptimWrapper.__init__(self, **kwargs)
+            self._scale_update_param = None
+            self.loss_scaler = torch.amp.GradScaler('cpu', enabled=False)
+            self.cast_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        if self.cast_dtype == torch.bfloat16 and torch.cuda.is_available():
+            self.loss_scaler = torch.amp.GradScaler('cuda', enabled=False)

@@ -1,0 +1,10 @@
+from .deformable_attention import (Float32SafeMSDAFunction, float32_safe_msda_pytorch,
+                                   install_float32_safe_msda)
+from .simple_feature_pyramid import LN2d, SimpleFeaturePyramid
+from .timm_dinov2 import DINOV2_MODELS, TimmDinov2, WeightFileError, load_weight_file
+
+__all__ = [
+    'TimmDinov2', 'SimpleFeaturePyramid', 'LN2d', 'DINOV2_MODELS', 'WeightFileError',
+    'load_weight_file', 'Float32SafeMSDAFunction', 'float32_safe_msda_pytorch',
+    'install_float32_safe_msda'
+]
