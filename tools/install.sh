@@ -19,12 +19,44 @@ PIP=("$PYTHON" -m pip install --disable-pip-version-check)
 say() { printf '[install] %s\n' "$*"; }
 die() { printf '[install] ERROR: %s\n' "$*" >&2; exit 1; }
 py_ok() { "$PYTHON" - <<<"$1" >/dev/null 2>&1; }
+# True when every requirement in the given files is installed at a matching version
+# (lets a second install skip pip's resolver entirely).
+satisfied() {
+    "$PYTHON" - "$@" <<'PY' >/dev/null 2>&1
+import sys
+from importlib.metadata import version
+from packaging.requirements import Requirement
+for path in sys.argv[1:]:
+    for line in open(path):
+        line = line.split('#')[0].strip()
+        if line:
+            req = Requirement(line)
+            assert req.specifier.contains(version(req.name), prereleases=True), line
+PY
+}
 
 start=$(date +%s)
 
+# What works already (one interpreter start: importing torch takes seconds).
+probe() {
+    "$PYTHON" - <<'PY' 2>/dev/null || true
+def ok(code):
+    try:
+        exec(code, {})
+        return 1
+    except Exception:
+        return 0
+print('TORCH_OK=%d' % ok('import torch, torchvision.ops'))
+print('MMCV_OK=%d' % ok("import mmcv, mmcv.ops; assert mmcv.__version__ == '2.1.0'; "
+                        "from mmcv.ops import MultiScaleDeformableAttention"))
+PY
+}
+TORCH_OK=0 MMCV_OK=0
+eval "$(probe)"
+
 # 1. torch + torchvision that import together.
-if py_ok "import torch, torchvision.ops"; then
-    say "keeping torch $("$PYTHON" -c 'import torch; print(torch.__version__)') (torchvision imports)"
+if [ "$TORCH_OK" = 1 ]; then
+    say "keeping torch $("$PYTHON" -c 'import importlib.metadata as m; print(m.version("torch"))') (torchvision imports)"
 elif py_ok "import torch" && [ -n "$("$PYTHON" -c 'import torch; print(torch.version.cuda or "")' 2>/dev/null)" ]; then
     # A CUDA torch without a matching torchvision: add torchvision for exactly this torch.
     tv=$("$PYTHON" -c 'import torch; print(torch.__version__.split("+")[0])')
@@ -38,14 +70,16 @@ else
     "${PIP[@]}" --isolated --cert "${PIP_CERT:-$("$PYTHON" -c 'import certifi; print(certifi.where())' 2>/dev/null || echo /etc/ssl/certs/ca-certificates.crt)}" \
         "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" "setuptools>=77,<82"
 fi
-py_ok "import torchvision.ops" || die "torch and torchvision do not import together: $("$PYTHON" -c 'import torchvision.ops' 2>&1 | tail -n 1)"
+if [ "$TORCH_OK" != 1 ]; then
+    py_ok "import torchvision.ops" || die "torch and torchvision do not import together: $("$PYTHON" -c 'import torchvision.ops' 2>&1 | tail -n 1)"
+fi
 
 # 2. Build tools (mmcv's setup.py and mmengine import pkg_resources: setuptools < 82).
-"${PIP[@]}" -q -r "$ROOT/requirements/build.txt"
-"${PIP[@]}" -q "mmengine==0.10.7"
+satisfied "$ROOT/requirements/build.txt" || "${PIP[@]}" -q -r "$ROOT/requirements/build.txt"
+py_ok "import mmengine; assert mmengine.__version__ == '0.10.7'" || "${PIP[@]}" -q "mmengine==0.10.7"
 
 # 3. mmcv with compiled ops (12-25 minutes the first time on 2 cores; cached afterwards).
-if py_ok "import mmcv, mmcv.ops; assert mmcv.__version__ == '2.1.0'; from mmcv.ops import MultiScaleDeformableAttention"; then
+if [ "$MMCV_OK" = 1 ]; then
     say "keeping mmcv 2.1.0 with ops"
 else
     say "building mmcv 2.1.0 with ops (first time: 12-25 minutes on 2 cores)"
@@ -53,13 +87,25 @@ else
 fi
 
 # 4. The rest, then the project itself (editable).
-"${PIP[@]}" -q -r "$ROOT/requirements/runtime.txt"
-if [ "${WITH_TESTS:-0}" = 1 ]; then "${PIP[@]}" -q -r "$ROOT/requirements/tests.txt"; fi
-"${PIP[@]}" -q --no-build-isolation --no-deps -e "$ROOT"
+reqs=("$ROOT/requirements/runtime.txt")
+if [ "${WITH_TESTS:-0}" = 1 ]; then reqs+=("$ROOT/requirements/tests.txt"); fi
+satisfied "${reqs[@]}" || "${PIP[@]}" -q "${reqs[@]/#/-r}"
+# the project itself, editable (so mmdet's own tools can import projects.dino_dinov2)
+where=$(cd / && "$PYTHON" -c 'import importlib.util as u, os; s = u.find_spec("projects.dino_dinov2"); print(os.path.dirname(os.path.dirname(os.path.dirname(s.origin))))' 2>/dev/null || true)
+[ "$where" = "$ROOT" ] || "${PIP[@]}" -q --no-build-isolation --no-deps -e "$ROOT"
 
 # 5. Check every piece and name the broken one.
-for mod in torchvision.ops timm mmcv.ops mmdet mmengine pycocotools wandb projects.dino_dinov2; do
-    err=$(cd "$ROOT" && "$PYTHON" -c "import $mod" 2>&1 | tail -n 1) || die "import $mod failed: $err"
-done
-"$PYTHON" -c "import torch, torchvision, mmcv, mmdet, mmengine, timm; print('[install] ok: torch', torch.__version__, '| torchvision', torchvision.__version__, '| mmcv', mmcv.__version__, '| mmengine', mmengine.__version__, '| mmdet', mmdet.__version__, '| timm', timm.__version__)"
+(cd / && "$PYTHON" - <<'PY') || die "the installation is broken (see the line above)"
+import importlib, sys
+for mod in ('torchvision.ops', 'timm', 'mmcv.ops', 'mmdet', 'mmengine', 'pycocotools.coco',
+            'wandb', 'projects.dino_dinov2'):
+    try:
+        importlib.import_module(mod)
+    except Exception as e:
+        sys.exit(f'[install] ERROR: import {mod} failed: {type(e).__name__}: {e}')
+import torch, torchvision, mmcv, mmdet, mmengine, timm
+print('[install] ok: torch', torch.__version__, '| torchvision', torchvision.__version__,
+      '| mmcv', mmcv.__version__, '| mmengine', mmengine.__version__, '| mmdet',
+      mmdet.__version__, '| timm', timm.__version__)
+PY
 say "done in $(( $(date +%s) - start )) s"
