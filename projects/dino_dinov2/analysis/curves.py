@@ -1,0 +1,546 @@
+"""Learning curves: read MMEngine logs and W&B CSV exports, plot AP and loss.
+
+Two sources, one model (:class:`RunLog`):
+
+- MMEngine's ``<work_dir>/<timestamp>/vis_data/scalars.json`` (JSON lines). Training
+  lines hold ``loss``, ``lr``, ``iter`` (global, 1-based), ``epoch`` (epoch loops only)
+  and ``step``; validation lines hold ``coco/bbox_mAP``, ``coco/bbox_mAP_50``, ... and
+  ``step`` (the epoch for epoch loops, the iteration otherwise). Keys may carry a
+  ``train/``/``val/`` prefix (``log_with_hierarchy=True``).
+- W&B CSV exports, either a panel export (``Step``, ``<run> - bbox/AP``,
+  ``<run> - bbox/AP__MIN``, ...; one run per ``<run> -`` prefix) or a history export
+  (``_step``, ``bbox/AP``, ``total_loss``, ``lr``); detectron2/detrex metric names.
+
+AP is kept in percent: mmdet's ``coco/bbox_mAP`` (a fraction) is multiplied by 100,
+detectron2's ``bbox/AP`` already is a percentage, so runs of both can share a plot.
+Plotting uses matplotlib's Agg backend; nothing here imports torch or mmdet.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import math
+import os
+import os.path as osp
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+
+
+class CurveDataError(ValueError):
+    """A log or CSV that cannot be read as learning curves (message names file and key)."""
+
+
+# Canonical metric names -> mmdet (fraction) and detectron2 (percent) spellings.
+MMDET_AP_KEYS = {
+    'coco/bbox_mAP': 'AP', 'coco/bbox_mAP_50': 'AP50', 'coco/bbox_mAP_75': 'AP75',
+    'coco/bbox_mAP_s': 'APs', 'coco/bbox_mAP_m': 'APm', 'coco/bbox_mAP_l': 'APl',
+}
+D2_AP_KEYS = {
+    'bbox/AP': 'AP', 'bbox/AP50': 'AP50', 'bbox/AP75': 'AP75',
+    'bbox/APs': 'APs', 'bbox/APm': 'APm', 'bbox/APl': 'APl',
+}
+LOSS_KEYS = ('loss', 'total_loss')  # mmengine, detectron2
+LR_KEYS = ('lr', )
+STEP_COLUMNS = ('step', '_step', 'iteration', 'iter', 'global_step', 'trainer/global_step')
+
+
+@dataclass
+class Series:
+    """One curve. ``iters``/``epochs`` are NaN where the log does not say.
+
+    Attributes:
+        iters: global training iteration (1-based, after that many optimizer steps).
+        epochs: epoch (may be fractional for W&B logs converted with iters per epoch).
+        values: the metric (AP in percent, loss, lr).
+    """
+    iters: np.ndarray
+    epochs: np.ndarray
+    values: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def has_iters(self) -> bool:
+        return len(self) > 0 and bool(np.all(np.isfinite(self.iters)))
+
+    def has_epochs(self) -> bool:
+        return len(self) > 0 and bool(np.all(np.isfinite(self.epochs)))
+
+    def x(self, axis: str) -> np.ndarray:
+        """``axis`` 'iter' or 'epoch'."""
+        return self.iters if axis == 'iter' else self.epochs
+
+    def to_dict(self) -> dict:
+        return dict(iter=_json_list(self.iters), epoch=_json_list(self.epochs),
+                    value=_json_list(self.values))
+
+
+@dataclass
+class RunLog:
+    """The curves of one training run.
+
+    Attributes:
+        name: legend label.
+        source: the file read.
+        val: canonical metric name ('AP', 'AP50', ...) -> series (AP in percent).
+        train: 'loss', 'lr' and any other training scalars -> series.
+        iters_per_epoch: from the log (epoch loops) or given by the user; None if unknown.
+    """
+    name: str
+    source: str
+    val: Dict[str, Series] = field(default_factory=dict)
+    train: Dict[str, Series] = field(default_factory=dict)
+    iters_per_epoch: Optional[int] = None
+
+    def metric(self, name: str = 'AP') -> Series:
+        if name not in self.val:
+            have = ', '.join(sorted(self.val)) or 'none'
+            raise CurveDataError(f'{self.source}: no validation metric {name!r} '
+                                 f'(metrics found: {have})')
+        return self.val[name]
+
+    def set_iters_per_epoch(self, iters_per_epoch: int) -> None:
+        """Fill in the missing axis of every series (iters <-> epochs)."""
+        if iters_per_epoch <= 0:
+            raise CurveDataError(f'iters per epoch must be positive, got {iters_per_epoch}')
+        self.iters_per_epoch = int(iters_per_epoch)
+        for s in list(self.val.values()) + list(self.train.values()):
+            missing_it = ~np.isfinite(s.iters)
+            s.iters[missing_it] = s.epochs[missing_it] * iters_per_epoch
+            missing_ep = ~np.isfinite(s.epochs)
+            s.epochs[missing_ep] = s.iters[missing_ep] / iters_per_epoch
+
+    def to_dict(self) -> dict:
+        return dict(name=self.name, source=self.source, iters_per_epoch=self.iters_per_epoch,
+                    val={k: v.to_dict() for k, v in self.val.items()},
+                    train={k: v.to_dict() for k, v in self.train.items()})
+
+
+def _json_list(a: np.ndarray) -> list:
+    return [float(v) if np.isfinite(v) else None for v in np.asarray(a, dtype=float)]
+
+
+def _series(iters: Sequence[float], epochs: Sequence[float], values: Sequence[float]
+            ) -> Series:
+    return Series(np.asarray(iters, dtype=float), np.asarray(epochs, dtype=float),
+                  np.asarray(values, dtype=float))
+
+
+# ---------------------------------------------------------------------------- finding
+
+def find_scalars_json(work_dir: str) -> str:
+    """The newest ``<timestamp>/vis_data/scalars.json`` of an MMEngine work dir.
+
+    Timestamp folders (``YYYYmmdd_HHMMSS``) sort in time order; ties go to the newer file.
+    Also accepts a timestamp folder itself.
+    """
+    candidates = glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json'))
+    candidates += glob.glob(osp.join(work_dir, 'vis_data', 'scalars.json'))
+    candidates += glob.glob(osp.join(work_dir, 'scalars.json'))
+    if not candidates:
+        raise CurveDataError(f'{work_dir}: no */vis_data/scalars.json inside; pass an '
+                             'MMEngine work dir, a scalars.json or a W&B CSV')
+    return max(candidates,
+               key=lambda p: (osp.basename(osp.dirname(osp.dirname(p))), osp.getmtime(p)))
+
+
+def _run_name_for(path: str, scalars: str) -> str:
+    if osp.isdir(path):
+        return osp.basename(osp.normpath(path))
+    # <work_dir>/<timestamp>/vis_data/scalars.json -> work dir name
+    parts = osp.normpath(osp.abspath(scalars)).split(os.sep)
+    if len(parts) >= 4 and parts[-2] == 'vis_data':
+        return parts[-4]
+    return osp.splitext(osp.basename(path))[0]
+
+
+# ---------------------------------------------------------------------------- MMEngine
+
+def _strip_prefix(key: str) -> str:
+    for prefix in ('train/', 'val/'):
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return key
+
+
+def infer_iters_per_epoch(iters: Sequence[float], epochs: Sequence[float]) -> Optional[int]:
+    """Iterations per epoch consistent with every (global iter, epoch) training line.
+
+    A line logged at global iteration ``i`` in epoch ``e`` (both 1-based) satisfies
+    ``(e - 1) * n < i <= e * n``. MMEngine logs the last iteration of every epoch, so
+    the smallest ``n`` allowed is the answer; None when no ``n`` fits (e.g. a resumed run
+    that changed the batch size).
+    """
+    it = np.asarray(iters, dtype=float)
+    ep = np.asarray(epochs, dtype=float)
+    ok = np.isfinite(it) & np.isfinite(ep) & (ep >= 1)
+    if not ok.any():
+        return None
+    it, ep = it[ok], ep[ok]
+    n = int(math.ceil(np.max(it / ep) - 1e-9))
+    if n < 1 or np.any((ep - 1) * n >= it):
+        return None
+    return n
+
+
+def load_scalars_json(path: str, name: Optional[str] = None) -> RunLog:
+    """Read MMEngine's ``vis_data/scalars.json`` (one JSON object per line)."""
+    train_rows, val_rows = [], []
+    with open(path) as f:
+        lines = f.read().splitlines()
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if lineno == len(lines):  # a line still being written by a live run
+                break
+            raise CurveDataError(f'{path}:{lineno}: not a JSON line ({e.msg})') from None
+        if not isinstance(row, dict):
+            raise CurveDataError(f'{path}:{lineno}: expected a JSON object')
+        row = {_strip_prefix(k): v for k, v in row.items()}
+        if any(k in row for k in MMDET_AP_KEYS):
+            val_rows.append(row)
+        elif any(k in row for k in LOSS_KEYS + LR_KEYS):
+            train_rows.append(row)
+    if not train_rows and not val_rows:
+        raise CurveDataError(f'{path}: no training (loss, lr) or validation '
+                             '(coco/bbox_mAP) lines')
+
+    by_epoch = any('epoch' in r for r in train_rows)
+    run = RunLog(name=name or _run_name_for(path, path), source=path)
+
+    t_iters = [_num(r.get('iter', r.get('step')), path, 'iter') for r in train_rows]
+    t_epochs = [_num(r.get('epoch', math.nan), path, 'epoch') for r in train_rows]
+    keys: List[str] = []
+    for r in train_rows:
+        keys += [k for k in r if k not in keys]
+    for key in keys:
+        if key in ('iter', 'epoch', 'step', 'time', 'data_time', 'eta', 'memory'):
+            continue
+        idx = [i for i, r in enumerate(train_rows) if key in r]
+        if not idx or not all(_is_number(train_rows[i][key]) for i in idx):
+            continue
+        run.train[key] = _series([t_iters[i] for i in idx], [t_epochs[i] for i in idx],
+                                 [_num(train_rows[i][key], path, key) for i in idx])
+    if 'total_loss' in run.train and 'loss' not in run.train:
+        run.train['loss'] = run.train.pop('total_loss')
+
+    for key, canon in MMDET_AP_KEYS.items():
+        rows = [r for r in val_rows if key in r]
+        if not rows:
+            continue
+        steps = [_num(r.get('step'), path, 'step') for r in rows]
+        vals = [100.0 * _num(r[key], path, key) for r in rows]
+        if by_epoch:
+            run.val[canon] = _series([math.nan] * len(rows), steps, vals)
+        else:
+            run.val[canon] = _series(steps, [math.nan] * len(rows), vals)
+
+    if by_epoch and 'loss' in run.train:
+        ipe = infer_iters_per_epoch(run.train['loss'].iters, run.train['loss'].epochs)
+        if ipe:
+            run.set_iters_per_epoch(ipe)
+    return run
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _num(v, path: str, key: str) -> float:
+    if v is None:
+        return math.nan
+    if not _is_number(v):
+        raise CurveDataError(f'{path}: {key!r} is not a number: {v!r}')
+    return float(v)
+
+
+# ---------------------------------------------------------------------------- W&B CSV
+
+def parse_float(text: str, path: str, column: str, row: int) -> float:
+    """A CSV cell as float, None for an empty cell; anything else is an error."""
+    text = text.strip()
+    if text == '':
+        return None  # type: ignore[return-value]
+    try:
+        return float(text)
+    except ValueError:
+        raise CurveDataError(f'{path}: column {column!r} row {row}: not a number: '
+                             f'{text!r}') from None
+
+
+def _canonical_column(col: str) -> Optional[str]:
+    if col in D2_AP_KEYS:
+        return D2_AP_KEYS[col]
+    if col in MMDET_AP_KEYS:  # an mmdet run logged to W&B keeps its own key
+        return MMDET_AP_KEYS[col]
+    for key in ('val/' + k for k in MMDET_AP_KEYS):
+        if col == key:
+            return MMDET_AP_KEYS[key[4:]]
+    if col in ('loss', 'total_loss', 'train/loss'):
+        return 'loss'
+    if col in ('lr', 'train/lr'):
+        return 'lr'
+    return None
+
+
+def read_csv_table(path: str) -> tuple:
+    """(header, rows) of a CSV file; raises CurveDataError on an empty file."""
+    with open(path, newline='') as f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise CurveDataError(f'{path}: empty CSV file') from None
+        rows = [r for r in reader if any(c.strip() for c in r)]
+    return [h.strip() for h in header], rows
+
+
+def find_step_column(header: Sequence[str], path: str, x_column: Optional[str] = None) -> int:
+    if x_column is not None:
+        if x_column not in header:
+            raise CurveDataError(f'{path}: no column {x_column!r} (columns: '
+                                 f'{", ".join(header)})')
+        return header.index(x_column)
+    lowered = [h.lower() for h in header]
+    for name in STEP_COLUMNS:
+        if name in lowered:
+            return lowered.index(name)
+    raise CurveDataError(f'{path}: no step column (one of {", ".join(STEP_COLUMNS)}); '
+                         'name it with --x-column')
+
+
+def load_wandb_csv(path: str, iters_per_epoch: Optional[int] = None,
+                   name: Optional[str] = None) -> List[RunLog]:
+    """Runs of a W&B CSV export (x = ``Step``/``_step``, an iteration count).
+
+    A panel export with several ``<run> - bbox/AP`` columns gives one run per prefix.
+    ``__MIN``/``__MAX`` columns (W&B's range shading) are ignored; empty cells (a metric
+    not logged at that step) are skipped; a cell that is not a number is an error.
+    """
+    header, rows = read_csv_table(path)
+    step_idx = find_step_column(header, path)
+    runs: Dict[str, Dict[str, tuple]] = {}
+    for idx, col in enumerate(header):
+        if idx == step_idx or col.endswith('__MIN') or col.endswith('__MAX'):
+            continue
+        run_name, metric = (col.split(' - ', 1) if ' - ' in col else ('', col))
+        canon = _canonical_column(metric.strip())
+        if canon is None:
+            continue
+        xs, ys = [], []
+        for r_i, row in enumerate(rows, 2):
+            if idx >= len(row):
+                continue
+            y = parse_float(row[idx], path, col, r_i)
+            if y is None:
+                continue
+            x = parse_float(row[step_idx] if step_idx < len(row) else '', path,
+                            header[step_idx], r_i)
+            if x is None:
+                raise CurveDataError(f'{path}: row {r_i}: {col!r} has a value but the '
+                                     f'step column {header[step_idx]!r} is empty')
+            xs.append(x)
+            ys.append(y)
+        if metric.strip() in MMDET_AP_KEYS or metric.strip().startswith('val/coco/'):
+            ys = [100.0 * y for y in ys]
+        runs.setdefault(run_name.strip(), {})[canon] = (xs, ys)
+    if not runs:
+        raise CurveDataError(f'{path}: no AP (bbox/AP, coco/bbox_mAP), loss (total_loss, '
+                             f'loss) or lr column among: {", ".join(header)}')
+    out = []
+    default = name or osp.splitext(osp.basename(path))[0]
+    for run_name, metrics in runs.items():
+        run = RunLog(name=run_name or default, source=path)
+        for canon, (xs, ys) in metrics.items():
+            s = _series(xs, [math.nan] * len(xs), ys)
+            (run.train if canon in ('loss', 'lr') else run.val)[canon] = s
+        if iters_per_epoch:
+            run.set_iters_per_epoch(iters_per_epoch)
+        out.append(run)
+    return out
+
+
+# ---------------------------------------------------------------------------- dispatch
+
+def load_runs(path: str, iters_per_epoch: Optional[int] = None,
+              name: Optional[str] = None) -> List[RunLog]:
+    """Runs in ``path``: an MMEngine work dir (newest run), a scalars.json or a W&B CSV."""
+    if not osp.exists(path):
+        raise CurveDataError(f'{path}: no such file or directory')
+    if osp.isdir(path):
+        scalars = find_scalars_json(path)
+        runs = [load_scalars_json(scalars, name=name or _run_name_for(path, scalars))]
+    elif path.lower().endswith('.csv'):
+        runs = load_wandb_csv(path, iters_per_epoch=iters_per_epoch, name=name)
+    else:
+        runs = [load_scalars_json(path, name=name)]
+    if iters_per_epoch:
+        for run in runs:
+            run.set_iters_per_epoch(iters_per_epoch)
+    return runs
+
+
+def load_many(paths: Iterable[str], labels: Optional[Sequence[str]] = None,
+              iters_per_epoch: Optional[int] = None) -> List[RunLog]:
+    """Runs of several inputs, names made unique for the legend."""
+    paths = list(paths)
+    if labels is not None and len(labels) != len(paths):
+        raise CurveDataError(f'{len(labels)} labels for {len(paths)} inputs')
+    runs: List[RunLog] = []
+    for i, path in enumerate(paths):
+        runs += load_runs(path, iters_per_epoch, labels[i] if labels else None)
+    seen: Dict[str, int] = {}
+    for run in runs:
+        if run.name in seen:
+            seen[run.name] += 1
+            run.name = f'{run.name} ({seen[run.name]})'
+        else:
+            seen[run.name] = 1
+    return runs
+
+
+# ---------------------------------------------------------------------------- plotting
+
+def smooth(values: Sequence[float], window: int) -> np.ndarray:
+    """Trailing moving average over ``window`` points, NaN-aware (NaNs are skipped)."""
+    v = np.asarray(values, dtype=float)
+    if window <= 1 or len(v) == 0:
+        return v.copy()
+    finite = np.isfinite(v)
+    csum = np.concatenate([[0.0], np.cumsum(np.where(finite, v, 0.0))])
+    ccnt = np.concatenate([[0], np.cumsum(finite)])
+    hi = np.arange(1, len(v) + 1)
+    lo = np.maximum(hi - window, 0)
+    cnt = ccnt[hi] - ccnt[lo]
+    with np.errstate(invalid='ignore', divide='ignore'):
+        return np.where(cnt > 0, (csum[hi] - csum[lo]) / np.maximum(cnt, 1), np.nan)
+
+
+def default_smooth_window(n: int) -> int:
+    """About 1/20 of the points, at least 1."""
+    return max(1, n // 20)
+
+
+def choose_axis(runs: Sequence[RunLog], metric: str = 'AP', axis: str = 'auto') -> str:
+    """'epoch' when every run's AP has epochs (auto), else 'iter'; errors name the run."""
+    series = [(r, r.val[metric]) for r in runs if metric in r.val]
+    if axis == 'auto':
+        return 'epoch' if series and all(s.has_epochs() for _, s in series) else 'iter'
+    for run, s in series:
+        if axis == 'epoch' and not s.has_epochs():
+            raise CurveDataError(f'{run.source}: {run.name!r} has no epochs; pass '
+                                 '--iters-per-epoch or --x-axis iter')
+        if axis == 'iter' and not s.has_iters():
+            raise CurveDataError(f'{run.source}: {run.name!r} has no iterations; pass '
+                                 '--iters-per-epoch or --x-axis epoch')
+    return axis
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_ap(runs: Sequence[RunLog], metric: str = 'AP', axis: str = 'auto'):
+    """Validation bbox AP (percent) against epoch or iteration; one line per run."""
+    plt = _pyplot()
+    axis = choose_axis(runs, metric, axis)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run in runs:
+        if metric not in run.val:
+            continue
+        s = run.val[metric]
+        ax.plot(s.x(axis), s.values, marker='o', markersize=4, label=run.name)
+    ax.set_xlabel('epoch' if axis == 'epoch' else 'iteration')
+    ax.set_ylabel(f'bbox {metric} (%)')
+    ax.set_title(f'Validation bbox {metric}')
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_loss(runs: Sequence[RunLog], window: Optional[int] = None, show_lr: bool = True):
+    """Training loss against iteration: raw (thin) and smoothed (thick), lr dashed on a
+    second axis; one colour per run."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax_lr = ax.twinx() if show_lr and any('lr' in r.train for r in runs) else None
+    colours = plt.rcParams['axes.prop_cycle'].by_key()['color']
+    for i, run in enumerate(r for r in runs if 'loss' in r.train):
+        colour = colours[i % len(colours)]
+        s = run.train['loss']
+        w = window or default_smooth_window(len(s))
+        ax.plot(s.iters, s.values, color=colour, alpha=0.3, linewidth=0.8,
+                label=f'{run.name} (raw)', gid=f'raw:{run.name}')
+        ax.plot(s.iters, smooth(s.values, w), color=colour, linewidth=1.8,
+                label=f'{run.name} (smoothed, {w} pts)', gid=f'smoothed:{run.name}')
+        if ax_lr is not None and 'lr' in run.train:
+            lr = run.train['lr']
+            ax_lr.plot(lr.iters, lr.values, color=colour, linestyle='--', linewidth=1.0,
+                       label=f'{run.name} lr', gid=f'lr:{run.name}')
+    ax.set_xlabel('iteration')
+    ax.set_ylabel('training loss')
+    ax.set_title('Training loss')
+    ax.grid(True, alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if ax_lr is not None:
+        ax_lr.set_ylabel('learning rate (dashed)')
+        ax_lr.ticklabel_format(axis='y', style='sci', scilimits=(-2, 3))
+        h2, l2 = ax_lr.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels, fontsize='small')
+    fig.tight_layout()
+    return fig
+
+
+PLOT_FILES = {
+    'bbox_ap': 'bbox_ap.png',
+    'loss': 'loss.png',
+    'series': 'curves.json',
+}
+
+
+def save_curves(runs: Sequence[RunLog], out_dir: str, metric: str = 'AP',
+                axis: str = 'auto', window: Optional[int] = None,
+                dpi: int = 120) -> Dict[str, str]:
+    """Write ``bbox_ap.png`` (if any run has AP), ``loss.png`` (if any has loss) and
+    ``curves.json`` (every plotted series). Returns {kind: path}."""
+    plt = _pyplot()
+    has_ap = any(metric in r.val for r in runs)
+    has_loss = any('loss' in r.train for r in runs)
+    if not has_ap and not has_loss:
+        raise CurveDataError('nothing to plot: no run has bbox AP or a training loss '
+                             f'({", ".join(r.source for r in runs)})')
+    os.makedirs(out_dir, exist_ok=True)
+    written = {}
+    if has_ap:
+        fig = plot_ap(runs, metric, axis)
+        written['bbox_ap'] = osp.join(out_dir, PLOT_FILES['bbox_ap'])
+        fig.savefig(written['bbox_ap'], dpi=dpi)
+        plt.close(fig)
+    if has_loss:
+        fig = plot_loss(runs, window)
+        written['loss'] = osp.join(out_dir, PLOT_FILES['loss'])
+        fig.savefig(written['loss'], dpi=dpi)
+        plt.close(fig)
+    written['series'] = osp.join(out_dir, PLOT_FILES['series'])
+    with open(written['series'], 'w') as f:
+        json.dump(dict(metric=metric, runs=[r.to_dict() for r in runs]), f, indent=1)
+    return written
+
+
+__all__ = [
+    'CurveDataError', 'Series', 'RunLog', 'find_scalars_json', 'infer_iters_per_epoch',
+    'load_scalars_json', 'load_wandb_csv', 'load_runs', 'load_many', 'smooth',
+    'default_smooth_window', 'choose_axis', 'plot_ap', 'plot_loss', 'save_curves',
+    'PLOT_FILES'
+]
