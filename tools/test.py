@@ -25,8 +25,9 @@ def parse_args(argv=None):
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value (xxx=yyy format)')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi', 'auto'],
+                        default='auto', help='job launcher; auto: torchrun -> pytorch, a '
+                        'SLURM job step -> slurm, else one process (docs/launching.md)')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
@@ -42,8 +43,8 @@ def main(argv=None):
     from projects.dino_dinov2 import engine
 
     cfg = engine.load_config(args.config, args.cfg_options)
-    cfg.launcher = args.launcher
     engine.set_work_dir(cfg, args.work_dir, args.config)
+    engine.setup_launcher(cfg, args.launcher)  # process group before the Runner
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint not found: {args.checkpoint}')
     cfg.load_from = args.checkpoint

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Train a detector: ``python tools/train.py CONFIG [--work-dir DIR] [--amp] [--resume [PATH]]``.
 
-mmdet's ``tools/train.py`` flags; see README "Flags".
+mmdet's ``tools/train.py`` flags; see README "Flags". Launching (torchrun, SLURM), batch/lr,
+W&B flags and the preemption exit code (75): docs/launching.md.
 """
 import argparse
 import os
@@ -28,10 +29,30 @@ def parse_args(argv=None):
                              'dir when no PATH is given')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value (xxx=yyy format)')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi', 'auto'],
+                        default='auto', help='job launcher; auto: torchrun -> pytorch, a '
+                        'SLURM job step -> slurm, else one process (docs/launching.md)')
     # torchrun passes --local-rank (torch >= 2.0), older launchers --local_rank
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    parser.add_argument('--batch-size', '--batch_size', type=int,
+                        help='images per process (GPU); total batch = this x processes')
+    parser.add_argument('--lr', type=float, help="the head's base lr (the backbone's "
+                        'multiplier is kept); with --auto-scale-lr, the lr of the base batch')
+    parser.add_argument('--seed', type=int, help='random seed')
+    parser.add_argument('--deterministic', action='store_true',
+                        help='deterministic mode (cuDNN), for reproducible runs')
+    wandb = parser.add_argument_group('Weights & Biases')
+    wandb.add_argument('--wandb', action='store_true', help='log to Weights & Biases')
+    wandb.add_argument('--wandb-project', '--wandb_project', default='dino-dinov2')
+    wandb.add_argument('--group', help='W&B group of runs')
+    wandb.add_argument('--job-type', '--job_type', help='W&B job type')
+    wandb.add_argument('--wandb-entity', '--wandb_entity', help='W&B user or team')
+    wandb.add_argument('--wandb-mode', '--wandb_mode', choices=['online', 'offline'],
+                       help='offline: upload later with `wandb sync` (default: WANDB_MODE, '
+                       'else online)')
+    wandb.add_argument('--wandb-resume-id', '--wandb_resume_id',
+                       help='continue this W&B run (default with --resume: the run the '
+                       'work dir recorded)')
     args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
@@ -46,13 +67,24 @@ def main(argv=None):
     from projects.dino_dinov2 import engine
 
     cfg = engine.load_config(args.config, args.cfg_options)
-    cfg.launcher = args.launcher
     engine.set_work_dir(cfg, args.work_dir, args.config)
+    launch = engine.setup_launcher(cfg, args.launcher)  # process group before the Runner
     if args.amp:
         engine.enable_amp(cfg)
-    if args.auto_scale_lr:
-        cfg.auto_scale_lr.enable = True
+    if args.seed is not None:
+        cfg.randomness = dict(cfg.get('randomness', None) or {}, seed=args.seed)
+    if args.deterministic:
+        cfg.randomness = dict(cfg.get('randomness', None) or {}, deterministic=True)
+    batch_lr = engine.apply_batch_and_lr(cfg, args.batch_size, args.lr, args.auto_scale_lr,
+                                         launch.world_size)
+    engine.log_batch_and_lr(cfg, batch_lr)
     engine.set_resume(cfg, args.resume)
+    if args.wandb:
+        engine.enable_wandb(cfg, project=args.wandb_project, group=args.group,
+                            job_type=args.job_type, entity=args.wandb_entity,
+                            mode=args.wandb_mode, resume_id=args.wandb_resume_id,
+                            resume=args.resume is not None)
+    engine.enable_preemption(cfg)  # SIGTERM/SIGUSR1: checkpoint, exit 75 (docs/launching.md)
 
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()

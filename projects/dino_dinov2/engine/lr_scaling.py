@@ -1,0 +1,181 @@
+"""``--batch-size``, ``--lr`` and ``--auto-scale-lr {linear,sqrt}``, and a log of the result.
+
+The recipe's lr (1e-4 for the head, x0.1 for the backbone) belongs to a total batch of 16
+(``auto_scale_lr.base_batch_size`` in the configs). With a different total batch
+(batch per process x processes) the lr can be scaled by the ratio (``linear``, Goyal et
+al.) or by its square root (``sqrt``, Krizhevsky 2014, the rule the original used by hand:
+batch 32 -> lr x sqrt(2)).
+
+Why not mmengine's ``auto_scale_lr`` alone: it only knows the linear rule and logs the
+ratio, not the lrs it produced. Here the scaled lr is written into the config before the
+Runner is built (mmengine's own scaling is turned off so it is not applied twice), and
+:class:`BatchLrLoggerHook` logs the effective total batch and the lr of every optimizer
+param group as the optimizer really holds them when training starts.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Optional
+
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+SCALING_RULES = ('linear', 'sqrt')
+DEFAULT_BASE_BATCH = 16
+
+
+def lr_scale_factor(total_batch: int, base_batch: int, rule: Optional[str]) -> float:
+    """lr multiplier for ``total_batch`` against ``base_batch``: ratio, sqrt(ratio) or 1."""
+    if total_batch <= 0 or base_batch <= 0:
+        raise ValueError(f'batch sizes must be positive, got total {total_batch} and base '
+                         f'{base_batch}')
+    if rule is None:
+        return 1.0
+    if rule not in SCALING_RULES:
+        raise ValueError(f'--auto-scale-lr {rule!r}: choose one of {", ".join(SCALING_RULES)}')
+    ratio = total_batch / base_batch
+    return ratio if rule == 'linear' else math.sqrt(ratio)
+
+
+@dataclass
+class BatchLr:
+    """The batch and lr a training will use, and how they were reached."""
+    batch_per_process: int
+    world_size: int
+    base_batch: int
+    base_lr: float
+    rule: Optional[str] = None
+
+    @property
+    def total_batch(self) -> int:
+        return self.batch_per_process * self.world_size
+
+    @property
+    def factor(self) -> float:
+        return lr_scale_factor(self.total_batch, self.base_batch, self.rule)
+
+    @property
+    def lr(self) -> float:
+        return self.base_lr * self.factor
+
+    def describe(self) -> str:
+        """One line: 'total batch 32 (16 per process x 2 processes); lr 1.000e-04 x ...'."""
+        batch = (f'effective total batch {self.total_batch} ({self.batch_per_process} per '
+                 f'process x {self.world_size} process{"es" if self.world_size > 1 else ""})')
+        ratio = f'{self.total_batch}/{self.base_batch}'
+        if self.rule == 'linear':
+            rule = f' x {ratio} (linear scaling, base batch {self.base_batch})'
+        elif self.rule == 'sqrt':
+            rule = f' x sqrt({ratio}) (sqrt scaling, base batch {self.base_batch})'
+        else:
+            rule = ' (not scaled)'
+        if math.isnan(self.base_lr):
+            return batch
+        return f'{batch}; lr {self.base_lr:.3e}{rule} = {self.lr:.3e}'
+
+
+def apply_batch_and_lr(cfg, batch_size: Optional[int] = None, lr: Optional[float] = None,
+                       rule: Optional[str] = None, world_size: int = 1) -> BatchLr:
+    """Write ``--batch-size``/``--lr``/``--auto-scale-lr`` into ``cfg``; return the summary.
+
+    ``batch_size`` is per process (``train_dataloader.batch_size``); ``lr`` replaces
+    ``optim_wrapper.optimizer.lr`` (the head's lr: ``paramwise_cfg`` multipliers such as
+    the backbone's x0.1 apply on top of it) and, with ``rule``, is the lr of the base total
+    batch. A config with ``auto_scale_lr.enable=True`` and no ``rule`` scales linearly, as
+    mmengine would.
+    """
+    if batch_size is not None:
+        if batch_size <= 0:
+            raise ValueError(f'--batch-size must be positive, got {batch_size}')
+        cfg.train_dataloader.batch_size = batch_size
+    auto = cfg.get('auto_scale_lr', None) or {}
+    if rule is None and auto.get('enable', False):
+        rule = 'linear'
+    optimizer = cfg.get('optim_wrapper', {}).get('optimizer', None)
+    if optimizer is None or 'lr' not in optimizer:
+        if lr is not None or rule is not None:
+            raise KeyError('--lr/--auto-scale-lr need optim_wrapper.optimizer.lr in the config')
+        base_lr = float('nan')
+    else:
+        base_lr = float(optimizer.lr)
+    if lr is not None:
+        if lr <= 0:
+            raise ValueError(f'--lr must be positive, got {lr}')
+        base_lr = float(lr)
+    summary = BatchLr(batch_per_process=int(cfg.train_dataloader.batch_size),
+                      world_size=int(world_size),
+                      base_batch=int(auto.get('base_batch_size', DEFAULT_BASE_BATCH)),
+                      base_lr=base_lr, rule=rule)
+    if optimizer is not None and 'lr' in optimizer:
+        optimizer.lr = summary.lr
+    if 'auto_scale_lr' in cfg:
+        cfg.auto_scale_lr.enable = False  # applied above; mmengine must not scale again
+    return summary
+
+
+def log_batch_and_lr(cfg, summary: BatchLr) -> None:
+    """Add a :class:`BatchLrLoggerHook` reporting ``summary`` to ``cfg.custom_hooks``."""
+    hooks = [h for h in (cfg.get('custom_hooks', None) or [])
+             if h.get('type') != 'BatchLrLoggerHook']
+    base_lr = None if math.isnan(summary.base_lr) else summary.base_lr
+    cfg.custom_hooks = hooks + [dict(type='BatchLrLoggerHook', rule=summary.rule,
+                                     base_batch=summary.base_batch, base_lr=base_lr)]
+
+
+def param_group_lrs(optimizer, named_parameters) -> "OrderedDict[float, list]":
+    """``{lr: [top-level module names]}`` over the optimizer's param groups.
+
+    mmengine's optimizer constructor makes one group per parameter when ``paramwise_cfg``
+    is set, so groups are summarised by lr with the modules their parameters belong to.
+    """
+    owner = {id(p): name for name, p in named_parameters}
+    groups: "OrderedDict[float, dict]" = OrderedDict()
+    for group in optimizer.param_groups:
+        entry = groups.setdefault(group['lr'], {'params': 0, 'modules': OrderedDict()})
+        for p in group['params']:
+            entry['params'] += 1
+            name = owner.get(id(p), '?')
+            top = name.split('.')[1] if name.startswith('module.') else name.split('.')[0]
+            entry['modules'][top] = True
+    return OrderedDict((lr, [e['params'], list(e['modules'])]) for lr, e in
+                       sorted(groups.items(), key=lambda kv: kv[0]))
+
+
+@HOOKS.register_module()
+class BatchLrLoggerHook(Hook):
+    """Logs the effective total batch and every param group's lr when training starts.
+
+    Runs at ``before_train``, after a resume has restored the optimizer and schedulers, so
+    the lrs logged are the ones the first iteration will use.
+
+    Args:
+        rule: the ``--auto-scale-lr`` rule applied to the config, for the log line.
+        base_batch: the total batch the config's lr was set for.
+        base_lr: the lr before scaling.
+    """
+    priority = 'LOWEST'
+
+    def __init__(self, rule: Optional[str] = None, base_batch: int = DEFAULT_BASE_BATCH,
+                 base_lr: Optional[float] = None):
+        self.rule = rule
+        self.base_batch = base_batch
+        self.base_lr = base_lr
+
+    def before_train(self, runner) -> None:
+        batch = runner.train_dataloader.batch_size
+        summary = BatchLr(batch_per_process=batch, world_size=runner.world_size,
+                          base_batch=self.base_batch,
+                          base_lr=float('nan') if self.base_lr is None else self.base_lr,
+                          rule=self.rule)
+        runner.logger.info(summary.describe())
+        optim_wrapper = runner.optim_wrapper
+        wrappers = (optim_wrapper.values() if hasattr(optim_wrapper, 'values')
+                    else [optim_wrapper])
+        params = list(runner.model.named_parameters())
+        for wrapper in wrappers:
+            lrs = param_group_lrs(wrapper.optimizer, params)
+            for lr, (count, modules) in lrs.items():
+                runner.logger.info(f'param group lr {lr:.3e}: {count} tensors '
+                                   f'({", ".join(modules)})')

@@ -1,0 +1,273 @@
+"""Preemption: SIGTERM/SIGUSR1 -> a resumable checkpoint at this iteration, then exit 75.
+
+SLURM (``--signal=B:TERM@120``, preemption, the time limit), Kubernetes and most job
+schedulers send SIGTERM some seconds before they kill a job. :class:`PreemptionHook`
+turns that into:
+
+1. the signal handler only records the signal;
+2. after the iteration in progress, all ranks agree (an all-reduce of the flag, so ranks
+   signalled at slightly different moments stop after the same iteration);
+3. rank 0 writes ``iter_<N>.pth`` with ``runner.save_checkpoint`` -- a normal mmengine
+   checkpoint (model, optimizer, schedulers, message hub) plus every rank's RNG states --
+   and points ``<work_dir>/last_checkpoint`` at it, as the CheckpointHook does;
+4. the end-of-run hooks run (logs flushed, W&B finished), the process group is
+   destroyed and every rank exits with :data:`PREEMPTED_EXIT_CODE` (75, ``EX_TEMPFAIL``
+   of sysexits.h: "temporary failure, try again"), which job scripts use to resubmit.
+
+``--resume`` then continues from that checkpoint. An epoch-based loop would restart the
+interrupted epoch from its first batch; instead the batches already trained in it are
+skipped at the sampler (no image is loaded for them) and the RNG states are restored
+right before the next batch is drawn, so with ``num_workers=0`` and a fixed seed in
+deterministic mode the following iterations equal those of an uninterrupted run.
+(With ``num_workers > 0`` the data order is the same but worker-side augmentation
+randomness is not carried over.)
+
+A signal during validation inside training stops after the current validation batch;
+the checkpoint then holds the end of the epoch and the rest of that validation is not
+re-run on resume.
+"""
+from __future__ import annotations
+
+import os.path as osp
+import random
+import signal
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+from mmengine.dist import all_gather_object, all_reduce, barrier, get_rank, is_distributed
+from mmengine.hooks import CheckpointHook, Hook
+from mmengine.registry import HOOKS
+from mmengine.runner import EpochBasedTrainLoop
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: a temporary failure; run it again (with --resume)
+CHECKPOINT_KEY = 'preemption'
+
+
+def get_rng_state() -> dict:
+    """python, numpy, torch (and CUDA) generator states, as plain picklable values.
+
+    numpy's key array is stored as a list so the checkpoint loads under
+    ``torch.load(weights_only=True)`` without more allow-listed classes.
+    """
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = dict(python=random.getstate(),
+                 numpy=(name, keys.tolist(), int(pos), int(has_gauss), float(cached)),
+                 torch=torch.get_rng_state())
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Inverse of :func:`get_rng_state`."""
+    py = state['python']
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    name, keys, pos, has_gauss, cached = state['numpy']
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available():
+        cuda = state['cuda']
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+class SkipFirstBatches:
+    """A batch sampler that drops the first ``skip`` batches of another one.
+
+    The indices of skipped batches are drawn and thrown away (cheap: no data is loaded),
+    so the batches that follow are exactly those the full epoch would have given.
+    ``on_start`` runs right before the first remaining batch is drawn, i.e. after the
+    DataLoader iterator was created.
+    """
+
+    def __init__(self, batch_sampler, skip: int, on_start: Optional[Callable[[], None]] = None):
+        self.batch_sampler = batch_sampler
+        self.skip = skip
+        self.on_start = on_start
+
+    def __iter__(self):
+        it = iter(self.batch_sampler)
+        for _ in range(self.skip):
+            if next(it, None) is None:
+                break
+        if self.on_start is not None:
+            self.on_start()
+        yield from it
+
+    def __len__(self) -> int:
+        return max(len(self.batch_sampler) - self.skip, 0)
+
+    def __getattr__(self, name):
+        # sampler, batch_size, drop_last... of the wrapped batch sampler
+        return getattr(self.__dict__['batch_sampler'], name)
+
+
+@HOOKS.register_module()
+class PreemptionHook(Hook):
+    """Checkpoint at the current iteration on SIGTERM/SIGUSR1, then exit (see module doc).
+
+    Args:
+        signals: signal names to handle.
+        exit_code: the exit status of every rank after a preemption checkpoint.
+        filename_tmpl: checkpoint file name, formatted with the iterations done.
+    """
+    # after the LoggerHook, ParamSchedulerHook and CheckpointHook (VERY_LOW): the saved
+    # state includes everything the iteration changed, and is logged.
+    priority = 'VERY_LOW'
+
+    def __init__(self, signals: Sequence[str] = ('SIGTERM', 'SIGUSR1'),
+                 exit_code: int = PREEMPTED_EXIT_CODE, filename_tmpl: str = 'iter_{}.pth'):
+        self.signals = []
+        for name in signals:
+            if not hasattr(signal, name):
+                raise ValueError(f'PreemptionHook: unknown signal {name!r}')
+            self.signals.append(getattr(signal, name))
+        self.exit_code = int(exit_code)
+        self.filename_tmpl = filename_tmpl
+        self.received: Optional[int] = None
+        self._previous: Dict[int, object] = {}
+        self._pending_rng: Optional[List[dict]] = None
+        self._save_rng: Optional[List[dict]] = None
+        self._wrapped = None
+
+    # -- signals ---------------------------------------------------------------------------
+
+    def _handle(self, signum, frame) -> None:
+        # Only record: saving from inside a signal handler could interrupt a collective
+        # or an optimizer step half-way.
+        if self.received is None:
+            self.received = signum
+
+    def before_run(self, runner) -> None:
+        for sig in self.signals:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave the defaults
+                runner.logger.warning('PreemptionHook: signal handlers need the main thread; '
+                                      'preemption checkpoints are off')
+                return
+
+    def after_run(self, runner) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _stop_requested(self) -> bool:
+        flag = torch.tensor([0 if self.received is None else int(self.received)])
+        if is_distributed():
+            all_reduce(flag, op='max')
+        if flag.item() and self.received is None:
+            self.received = int(flag.item())
+        return bool(flag.item())
+
+    # -- stopping --------------------------------------------------------------------------
+
+    def before_train(self, runner) -> None:
+        if self._stop_requested():
+            # nothing trained since the checkpoint resumed from (or the start)
+            self._exit(runner, saved=None)
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if self._stop_requested():
+            n = runner.iter + 1
+            self._save_and_exit(runner, meta=dict(epoch=runner.epoch, iter=n), rng=True)
+
+    def after_val_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        train_loop = runner._train_loop
+        if train_loop is None or isinstance(train_loop, dict):
+            return  # validation alone (tools/test.py): nothing to resume
+        if self._stop_requested():
+            # the training epoch is complete (its counters already advanced)
+            self._save_and_exit(runner, meta=dict(epoch=runner.epoch, iter=runner.iter),
+                                rng=False)
+
+    def _save_and_exit(self, runner, meta: dict, rng: bool) -> None:
+        states = all_gather_object(get_rng_state()) if rng else None
+        ckpt_hook = next((h for h in runner.hooks if isinstance(h, CheckpointHook)), None)
+        out_dir = getattr(ckpt_hook, 'out_dir', None) or runner.work_dir
+        filename = self.filename_tmpl.format(meta['iter'])
+        self._save_rng = states
+        runner.save_checkpoint(out_dir, filename, meta=meta, by_epoch=False,
+                               backend_args=getattr(ckpt_hook, 'backend_args', None))
+        self._save_rng = None
+        path = osp.join(out_dir, filename)
+        if get_rank() == 0:
+            with open(osp.join(runner.work_dir, 'last_checkpoint'), 'w') as f:
+                f.write(path)
+        barrier()
+        self._exit(runner, saved=f'{path} (iteration {meta["iter"]})')
+
+    def _exit(self, runner, saved: Optional[str]) -> None:
+        name = signal.Signals(self.received).name if self.received else 'a signal'
+        where = f'saved {saved}' if saved else 'nothing new to save'
+        runner.logger.warning(f'Preempted by {name}: {where}; exiting with code '
+                              f'{self.exit_code}. Continue with --resume.')
+        runner.call_hook('after_train')
+        runner.call_hook('after_run')
+        if is_distributed():
+            barrier()
+            torch_dist.destroy_process_group()
+        raise SystemExit(self.exit_code)
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        if self._save_rng is not None:
+            checkpoint[CHECKPOINT_KEY] = dict(signal=int(self.received or 0),
+                                              rng_states=self._save_rng)
+
+    # -- resuming mid-epoch ----------------------------------------------------------------
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        states = (checkpoint.get(CHECKPOINT_KEY) or {}).get('rng_states')
+        self._pending_rng = states
+
+    def before_train_epoch(self, runner) -> None:
+        loop = runner.train_loop
+        if not isinstance(loop, EpochBasedTrainLoop):
+            return  # IterBasedTrainLoop skips the trained batches itself
+        dataloader = loop.dataloader
+        done = runner.iter - runner.epoch * len(dataloader)
+        if done <= 0:
+            self._pending_rng = None
+            return
+        if done > len(dataloader) or dataloader.batch_sampler is None:
+            runner.logger.warning(f'PreemptionHook: cannot skip {done} trained batches of '
+                                  f'epoch {runner.epoch + 1} ({len(dataloader)} batches); '
+                                  'the epoch restarts from its first batch')
+            return
+        states, self._pending_rng = self._pending_rng, None
+        on_start = None
+        if states:
+            rank = get_rank()
+            if len(states) > rank:
+                state = states[rank]
+                on_start = lambda: set_rng_state(state)  # noqa: E731
+            else:
+                runner.logger.warning('PreemptionHook: the checkpoint has RNG states for '
+                                      f'{len(states)} processes, not this one (rank {rank}); '
+                                      'random draws will differ from an uninterrupted run')
+        self._wrapped = dataloader.batch_sampler
+        # DataLoader refuses to change batch_sampler after construction; the wrapper only
+        # drops the first batches of this epoch and is removed after it.
+        object.__setattr__(dataloader, 'batch_sampler',
+                           SkipFirstBatches(self._wrapped, done, on_start))
+        runner.logger.info(f'Resuming inside epoch {runner.epoch + 1}: skipping the {done} '
+                           f'batches already trained')
+
+    def after_train_epoch(self, runner) -> None:
+        if self._wrapped is not None:
+            object.__setattr__(runner.train_loop.dataloader, 'batch_sampler', self._wrapped)
+            self._wrapped = None
+
+
+def enable_preemption(cfg, **kwargs) -> None:
+    """Add a :class:`PreemptionHook` to ``cfg.custom_hooks`` unless one is there."""
+    hooks = list(cfg.get('custom_hooks', None) or [])
+    if not any(h.get('type') == 'PreemptionHook' for h in hooks):
+        hooks.append(dict(type='PreemptionHook', **kwargs))
+    cfg.custom_hooks = hooks
+
+
+__all__ = ['PREEMPTED_EXIT_CODE', 'PreemptionHook', 'SkipFirstBatches', 'enable_preemption',
+           'get_rng_state', 'set_rng_state']
