@@ -1,8 +1,13 @@
 # DINO-4scale on a frozen DINOv2 ViT-B/16 with ViTDet's simple feature pyramid
-# (../shared/docs/RECIPE.md "Model"). mmdet's DINO, DINOHead and CdnQueryGenerator.
+# (../shared/docs/RECIPE.md "Model"). mmdet's DINO, DINOHead and CdnQueryGenerator, run
+# the fast way where that is numerically the same model (docs/benchmarks.md); the
+# *_original.py configs run it the original's way.
 embed_dim = 768
 model = dict(
-    type='DINO',
+    type='FastDINO',  # mmdet's DINO + the switches below
+    deform_attn_impl='auto',  # mmcv's CUDA kernel on a GPU ('pytorch': the original's)
+    checkpoint_encoder=False,  # activation checkpointing: memory for ~1/3 more compute
+    checkpoint_decoder=False,
     num_queries=900,
     with_box_refine=True,
     as_two_stage=True,
@@ -12,7 +17,8 @@ model = dict(
         mean=[123.675, 116.28, 103.53],
         std=[58.395, 57.12, 57.375],
         bgr_to_rgb=True,
-        pad_size_divisor=16),
+        pad_size_divisor=16,
+        non_blocking=True),  # overlaps the copy of pinned batches (dataset config)
     backbone=dict(
         type='TimmDinov2',
         model_name='vit_base_patch14_dinov2.lvd142m',
@@ -20,7 +26,10 @@ model = dict(
         patch_size=16,
         out_indices=(-1, ),
         final_norm=False,
-        frozen=True),
+        frozen=True,
+        frozen_no_grad=True,  # frozen ViT under torch.no_grad: no autograd bookkeeping
+        fused_attn=True,  # scaled_dot_product_attention (flash / memory-efficient)
+        compile=False),  # torch.compile the ViT (dict(dynamic=True) for multi-scale)
     neck=[
         dict(type='SimpleFeaturePyramid', in_channels=embed_dim, out_channels=256,
              scale_factors=(2.0, 1.0, 0.5), top_block=True),
@@ -44,7 +53,7 @@ model = dict(
     # detrex's sine embedding: temperature 10000, normalised, offset -0.5
     positional_encoding=dict(num_feats=128, normalize=True, offset=-0.5, temperature=10000),
     bbox_head=dict(
-        type='DINOHead',
+        type='BatchMatchingDINOHead',  # DINOHead; all layers' matching in one batch
         num_classes=80,
         sync_cls_avg_factor=True,
         loss_cls=dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
@@ -57,7 +66,7 @@ model = dict(
         group_cfg=dict(dynamic=True, num_groups=None, num_dn_queries=100)),
     train_cfg=dict(
         assigner=dict(
-            type='HungarianAssigner',
+            type='BatchHungarianAssigner',  # HungarianAssigner, one host copy per step
             match_costs=[
                 dict(type='FocalLossCost', weight=2.0),
                 dict(type='BBoxL1Cost', weight=5.0, box_format='xywh'),

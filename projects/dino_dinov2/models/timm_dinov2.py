@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
@@ -111,7 +111,18 @@ class TimmDinov2(BaseModule):
         trainable_blocks: with ``frozen``, still train the last N blocks (and the norm).
         frozen_no_grad: run a fully frozen backbone under ``torch.no_grad`` (no graph is
             kept; turn off only to reproduce the original's memory behaviour).
+        fused_attn: attention through ``F.scaled_dot_product_attention`` (flash /
+            memory-efficient kernels on a GPU); ``False`` runs timm's explicit
+            ``softmax(q @ k^T) @ v``, as the original did. Same result within rounding.
+        compile: ``torch.compile`` the backbone's forward on first use; ``True`` or a
+            dict of ``torch.compile`` arguments (e.g. ``dict(dynamic=True)`` for the
+            multi-scale training sizes). Off by default: compiling takes minutes.
         model_kwargs: further ``timm.create_model`` arguments (depth, embed_dim, ...).
+
+    Under mixed precision the backbone runs inside the optimizer wrapper's autocast:
+    its matrix products in bfloat16, LayerNorm and softmax in float32. Frozen weights
+    stay float32 (autocast casts them per call, a few hundred MB of traffic per step),
+    so switching AMP off needs no conversion.
 
     Shapes: input (B, 3, H, W); each output (B, C, ceil(H / p), ceil(W / p)).
     """
@@ -126,6 +137,8 @@ class TimmDinov2(BaseModule):
                  frozen: bool = True,
                  trainable_blocks: int = 0,
                  frozen_no_grad: bool = True,
+                 fused_attn: bool = True,
+                 compile: Union[bool, dict] = False,
                  model_kwargs: Optional[dict] = None,
                  init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
@@ -151,6 +164,21 @@ class TimmDinov2(BaseModule):
         self.frozen = frozen
         self.trainable_blocks = trainable_blocks
         self.frozen_no_grad = frozen_no_grad
+        self.fused_attn = fused_attn
+        # timm decides per attention module at construction (env TIMM_FUSED_ATTN);
+        # the config's choice overrides it for every block.
+        for m in self.vit.modules():
+            if hasattr(m, 'fused_attn'):
+                m.fused_attn = fused_attn
+        if compile is True:
+            compile = {}
+        elif compile is False or compile is None:
+            compile = None
+        elif not isinstance(compile, dict):
+            raise TypeError(f'TimmDinov2: compile must be a bool or a dict of '
+                            f'torch.compile arguments, got {compile!r}')
+        self.compile_cfg = compile
+        self._compiled_forward: Optional[Callable] = None
         if frozen:
             self._freeze()
 
@@ -184,12 +212,26 @@ class TimmDinov2(BaseModule):
                 m.train(True)
         return self
 
+    def __getstate__(self):
+        # A compiled function is bound to this instance: copies (EMA's deepcopy, pickling)
+        # compile their own on first use.
+        state = self.__dict__.copy()
+        state['_compiled_forward'] = None
+        return state
+
+    def _run(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        if self.compile_cfg is None:
+            return self._forward(x)
+        if self._compiled_forward is None:
+            self._compiled_forward = torch.compile(self._forward, **self.compile_cfg)
+        return self._compiled_forward(x)
+
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         if self.fully_frozen and self.frozen_no_grad:
             with torch.no_grad():
-                outs = self._forward(x)
+                outs = self._run(x)
             return tuple(o.detach() for o in outs)
-        return self._forward(x)
+        return self._run(x)
 
     def _forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         return tuple(self.vit.forward_intermediates(

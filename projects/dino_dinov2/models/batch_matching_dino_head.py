@@ -1,0 +1,142 @@
+"""DINO's head with the whole step's Hungarian matching done in one batch.
+
+mmdet's ``DINOHead`` computes the matching inside ``_get_targets_single``, one image of
+one decoder layer at a time (the assigner's ``.cpu()``, index copies back, ``nonzero``):
+several GPU synchronisations per image and layer. ``BatchMatchingDINOHead`` computes the
+same losses, but first matches every decoder layer and the encoder proposals of every
+image with :class:`.BatchHungarianAssigner` (one device-to-host and one host-to-device
+copy per step) and then builds the targets from those results without synchronising.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from mmdet.models.dense_heads import DINOHead
+from mmdet.registry import MODELS
+from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_xyxy_to_cxcywh
+from mmengine.structures import InstanceData
+from torch import Tensor
+
+from .batch_hungarian_assigner import BatchHungarianAssigner
+
+
+def _key(tensors: Sequence[Tensor]) -> tuple:
+    """Identity of a list of live tensor views (same memory, shape and strides)."""
+    return tuple((t.data_ptr(), tuple(t.shape), t.stride()) for t in tensors)
+
+
+@MODELS.register_module()
+class BatchMatchingDINOHead(DINOHead):
+    """``DINOHead`` whose matching runs once per step for all layers and images.
+
+    Needs ``train_cfg.assigner`` of type ``BatchHungarianAssigner``; losses and
+    gradients equal ``DINOHead``'s with mmdet's ``HungarianAssigner`` and the same costs.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending: Dict[tuple, list] = {}
+        if self.train_cfg is not None and not isinstance(
+                getattr(self, 'assigner', None), BatchHungarianAssigner):
+            raise TypeError(
+                'BatchMatchingDINOHead needs train_cfg.assigner.type='
+                f"'BatchHungarianAssigner', got {type(self.assigner).__name__}; use "
+                "bbox_head.type='DINOHead' for the stock per-image matching")
+
+    @staticmethod
+    def _pred_instances(cls_score: Tensor, bbox_pred: Tensor, img_meta: dict) -> InstanceData:
+        # As DETRHead._get_targets_single: normalised cxcywh -> pixel x1y1x2y2.
+        img_h, img_w = img_meta['img_shape']
+        factor = bbox_pred.new_tensor([img_w, img_h, img_w, img_h]).unsqueeze(0)
+        return InstanceData(scores=cls_score, bboxes=bbox_cxcywh_to_xyxy(bbox_pred) * factor)
+
+    def _match(self, sets: List[Tuple[List[Tensor], List[Tensor]]],
+               batch_gt_instances, batch_img_metas) -> Dict[tuple, list]:
+        """Assign each (per-image scores, per-image boxes) set; keyed by the scores."""
+        preds, gts, metas = [], [], []
+        for cls_scores_list, bbox_preds_list in sets:
+            for cls_score, bbox_pred, gt, meta in zip(cls_scores_list, bbox_preds_list,
+                                                      batch_gt_instances, batch_img_metas):
+                preds.append(self._pred_instances(cls_score, bbox_pred, meta))
+                gts.append(gt)
+                metas.append(meta)
+        results = self.assigner.assign_batch(preds, gts, metas)
+        out, i = {}, 0
+        for cls_scores_list, _ in sets:
+            out[_key(cls_scores_list)] = results[i:i + len(cls_scores_list)]
+            i += len(cls_scores_list)
+        return out
+
+    def loss_by_feat(self,
+                     all_layers_cls_scores: Tensor,
+                     all_layers_bbox_preds: Tensor,
+                     enc_cls_scores: Tensor,
+                     enc_bbox_preds: Tensor,
+                     batch_gt_instances,
+                     batch_img_metas: List[dict],
+                     dn_meta: Dict[str, int],
+                     batch_gt_instances_ignore=None) -> Dict[str, Tensor]:
+        """``DINOHead.loss_by_feat`` with all matchings computed up front.
+
+        Shapes as ``DINOHead``: scores (layers, B, queries_total, classes), boxes
+        (layers, B, queries_total, 4) normalised cxcywh; encoder outputs (B, Q, ...).
+        """
+        matching_cls, matching_bbox, _, _ = self.split_outputs(
+            all_layers_cls_scores, all_layers_bbox_preds, dn_meta)
+        # Same views DETRHead.loss_by_feat_single will pass to get_targets.
+        sets = [(list(c), list(b)) for c, b in zip(matching_cls, matching_bbox)]
+        if enc_cls_scores is not None:
+            sets.append((list(enc_cls_scores), list(enc_bbox_preds)))
+        self._pending = self._match(sets, batch_gt_instances, batch_img_metas)
+        try:
+            return super().loss_by_feat(all_layers_cls_scores, all_layers_bbox_preds,
+                                        enc_cls_scores, enc_bbox_preds, batch_gt_instances,
+                                        batch_img_metas, dn_meta, batch_gt_instances_ignore)
+        finally:
+            self._pending = {}
+
+    def get_targets(self, cls_scores_list: List[Tensor], bbox_preds_list: List[Tensor],
+                    batch_gt_instances, batch_img_metas: List[dict]) -> tuple:
+        """``DETRHead.get_targets`` from the step's precomputed matching.
+
+        A call that was not matched up front (another caller, another order) is matched
+        here, in one batch for its images.
+        """
+        results = self._pending.pop(_key(cls_scores_list), None)
+        if results is None:
+            results = self._match([(cls_scores_list, bbox_preds_list)], batch_gt_instances,
+                                  batch_img_metas)[_key(cls_scores_list)]
+        labels_list, label_weights_list, bbox_targets_list, bbox_weights_list = \
+            [], [], [], []
+        num_total_pos = num_total_neg = 0
+        for result, bbox_pred, gt, meta in zip(results, bbox_preds_list, batch_gt_instances,
+                                               batch_img_metas):
+            targets = self._targets_single(result, bbox_pred, gt, meta)
+            for lst, t in zip((labels_list, label_weights_list, bbox_targets_list,
+                               bbox_weights_list), targets):
+                lst.append(t)
+            num_total_pos += len(result.get_extra_property('pos_inds'))
+            num_total_neg += len(result.get_extra_property('neg_inds'))
+        return (labels_list, label_weights_list, bbox_targets_list, bbox_weights_list,
+                num_total_pos, num_total_neg)
+
+    def _targets_single(self, result, bbox_pred: Tensor, gt_instances: InstanceData,
+                        img_meta: dict) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``DETRHead._get_targets_single`` given the assignment (no synchronisation)."""
+        pos_inds = result.get_extra_property('pos_inds')
+        pos_assigned_gt_inds = result.get_extra_property('pos_assigned_gt_inds')
+        gt_bboxes = gt_instances.bboxes
+        num_bboxes = bbox_pred.size(0)
+        img_h, img_w = img_meta['img_shape']
+        factor = bbox_pred.new_tensor([img_w, img_h, img_w, img_h]).unsqueeze(0)
+
+        labels = gt_bboxes.new_full((num_bboxes, ), self.num_classes, dtype=torch.long)
+        labels[pos_inds] = gt_instances.labels[pos_assigned_gt_inds]
+        label_weights = gt_bboxes.new_ones(num_bboxes)
+        bbox_targets = torch.zeros_like(bbox_pred, dtype=gt_bboxes.dtype)
+        bbox_weights = torch.zeros_like(bbox_pred, dtype=gt_bboxes.dtype)
+        bbox_weights[pos_inds] = 1.0
+        pos_gt_bboxes = gt_bboxes[pos_assigned_gt_inds, :]
+        bbox_targets[pos_inds] = bbox_xyxy_to_cxcywh(pos_gt_bboxes / factor)
+        return labels, label_weights, bbox_targets, bbox_weights

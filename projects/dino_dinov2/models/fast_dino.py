@@ -1,0 +1,56 @@
+"""mmdet's DINO detector with its execution choices exposed to the config.
+
+mmdet's ``DINO`` builds its deformable attention and transformer layers by class and
+offers no switch for how they run. ``FastDINO`` is the same model (same parameters,
+state-dict keys, losses) with two choices the stock class lacks:
+
+- ``deform_attn_impl``: ``'auto'`` lets mmcv pick (its CUDA kernel on a GPU, run in
+  float32 under bfloat16 autocast by :mod:`.deformable_attention`; pure PyTorch on the
+  CPU); ``'pytorch'`` forces the pure-PyTorch sampling everywhere, as the original ran.
+- ``checkpoint_encoder`` / ``checkpoint_decoder``: activation checkpointing of each
+  encoder / decoder layer (less memory, one more forward of those layers per step).
+"""
+from __future__ import annotations
+
+from mmdet.models.detectors import DINO
+from mmdet.registry import MODELS
+
+from .activation_checkpoint import checkpoint_layers
+from .reference_deformable_attention import use_reference_deformable_attention
+
+DEFORM_ATTN_IMPLS = ('auto', 'pytorch')
+
+
+@MODELS.register_module()
+class FastDINO(DINO):
+    """DINO with a selectable deformable-attention path and optional checkpointing.
+
+    Args:
+        deform_attn_impl: ``'auto'`` (mmcv's choice: CUDA kernel on a GPU) or
+            ``'pytorch'`` (the original's pure-PyTorch path on every device).
+        checkpoint_encoder: recompute encoder layer activations in backward.
+        checkpoint_decoder: recompute decoder layer activations in backward.
+        *args, **kwargs: mmdet ``DINO``'s arguments.
+    """
+
+    def __init__(self,
+                 *args,
+                 deform_attn_impl: str = 'auto',
+                 checkpoint_encoder: bool = False,
+                 checkpoint_decoder: bool = False,
+                 **kwargs) -> None:
+        if deform_attn_impl not in DEFORM_ATTN_IMPLS:
+            raise ValueError(f'FastDINO: deform_attn_impl must be one of '
+                             f'{DEFORM_ATTN_IMPLS}, got {deform_attn_impl!r}')
+        super().__init__(*args, **kwargs)
+        self.deform_attn_impl = deform_attn_impl
+        self.checkpoint_encoder = checkpoint_encoder
+        self.checkpoint_decoder = checkpoint_decoder
+        if deform_attn_impl == 'pytorch':
+            # The encoder's self-attention and the decoder's cross-attention.
+            use_reference_deformable_attention(self.encoder)
+            use_reference_deformable_attention(self.decoder)
+        if checkpoint_encoder:
+            checkpoint_layers(self.encoder.layers)
+        if checkpoint_decoder:
+            checkpoint_layers(self.decoder.layers)
