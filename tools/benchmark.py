@@ -1,0 +1,109 @@
+#!/usr/bin/env python
+"""Benchmark training: time per iteration, peak memory, inference images/s.
+
+    python tools/benchmark.py CONFIG [CONFIG ...] [--precision full mixed]
+        [--batch-sizes 2] [--iters 20] [--warmup 5] [--real-data]
+        [--baseline [CONFIG]] [--baseline-cfg-options k=v ...] [--out-dir DIR]
+
+Every CONFIG x precision x batch size is measured in this process: the model is built
+from the config (mmdet registries), one iteration is model.train_step (forward, loss,
+backward, clipping, optimizer step). Synthetic batches by default, of --img-size (default:
+the config's test Resize, 800x1333 for the recipe), or the config's train dataloader
+with --real-data (data time reported apart). Pretrained backbone weights are not loaded
+(timing does not depend on them) unless --pretrained.
+
+--baseline runs a second variant cell by cell right after each candidate cell: another
+config (--baseline CONFIG) and/or other settings (--baseline-cfg-options); ratios
+candidate/baseline are printed pair by pair.
+
+Prints and writes (to --out-dir, default work_dirs/benchmark) benchmark.md with the
+original's table | Backbone | Precision | Batch Size | Time per Iteration | Memory Usage |
+(median seconds after warm-up; MiB: CUDA max allocated, or the CPU's peak resident
+memory) plus details, and benchmark.json with every measurement.
+"""
+import argparse
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def parse_args(argv=None):
+    from mmengine.config import DictAction
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n', 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('configs', nargs='+', metavar='CONFIG', help='config files')
+    parser.add_argument('--labels', nargs='+', help='Backbone column label per config')
+    parser.add_argument('--precision', nargs='+', default=['full', 'mixed'],
+                        choices=['full', 'mixed'], help='default: full mixed')
+    parser.add_argument('--batch-sizes', nargs='+', type=int, default=[2],
+                        help='per-device batch sizes (default 2, as the original table)')
+    parser.add_argument('--iters', type=int, default=20, help='timed iterations')
+    parser.add_argument('--warmup', type=int, default=5, help='untimed iterations first')
+    parser.add_argument('--infer-iters', type=int,
+                        help='timed inference batches (default --iters; 0 skips)')
+    parser.add_argument('--img-size', nargs='+', type=int, metavar='H [W]',
+                        help='synthetic image size (default: from the config)')
+    parser.add_argument('--num-gt', type=int, default=5,
+                        help='boxes per synthetic image')
+    parser.add_argument('--real-data', action='store_true',
+                        help="use the config's train/val dataloaders")
+    parser.add_argument('--device', help='cpu or cuda[:N] (default: cuda if available)')
+    parser.add_argument('--pretrained', action='store_true',
+                        help='load the pretrained backbone weights the config names')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override settings of every CONFIG, key=value')
+    parser.add_argument('--baseline', nargs='?', const='', metavar='CONFIG',
+                        help='benchmark a baseline too: CONFIG, or each CONFIG itself '
+                             'when none is given (with --baseline-cfg-options)')
+    parser.add_argument('--baseline-cfg-options', nargs='+', action=DictAction,
+                        help='settings of the baseline variant, key=value')
+    parser.add_argument('--baseline-label', help='Backbone column label of the baseline')
+    parser.add_argument('--out-dir', default='work_dirs/benchmark', help='output folder')
+    args = parser.parse_args(argv)
+    if args.labels and len(args.labels) != len(args.configs):
+        parser.error(f'{len(args.labels)} --labels for {len(args.configs)} configs')
+    if args.img_size and len(args.img_size) not in (1, 2):
+        parser.error('--img-size takes H or H W')
+    if args.baseline_cfg_options and args.baseline is None:
+        args.baseline = ''
+    if args.baseline == '' and not args.baseline_cfg_options:
+        parser.error('--baseline without a CONFIG needs --baseline-cfg-options')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from projects.dino_dinov2.analysis import benchmark as bm
+    variants = [bm.Variant(c, dict(args.cfg_options or {}),
+                           args.labels[i] if args.labels else None)
+                for i, c in enumerate(args.configs)]
+    baseline = None
+    if args.baseline is not None:
+        options = dict(args.cfg_options or {})
+        options.update(args.baseline_cfg_options or {})
+        baseline = [bm.Variant(args.baseline or v.config, options, args.baseline_label,
+                               role='baseline') for v in variants]
+    size = None
+    if args.img_size:
+        size = (args.img_size[0], args.img_size[-1])
+    try:
+        results = bm.run_grid(
+            variants, args.precision, args.batch_sizes, baseline=baseline,
+            device=args.device, iters=args.iters, warmup=args.warmup,
+            infer_iters=args.infer_iters, image_size=size, real_data=args.real_data,
+            num_gt=args.num_gt, pretrained=args.pretrained)
+    except (FileNotFoundError, ValueError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    paths = bm.write_report(results, args.out_dir)
+    print()
+    print(bm.report_markdown(results))
+    print(f'wrote {paths["md"]}')
+    print(f'wrote {paths["json"]}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

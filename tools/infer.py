@@ -1,0 +1,58 @@
+#!/usr/bin/env python
+"""Detect objects with a trained checkpoint; write boxes as JSON and drawn images.
+
+    python tools/infer.py CONFIG CHECKPOINT IMAGE [IMAGE|FOLDER ...] [--out-dir DIR]
+        [--score-thr 0.3]
+
+Writes DIR/predictions.json ({images: [{image, height, width, vis, detections: [{bbox
+[x0, y0, x1, y1] in pixels, score, label, label_name}]}]}) and DIR/<image name> with the
+boxes at or above --score-thr drawn by mmdet's DetLocalVisualizer.
+"""
+import argparse
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def parse_args(argv=None):
+    from mmengine.config import DictAction
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n', 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config', help='config file')
+    parser.add_argument('checkpoint', help='checkpoint file (.pth)')
+    parser.add_argument('images', nargs='+', metavar='IMAGE',
+                        help='image files, or folders of them')
+    parser.add_argument('--out-dir', default='work_dirs/infer', help='output folder')
+    parser.add_argument('--score-thr', type=float, default=0.3,
+                        help='keep and draw boxes with at least this score')
+    parser.add_argument('--device', help='e.g. cpu, cuda:0 (default: cuda:0 if available)')
+    parser.add_argument('--no-draw', action='store_true', help='JSON only')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from projects.dino_dinov2.analysis import inference
+    try:
+        result = inference.run_inference(
+            args.config, args.checkpoint, args.images, args.out_dir,
+            score_thr=args.score_thr, device=args.device, cfg_options=args.cfg_options,
+            draw=not args.no_draw)
+    except (FileNotFoundError, ValueError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    for entry in result['images']:
+        dets = entry['detections']
+        top = ', '.join(f'{d["label_name"]} {d["score"]:.2f}' for d in dets[:3])
+        print(f'{entry["image"]}: {len(dets)} boxes >= {args.score_thr}'
+              + (f' (top: {top})' if top else ''))
+    print(f'wrote {osp.join(args.out_dir, "predictions.json")}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
