@@ -8,6 +8,7 @@ any other pickled object is still refused.
 """
 from __future__ import annotations
 
+import pickle
 from typing import List
 
 import numpy as np
@@ -33,11 +34,28 @@ def _numpy_globals() -> List:
     return items
 
 
+def _history_buffer_getattr(obj, name: str):
+    """``getattr`` as HistoryBuffer's pickles use it, and for nothing else.
+
+    ``HistoryBuffer.__getstate__`` stores its statistics methods, which pickle as
+    ``getattr(HistoryBuffer, 'mean')``; allowing the real ``getattr`` would let a file
+    reach any attribute of any allowed class.
+    """
+    from mmengine.logging.history_buffer import HistoryBuffer
+    if obj is HistoryBuffer and name in ('min', 'max', 'current', 'mean',
+                                         *HistoryBuffer._statistics_methods):
+        return getattr(obj, name)
+    raise pickle.UnpicklingError(f'checkpoint asks for getattr({obj!r}, {name!r}): only '
+                                 'HistoryBuffer statistics methods are allowed')
+
+
 def safe_globals() -> List:
     """Everything MMEngine's own checkpoints need beyond tensors and builtins."""
     from mmengine.logging.history_buffer import HistoryBuffer
     from mmengine.config.config import ConfigDict
-    return [HistoryBuffer, ConfigDict] + _numpy_globals()
+    return ([HistoryBuffer, ConfigDict] + _numpy_globals()
+            + [(_history_buffer_getattr, f'{mod}.getattr') for mod in ('__builtin__',
+                                                                         'builtins')])
 
 
 def register_safe_globals() -> None:
