@@ -1,5 +1,6 @@
 # The project's synthetic COCO-format shapes (python -m projects.dino_dinov2.datasets
-# writes data/synthetic/). 128 px images; flip is the only augmentation.
+# writes data/synthetic/). 128 px images (other sizes are resized to fit 128 x 128);
+# flip is the only augmentation.
 dataset_type = 'CocoDataset'
 data_root = 'data/synthetic/'
 backend_args = None
@@ -10,11 +11,13 @@ metainfo = dict(
 train_pipeline = [
     dict(type='LoadImageFromFile', backend_args=backend_args),
     dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='Resize', scale=(128, 128), keep_ratio=True),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackDetInputs')
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='Resize', scale=(128, 128), keep_ratio=True),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='PackDetInputs',
          meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))
