@@ -1,0 +1,148 @@
+"""Helpers for the launch, preemption, W&B and lr tests: tiny runs and their files.
+
+Also imported by training subprocesses (``custom_imports``, with this folder on
+PYTHONPATH) for :class:`RankWeightsHook`.
+"""
+import glob
+import json
+import os
+import os.path as osp
+import struct
+import time
+
+import torch
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+HERE = osp.dirname(osp.abspath(__file__))
+
+# A smaller model than the synthetic config's (1 ViT block, 1+1 DINO layers, 10 queries):
+# these tests check launching, not learning, on 2 shared CPU cores.
+TINY_MODEL_OPTIONS = [
+    'model.backbone.model_kwargs.depth=1', 'model.encoder.num_layers=1',
+    'model.decoder.num_layers=1', 'model.num_queries=10',
+    'model.dn_cfg.group_cfg.num_dn_queries=4', 'model.test_cfg.max_per_img=10',
+]
+
+
+def tiny_run_options(data_root: str, epochs: int, val: bool = False) -> list:
+    """``--cfg-options`` for a short run on ``data_root``: log every iteration, unsmoothed."""
+    data_root = data_root.rstrip('/') + '/'
+    ann = f'{data_root}annotations/instances_val.json'
+    return [
+        f'train_dataloader.dataset.data_root={data_root}',
+        f'val_dataloader.dataset.data_root={data_root}',
+        f'test_dataloader.dataset.data_root={data_root}',
+        f'val_evaluator.ann_file={ann}', f'test_evaluator.ann_file={ann}',
+        f'train_cfg.max_epochs={epochs}',
+        f'train_cfg.val_begin={epochs if val else 10 ** 6}', f'train_cfg.val_interval={epochs}',
+        'default_hooks.logger.interval=1', 'log_processor.window_size=1',
+        f'default_hooks.checkpoint.interval={epochs}',
+        'default_hooks.checkpoint.save_best=None',
+        *TINY_MODEL_OPTIONS,
+    ]
+
+
+def isolated_wandb_env(root: str, mode: str = 'offline') -> dict:
+    """Environment for a real wandb that writes under ``root`` and reads no credentials."""
+    os.makedirs(root, exist_ok=True)
+    return {'WANDB_DIR': root, 'WANDB_MODE': mode, 'WANDB_CONFIG_DIR': osp.join(root, 'cfg'),
+            'WANDB_CACHE_DIR': osp.join(root, 'cache'), 'WANDB_DATA_DIR': osp.join(root, 'data'),
+            'NETRC': osp.join(root, 'no-netrc'),
+            'WANDB_SILENT': 'true'}
+
+
+def read_scalars(work_dir: str) -> dict:
+    """Training rows of every ``scalars.json`` under ``work_dir``, by iteration (last wins)."""
+    rows = {}
+    for path in sorted(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json'))):
+        with open(path) as f:
+            for line in f:
+                row = json.loads(line)
+                if 'loss' in row and 'iter' in row:
+                    rows[row['iter']] = row
+    return rows
+
+
+def wait_for_iteration(work_dir: str, iteration: int, proc, timeout: float = 600) -> int:
+    """Block until the run in ``work_dir`` logged ``iteration``; returns the last logged."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        rows = read_scalars(work_dir)
+        if rows and max(rows) >= iteration:
+            return max(rows)
+        if proc.poll() is not None:
+            raise AssertionError(f'training exited ({proc.returncode}) before iteration '
+                                 f'{iteration}')
+        time.sleep(0.1)
+    raise AssertionError(f'iteration {iteration} not reached in {timeout} s')
+
+
+# --- W&B offline run files ----------------------------------------------------------------
+# wandb >= 0.19 writes runs from its Go core and no longer ships a Python reader for the
+# .wandb transaction log; the format is LevelDB's log format (32 KiB blocks of records
+# with a 7-byte header) behind a 7-byte ':W&B' file header, each record a protobuf Record.
+
+_BLOCK = 32768
+
+
+def wandb_records(path: str):
+    """The protobuf ``Record``s of a ``run-<id>.wandb`` file, in order."""
+    from wandb.proto import wandb_internal_pb2 as pb
+    data = open(path, 'rb').read()
+    ident, _magic, _version = struct.unpack('<4sHB', data[:7])
+    assert ident == b':W&B', f'{path}: not a W&B transaction log'
+    pos, buf = 7, b''
+    while pos + 7 <= len(data):
+        left = _BLOCK - pos % _BLOCK
+        if left < 7:  # block trailer
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack('<IHB', data[pos:pos + 7])
+        pos += 7
+        chunk, pos = data[pos:pos + length], pos + length
+        if kind == 0:
+            continue
+        buf = chunk if kind in (1, 2) else buf + chunk  # FULL/FIRST start a record
+        if kind in (1, 4):  # FULL/LAST end one
+            record = pb.Record()
+            record.ParseFromString(buf)
+            yield record
+            buf = b''
+
+
+def offline_runs(root: str) -> list:
+    """``offline-run-*`` folders under ``root`` (any depth), oldest first."""
+    runs = glob.glob(osp.join(root, '**', 'offline-run-*'), recursive=True)
+    return sorted((r for r in runs if osp.isdir(r)), key=osp.basename)
+
+
+def wandb_run(run_dir: str) -> dict:
+    """Run id, config keys and history rows (values decoded) of an offline run folder."""
+    files = glob.glob(osp.join(run_dir, 'run-*.wandb'))
+    assert len(files) == 1, files
+    out = {'run_id': None, 'config': {}, 'history': [], 'metrics': []}
+    for rec in wandb_records(files[0]):
+        kind = rec.WhichOneof('record_type')
+        if kind == 'run':
+            out['run_id'] = rec.run.run_id
+            out['config'].update({u.key: u.value_json for u in rec.run.config.update})
+        elif kind == 'config':
+            out['config'].update({u.key: u.value_json for u in rec.config.update})
+        elif kind == 'history':
+            out['history'].append({(i.key or '/'.join(i.nested_key)): json.loads(i.value_json)
+                                   for i in rec.history.item})
+        elif kind == 'metric':
+            out['metrics'].append((rec.metric.name or rec.metric.glob_name,
+                                   rec.metric.step_metric))
+    return out
+
+
+@HOOKS.register_module()
+class RankWeightsHook(Hook):
+    """Saves each rank's final weights to ``<work_dir>/rank<R>_weights.pth``."""
+
+    def after_train(self, runner):
+        model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()},
+                   osp.join(runner.work_dir, f'rank{runner.rank}_weights.pth'))

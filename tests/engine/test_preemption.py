@@ -1,0 +1,160 @@
+"""SIGTERM/SIGUSR1 -> checkpoint at the current iteration, exit 75, exact resume."""
+import os
+import os.path as osp
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, SYNTHETIC_CONFIG, clean_env
+from launch_helpers import read_scalars, tiny_run_options, wait_for_iteration
+from projects.dino_dinov2.engine import PREEMPTED_EXIT_CODE, PreemptionHook
+from projects.dino_dinov2.engine.preemption import (SkipFirstBatches, get_rng_state,
+                                                    set_rng_state)
+
+LOSS_KEYS = ('loss', 'loss_cls', 'loss_bbox', 'loss_iou', 'dn_loss_cls', 'enc_loss_cls')
+ITERS = 8  # 2 epochs of 4 iterations
+
+
+def _checkpoint_of(run):
+    last = run['last_checkpoint'].strip()  # what last_checkpoint said after the signal
+    return last, torch.load(last, map_location='cpu')
+
+
+def test_exit_code_is_documented():
+    assert PREEMPTED_EXIT_CODE == 75
+    doc = open(osp.join(REPO, 'docs', 'launching.md')).read()
+    assert '75' in doc and 'SIGTERM' in doc
+
+
+def test_sigterm_writes_a_checkpoint_at_that_iteration(preempted_runs):
+    run = preempted_runs['preempted']
+    assert run['returncode'] == PREEMPTED_EXIT_CODE, run['log'][-3000:]
+    assert 'Preempted by SIGTERM' in run['log']
+    rows = read_scalars(run['work_dir'])
+    # the iterations before the resume: rows of the first run only
+    stopped = int(re.search(r'iter_(\d+)\.pth \(iteration (\d+)\)', run['log']).group(1))
+    assert run['signalled_after'] <= stopped < ITERS
+    last, ckpt = _checkpoint_of(run)
+    assert osp.basename(last) == f'iter_{stopped}.pth'
+    assert ckpt['meta']['iter'] == stopped
+    assert ckpt['meta']['epoch'] == (stopped - 1) // 4  # the epoch it was in
+    # a normal mmengine checkpoint: model, optimizer, schedulers, message hub
+    assert {'state_dict', 'optimizer', 'param_schedulers', 'message_hub'} <= set(ckpt)
+    assert ckpt['message_hub']['log_scalars']['train/loss']._log_history.size >= stopped
+    # and what resumes it exactly: the RNG states of the one process
+    assert len(ckpt['preemption']['rng_states']) == 1
+    assert ckpt['preemption']['signal'] == signal.SIGTERM
+    assert min(rows) == 1 and stopped in rows
+
+
+def test_resume_continues_like_an_uninterrupted_run(preempted_runs):
+    ref, pre, res = (preempted_runs[k] for k in ('reference', 'preempted', 'resumed'))
+    assert ref['returncode'] == 0, ref['log'][-3000:]
+    assert res['returncode'] == 0, res['log'][-3000:]
+    stopped = int(re.search(r'iter_(\d+)\.pth', pre['log']).group(1))
+    assert f'resumed epoch: {(stopped - 1) // 4}, iter: {stopped}' in res['log']
+    expected = read_scalars(ref['work_dir'])
+    got = read_scalars(res['work_dir'])  # preempted run's rows, then the resumed run's
+    assert sorted(expected) == sorted(got) == list(range(1, ITERS + 1))
+    for it in range(1, ITERS + 1):
+        for key in LOSS_KEYS:
+            assert got[it][key] == expected[it][key], (it, key, got[it][key],
+                                                       expected[it][key])
+        assert got[it]['lr'] == expected[it]['lr']
+    final = torch.load(osp.join(res['work_dir'], 'epoch_2.pth'), map_location='cpu')
+    final_ref = torch.load(osp.join(ref['work_dir'], 'epoch_2.pth'), map_location='cpu')
+    for k, v in final_ref['state_dict'].items():
+        torch.testing.assert_close(final['state_dict'][k], v, rtol=0, atol=0, msg=k)
+
+
+def test_preemption_hook_is_registered():
+    from mmdet.registry import HOOKS
+    hook = HOOKS.build(dict(type='PreemptionHook', signals=['SIGUSR1']))
+    assert isinstance(hook, PreemptionHook) and hook.signals == [signal.SIGUSR1]
+    with pytest.raises(ValueError, match='SIGNOPE'):
+        PreemptionHook(signals=['SIGNOPE'])
+
+
+def test_skip_first_batches_draws_the_same_batches():
+    from torch.utils.data import BatchSampler, RandomSampler
+    g = torch.Generator().manual_seed(3)
+    full = list(BatchSampler(RandomSampler(range(10), generator=g), 3, False))
+    g.manual_seed(3)
+    calls = []
+    skipped = SkipFirstBatches(BatchSampler(RandomSampler(range(10), generator=g), 3, False),
+                               2, on_start=lambda: calls.append(1))
+    assert len(skipped) == 2
+    assert list(skipped) == full[2:] and calls == [1]
+
+
+def test_rng_state_round_trip():
+    state = get_rng_state()
+    a = (torch.rand(3), __import__('numpy').random.rand(3), __import__('random').random())
+    set_rng_state(state)
+    b = (torch.rand(3), __import__('numpy').random.rand(3), __import__('random').random())
+    assert torch.equal(a[0], b[0]) and (a[1] == b[1]).all() and a[2] == b[2]
+
+
+FAKE_SRUN = r'''#!/usr/bin/env bash
+# Stand-in for srun (one task): drop srun's options, set the job step's variables, run.
+while [ $# -gt 0 ] && [ "${1#-}" != "$1" ]; do shift; done
+export SLURM_PROCID=0 SLURM_LOCALID=0 SLURM_NTASKS=1 SLURM_STEP_ID=0
+export SLURM_STEP_NODELIST=localhost SLURM_JOB_NODELIST=localhost
+exec "$@"
+'''
+FAKE_SBATCH = r'''#!/usr/bin/env bash
+# Stand-in for sbatch: record the resubmission.
+printf '%s\n' "$@" > "$SBATCH_CALLS"
+echo "Submitted batch job 43"
+'''
+
+
+def test_sbatch_script_forwards_the_signal_and_resubmits(tiny_synthetic_data, tmp_path):
+    """The batch shell gets SIGUSR1 (``--signal=B:USR1@120``): the training checkpoints,
+    exits 75, and the script submits itself again with the same arguments."""
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    for name, text in (('srun', FAKE_SRUN), ('sbatch', FAKE_SBATCH)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    work_dir = str(tmp_path / 'work')
+    calls = tmp_path / 'sbatch_calls.txt'
+    env = clean_env(dict(PATH=f'{bin_dir}{os.pathsep}{os.environ["PATH"]}',
+                         SLURM_JOB_ID='42', SLURM_SUBMIT_DIR=REPO, PYTHON=sys.executable,
+                         SBATCH_CALLS=str(calls), MASTER_PORT=str(_free_port())))
+    args = [SYNTHETIC_CONFIG, work_dir, '--batch-size', '2', '--cfg-options',
+            *tiny_run_options(tiny_synthetic_data, epochs=2)]
+    log_path = tmp_path / 'job.log'
+    with open(log_path, 'w') as log:
+        # a new session, as slurmstepd runs the batch script: the signal goes to the shell
+        proc = subprocess.Popen(['bash', 'tools/sbatch_preemptible.sh', *args], cwd=REPO,
+                                env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            wait_for_iteration(work_dir, 1, proc)
+            proc.send_signal(signal.SIGUSR1)
+            rc = proc.wait(timeout=600)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    log = log_path.read_text()
+    assert rc == 0, log[-3000:]
+    assert 'got SIGUSR1: forwarding' in log and 'Preempted by SIGUSR1' in log, log[-3000:]
+    assert 'preempted (exit 75)' in log
+    last = open(osp.join(work_dir, 'last_checkpoint')).read().strip()
+    assert re.fullmatch(r'iter_\d+\.pth', osp.basename(last)) and osp.isfile(last)
+    # the slurm launcher ran for real: a one-task job step
+    assert 'Distributed launcher: slurm' in log
+    assert calls.read_text().splitlines() == [
+        '--export=ALL,RESUBMIT_COUNT=1', 'tools/sbatch_preemptible.sh', *args]
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]

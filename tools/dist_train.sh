@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Multi-process training through torchrun (one process per GPU; on a CPU-only machine,
+# processes on gloo), one node or several. mmdet's interface and variables:
+#
+#   tools/dist_train.sh CONFIG GPUS [tools/train.py args...]
+#
+#   NNODES (1)  NODE_RANK (0)  PORT (29500)  MASTER_ADDR (127.0.0.1): multi-node rendezvous;
+#               run the same command on every node with its own NODE_RANK.
+#   PYTHON (python3)
+#   DRY_RUN=1   print the exact command instead of running it.
+#
+# --batch-size is per process: total batch = batch x GPUS x NNODES (docs/launching.md).
+# SIGTERM/SIGUSR1 to this script: checkpoint at the current iteration, exit 75.
+set -euo pipefail
+if [ $# -lt 2 ]; then
+    echo "usage: $0 CONFIG GPUS [tools/train.py args...]" >&2
+    exit 2
+fi
+CONFIG=$1
+GPUS=$2
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+PORT=${PORT:-29500}
+MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
+PYTHON=${PYTHON:-python3}
+
+cmd=("$PYTHON" -m torch.distributed.run
+     --nnodes="$NNODES" --node_rank="$NODE_RANK" --nproc_per_node="$GPUS"
+     --master_addr="$MASTER_ADDR" --master_port="$PORT"
+     "$(dirname "$0")/train.py" "$CONFIG" --launcher pytorch "${@:3}")
+
+if [ "${DRY_RUN:-0}" = 1 ]; then
+    printf '%q ' "${cmd[@]}"; echo
+    exit 0
+fi
+
+# Preemption: SIGTERM/SIGUSR1 go straight to the training processes (torchrun's children),
+# which checkpoint and exit 75. torchrun itself would stop them after 30 s, and reports
+# any worker exit as its own status 1: after a signal this script exits 75 instead.
+PREEMPTED=75
+signalled=
+forward() {
+    signalled=$1
+    echo "[dist_train] got SIG$1: forwarding it to the training processes" >&2
+    pkill -"$1" -P "$child" 2>/dev/null || kill -TERM "$child" 2>/dev/null
+}
+trap 'forward TERM' TERM
+trap 'forward USR1' USR1
+"${cmd[@]}" &
+child=$!
+while true; do
+    rc=0
+    wait "$child" || rc=$?
+    kill -0 "$child" 2>/dev/null || break  # a trapped signal only interrupted the wait
+done
+if [ -n "$signalled" ] && [ "$rc" -ne 0 ]; then
+    echo "[dist_train] stopped by SIG$signalled (torchrun status $rc): exit $PREEMPTED," \
+         "continue with --resume" >&2
+    exit "$PREEMPTED"
+fi
+exit "$rc"
