@@ -57,3 +57,87 @@ def synthetic_run(synthetic_data, tmp_path_factory):
               'default_hooks.checkpoint.interval=1', 'default_hooks.logger.interval=1',
               'randomness.seed=0', *data_cfg_options(synthetic_data)])
     return work_dir
+
+
+# --- launching, preemption and W&B (tests/engine/test_launch*, test_preemption*, test_wandb*)
+
+def clean_env(extra=None) -> dict:
+    """This process's environment without W&B or launcher variables, plus ``extra``."""
+    drop = ('WANDB_', 'SLURM_')
+    keep = {k: v for k, v in os.environ.items()
+            if not k.startswith(drop) and k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK',
+                                                    'MASTER_ADDR', 'MASTER_PORT')}
+    return dict(keep, PYTHONUNBUFFERED='1', **(extra or {}))
+
+
+@pytest.fixture(scope='session')
+def tiny_synthetic_data(tmp_path_factory):
+    """8 train / 4 val synthetic images: 4 iterations an epoch at batch 2."""
+    from projects.dino_dinov2.datasets import generate_synthetic_coco
+    root = str(tmp_path_factory.mktemp('tiny_synthetic'))
+    generate_synthetic_coco(root, num_train=8, num_val=4, seed=1, progress=False)
+    return root
+
+
+@pytest.fixture(scope='session')
+def preempted_runs(tiny_synthetic_data, tmp_path_factory):
+    """One seeded, deterministic 2-epoch training (8 iterations, batch 2) run three ways.
+
+    * ``reference``: uninterrupted, with ``--wandb --wandb-mode online`` and no API key
+      (W&B cannot start: training must go on);
+    * ``preempted``: W&B offline; SIGTERM once it logged iteration 1 -> checkpoint, exit;
+    * ``resumed``: ``--resume`` in the preempted work dir, W&B offline with
+      ``--wandb_resume_id`` of the preempted run; it validates after the last epoch.
+    Returns their work dirs, exit codes and logs, and the W&B folder.
+    """
+    import signal
+    import subprocess
+    import time
+
+    sys.path.insert(0, osp.join(REPO, 'tests', 'engine'))
+    from launch_helpers import isolated_wandb_env, tiny_run_options, wait_for_iteration
+
+    root = tmp_path_factory.mktemp('preempted_runs')
+    wandb_dir = str(root / 'wandb')
+    base = [sys.executable, 'tools/train.py', SYNTHETIC_CONFIG, '--seed', '0',
+            '--deterministic', '--batch-size', '2']
+    options = ['--cfg-options', *tiny_run_options(tiny_synthetic_data, epochs=2)]
+    out = {'wandb_dir': wandb_dir}
+
+    ref = str(root / 'reference')
+    env = clean_env(isolated_wandb_env(str(root / 'wandb_online'), mode='online'))
+    proc = subprocess.run(base + ['--work-dir', ref, '--wandb', '--wandb-mode', 'online']
+                          + options, cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=900)
+    out['reference'] = dict(work_dir=ref, returncode=proc.returncode,
+                            log=proc.stdout + proc.stderr)
+
+    pre = str(root / 'preempted')
+    env = clean_env(isolated_wandb_env(wandb_dir, mode='offline'))
+    log_path = root / 'preempted.log'
+    with open(log_path, 'w') as log:
+        proc = subprocess.Popen(base + ['--work-dir', pre, '--wandb', '--wandb-mode',
+                                        'offline'] + options, cwd=REPO, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, text=True)
+        try:
+            seen = wait_for_iteration(pre, 1, proc)
+            t0 = time.time()
+            proc.send_signal(signal.SIGTERM)
+            rc = proc.wait(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    last = osp.join(pre, 'last_checkpoint')  # before the resumed run moves it on
+    out['preempted'] = dict(work_dir=pre, returncode=rc, log=log_path.read_text(),
+                            signalled_after=seen, exit_s=time.time() - t0,
+                            last_checkpoint=open(last).read() if osp.isfile(last) else None)
+
+    run_id_file = osp.join(pre, 'wandb_run_id')
+    run_id = open(run_id_file).read().strip() if osp.isfile(run_id_file) else 'missing'
+    proc = subprocess.run(base + ['--work-dir', pre, '--resume', '--wandb', '--wandb_mode',
+                                  'offline', '--wandb_resume_id', run_id, '--cfg-options',
+                                  *tiny_run_options(tiny_synthetic_data, epochs=2, val=True)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    out['resumed'] = dict(work_dir=pre, returncode=proc.returncode,
+                          log=proc.stdout + proc.stderr, run_id=run_id)
+    return out
