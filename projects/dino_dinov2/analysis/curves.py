@@ -235,7 +235,7 @@ def load_scalars_json(path: str, name: Optional[str] = None) -> RunLog:
         if not rows:
             continue
         steps = [_num(r.get('step'), path, 'step') for r in rows]
-        vals = [100.0 * _num(r[key], path, key) for r in rows]
+        vals = [_ap_percent(_num(r[key], path, key)) for r in rows]
         if by_epoch:
             run.val[canon] = _series([math.nan] * len(rows), steps, vals)
         else:
@@ -246,6 +246,11 @@ def load_scalars_json(path: str, name: Optional[str] = None) -> RunLog:
         if ipe:
             run.set_iters_per_epoch(ipe)
     return run
+
+
+def _ap_percent(v: float) -> float:
+    """mmdet's AP fraction in percent; COCO's -1 (no object of that size) -> NaN."""
+    return math.nan if v < 0 else 100.0 * v
 
 
 def _is_number(v) -> bool:
@@ -348,7 +353,9 @@ def load_wandb_csv(path: str, iters_per_epoch: Optional[int] = None,
             xs.append(x)
             ys.append(y)
         if metric.strip() in MMDET_AP_KEYS or metric.strip().startswith('val/coco/'):
-            ys = [100.0 * y for y in ys]
+            ys = [_ap_percent(y) for y in ys]
+        elif canon not in ('loss', 'lr'):
+            ys = [math.nan if y < 0 else y for y in ys]
         runs.setdefault(run_name.strip(), {})[canon] = (xs, ys)
     if not runs:
         raise CurveDataError(f'{path}: no AP (bbox/AP, coco/bbox_mAP), loss (total_loss, '

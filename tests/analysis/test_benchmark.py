@@ -1,0 +1,110 @@
+"""Training benchmark on the CPU with the synthetic config: tiny images, few iterations."""
+import json
+import os.path as osp
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from projects.dino_dinov2.analysis import benchmark as bm
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+SYNTHETIC = osp.join(REPO, 'configs', 'dino_dinov2_synthetic.py')
+LABEL = 'ViT-S (depth 4, dim 192)'  # the synthetic config's 4-block, dim-192 ViT
+FAST = ['--iters', '2', '--warmup', '0', '--infer-iters', '1', '--img-size', '64',
+        '--device', 'cpu']
+
+
+def run_cli(args, out_dir):
+    proc = subprocess.run([sys.executable, 'tools/benchmark.py', SYNTHETIC, *args,
+                           '--out-dir', str(out_dir)], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout, json.loads((out_dir / 'benchmark.json').read_text())
+
+
+def row_pattern(precision, batch):
+    return re.compile(rf'^\| {re.escape(LABEL)} \| {precision} \| {batch} \| '
+                      rf'(\d+\.\d{{4}}) s \| (\d+) MiB \|$', re.M)
+
+
+def test_grid_prints_the_original_table_and_writes_json(tmp_path):
+    stdout, report = run_cli(['--precision', 'full', 'mixed', '--batch-sizes', '1', '2',
+                              *FAST], tmp_path)
+    assert bm.TABLE_HEADER in stdout
+    for precision in ('Full', 'Mixed'):
+        for batch in (1, 2):
+            (m, ) = row_pattern(precision, batch).finditer(stdout)
+            assert float(m.group(1)) > 0 and int(m.group(2)) > 100
+    results = report['results']
+    assert [(r['precision'], r['batch_size']) for r in results] == [
+        ('full', 1), ('full', 2), ('mixed', 1), ('mixed', 2)]
+    for r in results:
+        assert r['device'] == 'cpu' and r['data'] == 'synthetic'
+        assert r['image_size'] == [64, 64] and r['iters'] == 2 and r['warmup'] == 0
+        assert len(r['iter_times']) == 2 and r['iter_time'] == pytest.approx(
+            float(np.median(r['iter_times'])))
+        assert r['iter_time_p25'] <= r['iter_time'] <= r['iter_time_p75']
+        assert r['memory_kind'].startswith('cpu') and r['memory_reserved_mib'] is None
+        assert r['infer_images_per_s'] > 0 and r['data_time'] is None
+        assert r['amp_dtype'] == ('bfloat16' if r['precision'] == 'mixed' else None)
+    assert report['ratios'] == []
+    md = (tmp_path / 'benchmark.md').read_text()
+    assert bm.TABLE_HEADER in md and '## Details' in md
+
+
+def test_baseline_runs_in_the_same_process_and_prints_ratios(tmp_path):
+    stdout, report = run_cli(['--precision', 'full', '--batch-sizes', '1', *FAST,
+                              '--baseline', '--baseline-cfg-options', 'model.num_queries=20',
+                              '--baseline-label', 'ViT-S 20q'], tmp_path)
+    results = report['results']
+    assert [r['role'] for r in results] == ['candidate', 'baseline']
+    assert results[1]['cfg_options'] == {'model.num_queries': 20}
+    assert results[1]['backbone'] == 'ViT-S 20q'
+    (ratio, ) = report['ratios']
+    assert ratio['time'] == pytest.approx(results[0]['iter_time'] / results[1]['iter_time'])
+    assert ratio['memory'] == pytest.approx(results[0]['memory_mib'] / results[1]['memory_mib'])
+    line = [ln for ln in stdout.splitlines() if ln.startswith(f'| {LABEL} | ViT-S 20q |')]
+    assert len(line) == 1 and f'{ratio["time"]:.3f}' in line[0], stdout
+    assert 'Ratios (candidate / baseline)' in stdout
+
+
+def test_cpu_peak_memory_sees_a_new_allocation():
+    memory = bm.PeakMemory(torch.device('cpu'))
+    memory.reset()
+    before, _ = memory.read()
+    block = np.ones(200 * 2**20 // 8)  # 200 MiB, touched
+    after, reserved = memory.read()
+    del block
+    assert reserved is None and after - before > 150
+
+
+def test_synthetic_batch_is_a_collated_detection_batch():
+    batch = bm.synthetic_batch(3, (48, 80), num_classes=3, num_gt=4, seed=1)
+    assert [t.shape for t in batch['inputs']] == [torch.Size([3, 48, 80])] * 3
+    assert all(t.dtype == torch.uint8 for t in batch['inputs'])
+    for s in batch['data_samples']:
+        boxes = s.gt_instances.bboxes.tensor
+        assert boxes.shape == (4, 4)
+        assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= 80).all()
+        assert (boxes[:, 1] >= 0).all() and (boxes[:, 3] <= 48).all()
+        assert (boxes[:, 2:] > boxes[:, :2]).all()
+        assert s.gt_instances.labels.max() < 3
+        assert s.metainfo['scale_factor'] == (1.0, 1.0)
+    again = bm.synthetic_batch(3, (48, 80), num_classes=3, num_gt=4, seed=1)
+    assert torch.equal(batch['inputs'][2], again['inputs'][2])
+
+
+def test_config_defaults_follow_the_recipe():
+    recipe = bm.load_variant_config(bm.Variant(osp.join(REPO, 'configs',
+                                                         'dino_dinov2_s_12ep.py')))
+    assert bm.default_image_size(recipe) == (800, 1333)
+    assert bm.backbone_label(recipe) == 'ViT-S'
+    assert recipe.model.backbone.pretrained is False  # nothing is downloaded for timing
+    b = bm.load_variant_config(bm.Variant(osp.join(REPO, 'configs', 'dino_dinov2_b_12ep.py')))
+    assert bm.backbone_label(b) == 'ViT-B'
+    tiny = bm.load_variant_config(bm.Variant(SYNTHETIC))
+    assert bm.backbone_label(tiny) == LABEL
