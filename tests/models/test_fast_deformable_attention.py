@@ -99,7 +99,7 @@ def test_cuda_kernel_matches_reference_on_gpu(amp):
     inputs = _inputs(True, 4, device='cuda')
     out_k, g_k = _run(stock, inputs, autocast_device='cuda' if amp else None)
     out_r, g_r = _run(ref, inputs, autocast_device='cuda' if amp else None)
-    tol = 2e-2 if amp else 1e-4
+    tol = 5e-2 if amp else 1e-4  # amp: both sides' projections in bfloat16
     torch.testing.assert_close(out_k.float(), out_r.float(), rtol=tol, atol=tol)
     for a, b in zip(g_k, g_r):
         assert (a.float() - b.float()).norm() <= tol * b.float().norm() + 1e-4

@@ -97,7 +97,8 @@ class BatchHungarianAssigner(HungarianAssigner):
         solved = [k for k in range(n) if costs[k] is not None]
         host = None
         if solved:
-            flat = torch.cat([costs[k].reshape(-1) for k in solved])
+            # float32 as the stock solver sees it (a bfloat16 cost has no numpy dtype)
+            flat = torch.cat([costs[k].reshape(-1).float() for k in solved])
             host = flat.cpu().numpy()
         gt_inds_host = []
         offset = 0
