@@ -32,14 +32,14 @@ model = dict(
 optim_wrapper = dict(
     optimizer=dict(lr=2e-4),
     paramwise_cfg=dict(custom_keys={'backbone': dict(lr_mult=1.0)}))
-max_epochs = 16
+max_epochs = 12
 train_cfg = dict(max_epochs=max_epochs, val_interval=2)
 param_scheduler = [
-    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[14],
+    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[10],
          gamma=0.1)
 ]
 default_hooks = dict(
     logger=dict(interval=16),
-    checkpoint=dict(interval=4, max_keep_ckpts=2, save_best='coco/bbox_mAP', rule='greater'))
+    checkpoint=dict(interval=2, max_keep_ckpts=2, save_best='coco/bbox_mAP', rule='greater'))
 log_processor = dict(window_size=16)
 auto_scale_lr = dict(base_batch_size=4)
