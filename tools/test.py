@@ -45,8 +45,8 @@ def main(argv=None):
     cfg = engine.load_config(args.config, args.cfg_options)
     engine.set_work_dir(cfg, args.work_dir, args.config)
     engine.setup_launcher(cfg, args.launcher)  # process group before the Runner
-    if not osp.isfile(args.checkpoint):
-        raise FileNotFoundError(f'checkpoint not found: {args.checkpoint}')
+    engine.check_data_paths(cfg, ['test_dataloader'])
+    engine.check_checkpoint_file(args.checkpoint)  # missing or truncated: one-line error
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
         engine.enable_visualization(cfg, args.show, args.show_dir, args.wait_time)
@@ -63,4 +63,6 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    from projects.dino_dinov2.engine.user_errors import exit_on_user_error
+    with exit_on_user_error():  # bad data/config/checkpoint: 'error: ...', exit 2
+        main()

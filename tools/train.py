@@ -68,6 +68,8 @@ def main(argv=None):
 
     cfg = engine.load_config(args.config, args.cfg_options)
     engine.set_work_dir(cfg, args.work_dir, args.config)
+    engine.check_data_paths(cfg, ['train_dataloader'] + (['val_dataloader']
+                                                         if cfg.get('val_cfg') else []))
     launch = engine.setup_launcher(cfg, args.launcher)  # process group before the Runner
     if args.amp:
         engine.enable_amp(cfg)
@@ -91,4 +93,6 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    from projects.dino_dinov2.engine.user_errors import exit_on_user_error
+    with exit_on_user_error():  # bad data/config/checkpoint: 'error: ...', exit 2
+        main()

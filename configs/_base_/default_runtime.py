@@ -1,4 +1,7 @@
 # Runtime shared by every dino-dinov2 config (mmdet's default_runtime + the plugin import).
+# Checkpoints and the last_checkpoint pointer are written atomically (a kill mid-write
+# leaves the previous ones loadable); a NaN/Inf loss stops the run before anything is
+# saved (docs/robustness.md).
 custom_imports = dict(imports=['projects.dino_dinov2'], allow_failed_imports=False)
 default_scope = 'mmdet'
 
@@ -6,7 +9,8 @@ default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=20),  # the recipe logs every 20 iterations
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3),
+    checkpoint=dict(type='AtomicCheckpointHook', interval=1, max_keep_ckpts=3),
+    nan_guard=dict(type='NanGuardHook'),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='DetVisualizationHook'))
 

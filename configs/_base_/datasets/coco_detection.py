@@ -3,13 +3,13 @@
 # resize-crop-resize branch. Batch 2 per GPU: 8 GPUs give the recipe's total batch 16.
 # Loading keeps the GPU fed: 4 decoding workers per GPU (a fast step needs ~15 images/s),
 # kept alive across epochs, batches in pinned memory (asynchronous host-to-GPU copies).
-dataset_type = 'CocoDataset'
+dataset_type = 'CheckedCocoDataset'  # CocoDataset + checks (docs/robustness.md)
 data_root = 'data/coco/'
 backend_args = None
 
 _scales = [(s, 1333) for s in range(480, 801, 32)]
 train_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='CheckedLoadImageFromFile', backend_args=backend_args),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='RandomFlip', prob=0.5),
     dict(
@@ -27,7 +27,7 @@ train_pipeline = [
     dict(type='PackDetInputs')
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='CheckedLoadImageFromFile', backend_args=backend_args),
     dict(type='Resize', scale=(1333, 800), keep_ratio=True),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='PackDetInputs',

@@ -1,7 +1,7 @@
 # The project's synthetic COCO-format shapes (python -m projects.dino_dinov2.datasets
 # writes data/synthetic/). 128 px images (other sizes are resized to fit 128 x 128);
 # flip is the only augmentation.
-dataset_type = 'CocoDataset'
+dataset_type = 'CheckedCocoDataset'  # CocoDataset + checks (docs/robustness.md)
 data_root = 'data/synthetic/'
 backend_args = None
 metainfo = dict(
@@ -9,14 +9,14 @@ metainfo = dict(
     palette=[(220, 40, 40), (40, 170, 60), (40, 80, 220)])
 
 train_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='CheckedLoadImageFromFile', backend_args=backend_args),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='Resize', scale=(128, 128), keep_ratio=True),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackDetInputs')
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='CheckedLoadImageFromFile', backend_args=backend_args),
     dict(type='Resize', scale=(128, 128), keep_ratio=True),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='PackDetInputs',

@@ -1,15 +1,23 @@
 from .amp import AutoAmpOptimWrapper, preferred_amp_dtype
+from .atomic_checkpoint import (AtomicCheckpointHook, AtomicLocalBackend, atomic_write,
+                                write_last_checkpoint)
+from .checked_checkpoint import (CheckpointError, check_checkpoint_file,
+                                 load_local_checkpoint, register_checked_loader)
+from .config_check import ConfigError, check_cfg_options, check_data_paths
 from .config_setup import (enable_amp, enable_visualization, load_config, print_metrics,
                            set_resume, set_work_dir)
 from .launcher import (LaunchInfo, detect_launcher, expand_nodelist, init_distributed,
                        setup_launcher, slurm_dist_env)
 from .lr_scaling import (BatchLr, BatchLrLoggerHook, apply_batch_and_lr, log_batch_and_lr,
                          lr_scale_factor)
+from .nan_guard import NanGuardHook, NonFiniteLossError
 from .preemption import PREEMPTED_EXIT_CODE, PreemptionHook, enable_preemption
 from .safe_checkpoint import register_safe_globals, safe_globals
+from .user_errors import USER_ERRORS, exit_on_user_error
 from .wandb_setup import SafeWandbVisBackend, enable_wandb
 
 register_safe_globals()
+register_checked_loader()
 
 __all__ = [
     'AutoAmpOptimWrapper', 'preferred_amp_dtype', 'enable_amp', 'enable_visualization',
@@ -19,5 +27,9 @@ __all__ = [
     'slurm_dist_env', 'BatchLr', 'BatchLrLoggerHook', 'apply_batch_and_lr', 'log_batch_and_lr',
     'lr_scale_factor',
     'PREEMPTED_EXIT_CODE', 'PreemptionHook', 'enable_preemption', 'SafeWandbVisBackend',
-    'enable_wandb'
+    'enable_wandb', 'AtomicCheckpointHook', 'AtomicLocalBackend', 'atomic_write',
+    'write_last_checkpoint', 'CheckpointError', 'check_checkpoint_file',
+    'load_local_checkpoint', 'register_checked_loader', 'ConfigError', 'check_cfg_options',
+    'check_data_paths', 'NanGuardHook', 'NonFiniteLossError', 'USER_ERRORS',
+    'exit_on_user_error'
 ]

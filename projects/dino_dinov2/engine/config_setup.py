@@ -10,13 +10,21 @@ from typing import Optional
 
 from mmengine.config import Config
 
+from .checked_checkpoint import CheckpointError, check_checkpoint_file
+from .config_check import ConfigFileNotFoundError, check_cfg_options
+
 
 def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
-    """Read a config file and merge ``--cfg-options`` into it."""
+    """Read a config file and merge ``--cfg-options`` into it.
+
+    Each option is checked first: an unknown key or a wrong type is a ``ConfigError``
+    naming the key (mmengine's merge would add any key silently; see config_check.py).
+    """
     if not osp.isfile(path):
-        raise FileNotFoundError(f'config file not found: {path}')
+        raise ConfigFileNotFoundError(f'config file not found: {path}')
     cfg = Config.fromfile(path)
     if cfg_options:
+        check_cfg_options(cfg, cfg_options, source=path)
         cfg.merge_from_dict(cfg_options)
     return cfg
 
@@ -43,13 +51,33 @@ def enable_amp(cfg: Config, dtype: str = 'auto') -> None:
 
 
 def set_resume(cfg: Config, resume: Optional[str]) -> None:
-    """``--resume`` alone: the latest checkpoint of the work dir; ``--resume PATH``: that file."""
+    """``--resume`` alone: the latest checkpoint of the work dir; ``--resume PATH``: that file.
+
+    The checkpoint is checked before anything is built: a missing or truncated file is
+    a ``CheckpointError`` naming it, never a silent start from scratch. ``--resume``
+    alone in a work dir without a ``last_checkpoint`` starts from scratch (first run of
+    a job that is resubmitted with ``--resume``).
+    """
     if resume == 'auto':
         cfg.resume = True
         cfg.load_from = None
+        work_dir = cfg.get('work_dir', None)
+        pointer = osp.join(work_dir, 'last_checkpoint') if work_dir else ''
+        if pointer and osp.isfile(pointer):
+            with open(pointer) as f:
+                latest = f.read().strip()
+            if not latest:
+                raise CheckpointError(f'{pointer} is empty: pass the checkpoint to resume '
+                                      'from, --resume PATH')
+            try:
+                check_checkpoint_file(latest)
+            except CheckpointError as e:
+                raise type(e)(f'--resume: {pointer} names a bad checkpoint: {e}') from None
     elif resume is not None:
-        if not osp.isfile(resume):
-            raise FileNotFoundError(f'--resume: checkpoint not found: {resume}')
+        try:
+            check_checkpoint_file(resume)
+        except CheckpointError as e:
+            raise type(e)(f'--resume: {e}') from None
         cfg.resume = True
         cfg.load_from = resume
 

@@ -1,0 +1,203 @@
+"""Checkpoints and the ``last_checkpoint`` pointer written atomically.
+
+Why: mmengine writes a checkpoint with ``open(path, 'wb').write(...)``
+(``LocalBackend.put``) and the pointer with ``open(work_dir/last_checkpoint, 'w')``;
+a process killed during either (SIGKILL from the OOM killer, a node failure, a
+scheduler that does not wait) leaves a truncated ``epoch_N.pth`` or an empty pointer,
+and ``--resume`` then fails -- or, with ``max_keep_ckpts=1``, the previous checkpoint
+was deleted before the new one was written, and nothing is left to resume from.
+
+Where it is fixed, and why there: every checkpoint the Runner saves goes through
+``mmengine.runner.checkpoint.save_checkpoint``, which writes through the file backend
+named by ``backend_args``. :class:`AtomicLocalBackend` (registered as the
+``atomic_local`` backend) is mmengine's ``LocalBackend`` whose ``put``/``put_text``
+write a temporary file in the same folder, ``fsync`` it, ``os.replace`` it over the
+target and ``fsync`` the folder: readers see the old file or the new one, never a part.
+Choosing it through ``backend_args`` needs no patch of mmengine and covers every writer
+that takes the CheckpointHook's ``backend_args`` (its own saves, the best checkpoint,
+the preemption hook's). :class:`AtomicCheckpointHook` is mmengine's ``CheckpointHook``
+that picks that backend by default, writes the pointer the same way, and deletes the
+checkpoints beyond ``max_keep_ckpts`` only after the new one and the pointer are on disk.
+
+Fault injection for tests: with ``DINO_DINOV2_FAULT_SLEEP_IN_WRITE=<seconds>`` in the
+environment, each atomic write writes half of the data to its temporary file, flushes
+it and sleeps that long before the rest, so a test can kill the process mid-write.
+"""
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+import os.path as osp
+import time
+from typing import Optional, Union
+
+from mmengine.dist import is_main_process
+from mmengine.fileio import LocalBackend, register_backend
+from mmengine.hooks import CheckpointHook
+from mmengine.registry import HOOKS
+
+FAULT_ENV = 'DINO_DINOV2_FAULT_SLEEP_IN_WRITE'
+TMP_MARK = '.tmp-'  # temporary files: .<name>.tmp-<pid>-<n>
+_counter = itertools.count()
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems do not sync folders
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(data: Union[bytes, str], path: str, encoding: str = 'utf-8') -> None:
+    """Replace ``path`` by ``data`` so that it is never seen half-written.
+
+    Temporary file in the same folder (``os.replace`` is atomic only within one file
+    system), fsync of the file before the rename and of the folder after it (the rename
+    itself survives a power loss). Permissions follow the umask, as ``open`` would.
+    """
+    if isinstance(data, str):
+        data = data.encode(encoding)
+    path = str(path)
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = osp.join(folder, f'.{osp.basename(path)}{TMP_MARK}{os.getpid()}-{next(_counter)}')
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            delay = float(os.environ.get(FAULT_ENV, '0') or 0)
+            if delay > 0:
+                half = len(data) // 2
+                f.write(data[:half])
+                f.flush()
+                time.sleep(delay)
+                f.write(data[half:])
+            else:
+                f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(folder)
+
+
+def remove_stale_temp_files(folder: str) -> list:
+    """Delete temporary files that killed writers left in ``folder``; returns their paths.
+
+    Only files of processes that no longer run are removed (the pid is in the name).
+    """
+    removed = []
+    for path in glob.glob(osp.join(glob.escape(folder), f'.*{TMP_MARK}*')):
+        try:
+            pid = int(osp.basename(path).rsplit(TMP_MARK, 1)[1].split('-')[0])
+        except (IndexError, ValueError):
+            continue
+        if pid != os.getpid() and _alive(pid):
+            continue
+        try:
+            os.unlink(path)
+            removed.append(path)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@register_backend('atomic_local')
+class AtomicLocalBackend(LocalBackend):
+    """mmengine's ``LocalBackend`` with atomic ``put`` and ``put_text`` (see module doc)."""
+
+    def put(self, obj: bytes, filepath) -> None:
+        atomic_write(obj, str(filepath))
+
+    def put_text(self, obj: str, filepath, encoding: str = 'utf-8') -> None:
+        atomic_write(obj, str(filepath), encoding=encoding)
+
+
+ATOMIC_BACKEND_ARGS = dict(backend='atomic_local')
+
+
+@HOOKS.register_module()
+class AtomicCheckpointHook(CheckpointHook):
+    """mmengine's ``CheckpointHook``; checkpoints and ``last_checkpoint`` written atomically.
+
+    Same arguments. ``backend_args=None`` (the default) writes local checkpoints through
+    :class:`AtomicLocalBackend`; other ``backend_args`` (object stores, whose uploads
+    are atomic already) are kept. Outdated checkpoints (``max_keep_ckpts``) are deleted
+    after the new checkpoint and the pointer are written, not before as mmengine does,
+    so there is always one complete checkpoint the pointer names.
+    """
+
+    def __init__(self, *args, backend_args: Optional[dict] = None, **kwargs) -> None:
+        out_dir = kwargs.get('out_dir', None)
+        if backend_args is None and kwargs.get('file_client_args') is None and (
+                out_dir is None or '://' not in str(out_dir)):
+            backend_args = dict(ATOMIC_BACKEND_ARGS)
+        super().__init__(*args, backend_args=backend_args, **kwargs)
+
+    def before_train(self, runner) -> None:
+        super().before_train(runner)
+        if is_main_process():
+            for folder in {runner.work_dir, self.out_dir}:
+                if isinstance(folder, str) and '://' not in folder and osp.isdir(folder):
+                    for path in remove_stale_temp_files(folder):
+                        runner.logger.warning(f'removed {path}: the partial write of a '
+                                              'process that was killed')
+
+    def _save_checkpoint_with_step(self, runner, step, meta):
+        """mmengine's version with the deletion of old checkpoints moved after the save
+        and an atomic pointer; the bookkeeping (``keep_ckpt_ids`` in the message hub,
+        saved inside the checkpoint) is unchanged."""
+        outdated = None
+        if self.max_keep_ckpts > 0:
+            if len(self.keep_ckpt_ids) > 0 and self.keep_ckpt_ids[-1] == step:
+                pass  # _save_checkpoint and _save_best_checkpoint in the same epoch
+            else:
+                if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
+                    outdated = self.keep_ckpt_ids.popleft()
+                self.keep_ckpt_ids.append(step)
+                runner.message_hub.update_info('keep_ckpt_ids', list(self.keep_ckpt_ids))
+
+        ckpt_filename = self.filename_tmpl.format(step)
+        self.last_ckpt = self.file_backend.join_path(self.out_dir, ckpt_filename)
+        runner.message_hub.update_info('last_ckpt', self.last_ckpt)
+        runner.save_checkpoint(
+            self.out_dir, ckpt_filename, self.file_client_args,
+            save_optimizer=self.save_optimizer,
+            save_param_scheduler=self.save_param_scheduler,
+            meta=meta, by_epoch=self.by_epoch, backend_args=self.backend_args,
+            **self.args)
+        if not is_main_process():
+            return
+        write_last_checkpoint(runner.work_dir, self.last_ckpt)
+        if outdated is not None:
+            path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(outdated))
+            if self.file_backend.isfile(path):
+                self.file_backend.remove(path)
+            elif self.file_backend.isdir(path):  # deepspeed saves folders
+                self.file_backend.rmtree(path)
+
+
+def write_last_checkpoint(work_dir: str, checkpoint_path: str) -> None:
+    """Point ``<work_dir>/last_checkpoint`` (what ``--resume`` reads) at a checkpoint."""
+    atomic_write(str(checkpoint_path), osp.join(work_dir, 'last_checkpoint'))

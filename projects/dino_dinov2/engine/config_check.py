@@ -1,0 +1,331 @@
+"""Checks of ``--cfg-options`` and data paths before a run starts.
+
+Why: mmengine's ``Config.merge_from_dict`` adds any key it is given, so a typo
+(``train_cfg.max_epoch=24``) is accepted silently and the run trains 12 epochs; a
+wrong type (``train_dataloader.batch_size=two``) fails minutes later deep inside a
+DataLoader; a missing data root fails when the dataset is first built, with a traceback.
+
+:func:`check_cfg_options` checks each option against the loaded config before merging:
+
+* a key that exists must get a value of a compatible type (a typed parameter's
+  annotation decides where the dict has a ``type``, else the current value's type;
+  ``None`` is always allowed where no annotation forbids it);
+* a new key is allowed only where the config means to accept it: at the top level, a
+  ``Runner`` argument (``randomness``, ``resume``, ...); in a dict with a ``type``, a
+  constructor argument of that class (walking ``**kwargs`` up the base classes);
+  in a dataloader, a ``torch.utils.data.DataLoader`` argument; anywhere under a
+  free-form dict (``metainfo``, ``custom_keys``, ``model_kwargs``, ``env_cfg``, ...);
+* list items are addressed by index (``model.neck.0.in_channels``), as mmengine merges
+  them.
+
+A key refused here can still be set in a config file that inherits this one
+(``_base_ = [...]``): only command-line options are checked.
+"""
+from __future__ import annotations
+
+import inspect
+import os.path as osp
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any, Iterable, List, Optional, Set, Tuple
+
+from mmengine.config import Config
+
+
+class ConfigError(ValueError):
+    """A config file or option that names an unknown key, a wrong type or a missing path."""
+
+
+class ConfigFileNotFoundError(ConfigError, FileNotFoundError):
+    """The config file itself does not exist."""
+
+
+# dicts whose keys are free by design (names, backend options, timm kwargs, ...)
+FREE_FORM = frozenset({'metainfo', 'custom_keys', 'model_kwargs', 'backend_args',
+                       'env_cfg', 'randomness', 'init_kwargs', 'pretrained_cfg_overlay',
+                       'cfg_options', 'kwargs', 'custom_imports'})
+# top-level keys the Runner, mmengine's builders and these tools read besides its
+# constructor arguments
+EXTRA_TOP_LEVEL = frozenset({'model_wrapper_cfg', 'find_unused_parameters', 'compile',
+                             'activation_checkpointing', 'efficient_conv_bn_eval',
+                             'runner_type', 'custom_imports', 'sync_bn'})
+DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+
+
+def _join(path: Iterable) -> str:
+    return '.'.join(str(p) for p in path)
+
+
+# -- what a dict accepts ------------------------------------------------------------------
+
+def _registered(type_name: str) -> List[type]:
+    """Classes (or functions) registered under ``type_name`` in mmdet's registries."""
+    import mmdet.registry as mmdet_registry
+    from mmengine.registry import Registry
+    found = []
+    for name in dir(mmdet_registry):
+        reg = getattr(mmdet_registry, name)
+        if not isinstance(reg, Registry) or name.startswith('MMENGINE_'):
+            continue
+        try:
+            obj = reg.get(type_name)
+        except Exception:  # noqa: BLE001 - a scope or import problem: not this registry
+            obj = None
+        if obj is not None and obj not in found:
+            found.append(obj)
+    return found
+
+
+def _params(obj) -> Tuple[dict, bool]:
+    """Named parameters of a class's (or function's) constructor, and free-form or not.
+
+    ``**kwargs`` that a class passes on to its base class are followed up the MRO; only
+    if every ``__init__`` up to ``object`` takes ``**kwargs`` is the dict free-form.
+    """
+    if not inspect.isclass(obj):
+        return _collect([obj]), _has_var_kwargs(obj)
+    inits = []
+    for klass in obj.__mro__[:-1]:  # without object
+        if '__init__' in vars(klass):
+            inits.append(vars(klass)['__init__'])
+            if not _has_var_kwargs(inits[-1]):
+                return _collect(inits), False
+    return _collect(inits), True
+
+
+def _has_var_kwargs(func) -> bool:
+    try:
+        return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        return True
+
+
+def _collect(funcs) -> dict:
+    """{parameter name: annotation (or ``Parameter.empty``)} over ``funcs``."""
+    params = {}
+    for func in funcs:
+        try:
+            sig = inspect.signature(func)
+        except (TypeError, ValueError):
+            continue
+        try:
+            hints = typing.get_type_hints(func)
+        except Exception:  # noqa: BLE001 - unresolvable annotations: no type checks
+            hints = {}
+        for name, p in sig.parameters.items():
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or name == 'self':
+                continue
+            params.setdefault(name, hints.get(name, inspect.Parameter.empty))
+    return params
+
+
+def _typed_params(node: Mapping) -> Tuple[dict, bool]:
+    """Constructor parameters for the ``type`` of ``node`` (union over candidates)."""
+    type_ = node.get('type')
+    candidates = _registered(type_) if isinstance(type_, str) else (
+        [type_] if callable(type_) else [])
+    if not candidates:
+        return {}, True  # unknown type: cannot tell, let the builder complain
+    params, free = {}, False
+    for obj in candidates:
+        p, f = _params(obj)
+        for k, v in p.items():
+            params.setdefault(k, v)
+        free = free or f
+    return params, free
+
+
+def _dataloader_params() -> dict:
+    from torch.utils.data import DataLoader
+    return _params(DataLoader)[0]
+
+
+def _top_level_params() -> Set[str]:
+    from mmengine.runner import Runner
+    return set(inspect.signature(Runner.__init__).parameters) - {'self'} | EXTRA_TOP_LEVEL
+
+
+# -- types --------------------------------------------------------------------------------
+
+def _matches(value: Any, hint: Any) -> Optional[bool]:
+    """Whether ``value`` fits the annotation ``hint``; None where that cannot be told."""
+    if hint is inspect.Parameter.empty or hint is Any:
+        return None
+    origin = typing.get_origin(hint)
+    if origin is typing.Union:
+        results = [_matches(value, a) for a in typing.get_args(hint)]
+        if any(r is True for r in results):
+            return True
+        return None if any(r is None for r in results) else False
+    if hint is type(None):
+        return value is None
+    if value is None:
+        return False
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, float) and value.is_integer())
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    base = origin or hint
+    if inspect.isclass(base):
+        if issubclass(base, Mapping):
+            return isinstance(value, Mapping)
+        if issubclass(base, (list, tuple)) or base is Sequence:
+            return isinstance(value, (list, tuple))
+    return None
+
+
+def _like(value: Any, current: Any) -> bool:
+    """Type compatibility with the value the config holds now."""
+    if current is None or value is None:
+        return True
+    if isinstance(current, bool):
+        return isinstance(value, bool)
+    if isinstance(current, int):
+        return _matches(value, int)
+    if isinstance(current, float):
+        return _matches(value, float)
+    if isinstance(current, str):
+        return isinstance(value, str)
+    if isinstance(current, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    if isinstance(current, Mapping):
+        return isinstance(value, Mapping)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is typing.Union:
+        return ' or '.join(_describe(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return 'None'
+    return getattr(hint, '__name__', None) or str(hint).replace('typing.', '')
+
+
+# -- the check ----------------------------------------------------------------------------
+
+def check_cfg_options(cfg: Config, options: Optional[Mapping], source: str = '') -> None:
+    """Raise :class:`ConfigError` for the first option that names an unknown key or
+    gives a wrong type (see the module docstring). ``source``: the config file, for the
+    message."""
+    for full_key, value in (options or {}).items():
+        _check_option(cfg._cfg_dict, str(full_key), value, source or 'this config')
+
+
+def _check_option(root, full_key: str, value: Any, source: str) -> None:
+    parts = full_key.split('.')
+    node, path = root, []
+    hint = inspect.Parameter.empty
+    for i, part in enumerate(parts):
+        if isinstance(node, (list, tuple)):
+            if not part.isdigit():
+                raise ConfigError(f'--cfg-options {full_key}: {_join(path)} is a list; '
+                                  f'address its items by index ({_join(path)}.0...)')
+            if int(part) >= len(node):
+                raise ConfigError(f'--cfg-options {full_key}: {_join(path)} has '
+                                  f'{len(node)} items, no index {part}')
+            node, hint = node[int(part)], inspect.Parameter.empty
+            path.append(part)
+            continue
+        if not isinstance(node, Mapping):
+            raise ConfigError(f'--cfg-options {full_key}: {_join(path)} is {node!r}, not a '
+                              f'dict: it has no key {part!r}')
+        params, free = _accepted(node, path)
+        if part not in node:
+            if free or any(p in FREE_FORM for p in path):
+                return  # a free-form dict: anything goes
+            if params is None or part not in params:
+                raise ConfigError(_unknown_key_message(full_key, node, path, part, params,
+                                                       source))
+            if i == len(parts) - 1:
+                _check_value(full_key, value, params[part], None)
+            return  # below a new key nothing exists to check against
+        hint = params.get(part, inspect.Parameter.empty) if params else inspect.Parameter.empty
+        node = node[part]
+        path.append(part)
+    _check_value(full_key, value, hint, node)
+
+
+def _accepted(node: Mapping, path: List[str]) -> Tuple[Optional[dict], bool]:
+    """(parameters a dict accepts as new keys, free-form?); None: only its own keys."""
+    if not path:
+        return {k: inspect.Parameter.empty for k in _top_level_params()}, False
+    if 'type' in node:
+        return _typed_params(node)
+    if len(path) == 1 and path[0] in DATALOADERS:
+        return _dataloader_params(), False
+    return None, False
+
+
+def _check_value(full_key: str, value: Any, hint: Any, current: Any) -> None:
+    ok = _matches(value, hint)
+    if ok is None:
+        ok = _like(value, current)
+    if not ok:
+        expected = _describe(hint) if hint is not inspect.Parameter.empty else \
+            type(current).__name__
+        now = f' (now {current!r})' if current is not None else ''
+        raise ConfigError(f'--cfg-options {full_key}={value!r}: expected {expected}'
+                          f'{now}, got {type(value).__name__}')
+
+
+def _unknown_key_message(full_key, node, path, part, params, source) -> str:
+    import difflib
+    known = sorted(set(node) | set(params or {}))
+    close = difflib.get_close_matches(part, [str(k) for k in known], n=3)
+    hint = f'; did you mean {" or ".join(_join(path + [c]) for c in close)}?' if close else '.'
+    parent = _join(path) or 'the top level'
+    kind = f' ({node["type"]})' if isinstance(node, Mapping) and 'type' in node else ''
+    escape = (f' If the key is right, set it in a config file that inherits {source} '
+              '(_base_): only --cfg-options are checked.')
+    return f'--cfg-options {full_key}: unknown key {part!r} in {parent}{kind}{hint}{escape}'
+
+
+# -- data paths ---------------------------------------------------------------------------
+
+def check_data_paths(cfg: Config, dataloaders: Sequence[str] = DATALOADERS) -> None:
+    """Raise :class:`ConfigError` naming the key and path when a local dataset folder or
+    annotation file (of the given dataloaders and their evaluators) does not exist.
+
+    Dataloaders that are absent or None (e.g. no validation) are skipped; remote paths
+    (``s3://...``) are left to their backends.
+    """
+    def missing(path) -> bool:
+        return isinstance(path, str) and '://' not in path and not osp.exists(path)
+
+    for name in dataloaders:
+        loader = cfg.get(name, None)
+        if not loader or not loader.get('dataset'):
+            continue
+        for key, ds in _datasets(loader['dataset'], f'{name}.dataset'):
+            root = ds.get('data_root', None) or ''
+            if root and missing(root):
+                raise ConfigError(f'{key}.data_root: folder not found: {root} (make the '
+                                  f'dataset there, or pass --cfg-options {key}.data_root=PATH)')
+            ann = ds.get('ann_file', None)
+            if ann:
+                full = ann if osp.isabs(ann) or '://' in ann else osp.join(root, ann)
+                if missing(full):
+                    raise ConfigError(f'{key}.ann_file: annotation file not found: {full}')
+        evaluator = cfg.get(name.replace('dataloader', 'evaluator'), None)
+        for i, metric in enumerate(evaluator if isinstance(evaluator, list) else [evaluator]):
+            ann = metric.get('ann_file', None) if isinstance(metric, Mapping) else None
+            if missing(ann):
+                key = name.replace('dataloader', 'evaluator') + (
+                    f'.{i}' if isinstance(evaluator, list) else '')
+                raise ConfigError(f'{key}.ann_file: annotation file not found: {ann}')
+
+
+def _datasets(ds: Mapping, key: str):
+    """The dataset dict and those it wraps (``dataset``/``datasets`` of wrappers)."""
+    yield key, ds
+    inner = ds.get('dataset', None)
+    if isinstance(inner, Mapping):
+        yield from _datasets(inner, f'{key}.dataset')
+    for i, sub in enumerate(ds.get('datasets', None) or []):
+        if isinstance(sub, Mapping):
+            yield from _datasets(sub, f'{key}.datasets.{i}')
