@@ -19,9 +19,11 @@ the preemption hook's). :class:`AtomicCheckpointHook` is mmengine's ``Checkpoint
 that picks that backend by default, writes the pointer the same way, and deletes the
 checkpoints beyond ``max_keep_ckpts`` only after the new one and the pointer are on disk.
 
-Fault injection for tests: with ``DINO_DINOV2_FAULT_SLEEP_IN_WRITE=<seconds>`` in the
-environment, each atomic write writes half of the data to its temporary file, flushes
-it and sleeps that long before the rest, so a test can kill the process mid-write.
+Fault injection for tests: with ``DINO_DINOV2_FAULT_SLEEP_IN_WRITE=<seconds>[@<n>]`` in
+the environment, an atomic write (every one, or only the n-th of the process, counting
+from 1; a checkpoint and then its pointer are two writes) writes half of the data to its
+temporary file, flushes it and sleeps that long before the rest, so a test can kill the
+process mid-write deterministically.
 """
 from __future__ import annotations
 
@@ -39,7 +41,18 @@ from mmengine.registry import HOOKS
 
 FAULT_ENV = 'DINO_DINOV2_FAULT_SLEEP_IN_WRITE'
 TMP_MARK = '.tmp-'  # temporary files: .<name>.tmp-<pid>-<n>
-_counter = itertools.count()
+_counter = itertools.count(1)
+
+
+def _fault_delay(write_number: int) -> float:
+    """Seconds to sleep in this write (``FAULT_ENV``), 0 normally."""
+    spec = os.environ.get(FAULT_ENV, '')
+    if not spec:
+        return 0.0
+    seconds, _, nth = spec.partition('@')
+    if nth and int(nth) != write_number:
+        return 0.0
+    return float(seconds)
 
 
 def _fsync_dir(folder: str) -> None:
@@ -67,11 +80,12 @@ def atomic_write(data: Union[bytes, str], path: str, encoding: str = 'utf-8') ->
     path = str(path)
     folder = osp.dirname(osp.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp = osp.join(folder, f'.{osp.basename(path)}{TMP_MARK}{os.getpid()}-{next(_counter)}')
+    number = next(_counter)
+    tmp = osp.join(folder, f'.{osp.basename(path)}{TMP_MARK}{os.getpid()}-{number}')
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, 'wb') as f:
-            delay = float(os.environ.get(FAULT_ENV, '0') or 0)
+            delay = _fault_delay(number)
             if delay > 0:
                 half = len(data) // 2
                 f.write(data[:half])
