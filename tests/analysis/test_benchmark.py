@@ -56,10 +56,14 @@ def test_grid_prints_the_original_table_and_writes_json(tmp_path):
     assert bm.TABLE_HEADER in md and '## Details' in md
 
 
-def test_baseline_runs_in_the_same_process_and_prints_ratios(tmp_path):
-    stdout, report = run_cli(['--precision', 'full', '--batch-sizes', '1', *FAST,
-                              '--baseline', '--baseline-cfg-options', 'model.num_queries=20',
-                              '--baseline-label', 'ViT-S 20q'], tmp_path)
+def test_baseline_runs_in_the_same_process_and_prints_ratios(tmp_path, capsys):
+    from tools.benchmark import main
+    assert main([SYNTHETIC, '--precision', 'full', '--batch-sizes', '1', '--iters', '1',
+                 '--warmup', '0', '--infer-iters', '1', '--img-size', '64', '--device',
+                 'cpu', '--baseline', '--baseline-cfg-options', 'model.num_queries=20',
+                 '--baseline-label', 'ViT-S 20q', '--out-dir', str(tmp_path)]) == 0
+    stdout = capsys.readouterr().out
+    report = json.loads((tmp_path / 'benchmark.json').read_text())
     results = report['results']
     assert [r['role'] for r in results] == ['candidate', 'baseline']
     assert results[1]['cfg_options'] == {'model.num_queries': 20}
@@ -99,8 +103,8 @@ def test_synthetic_batch_is_a_collated_detection_batch():
 
 
 def test_config_defaults_follow_the_recipe():
-    recipe = bm.load_variant_config(bm.Variant(osp.join(REPO, 'configs',
-                                                         'dino_dinov2_s_12ep.py')))
+    recipe = bm.load_variant_config(
+        bm.Variant(osp.join(REPO, 'configs', 'dino_dinov2_s_12ep.py')))
     assert bm.default_image_size(recipe) == (800, 1333)
     assert bm.backbone_label(recipe) == 'ViT-S'
     assert recipe.model.backbone.pretrained is False  # nothing is downloaded for timing
@@ -108,3 +112,16 @@ def test_config_defaults_follow_the_recipe():
     assert bm.backbone_label(b) == 'ViT-B'
     tiny = bm.load_variant_config(bm.Variant(SYNTHETIC))
     assert bm.backbone_label(tiny) == LABEL
+
+
+def test_real_data_from_the_configs_dataloader_reports_data_time(synthetic_data):
+    root = synthetic_data.rstrip('/') + '/'
+    variant = bm.Variant(SYNTHETIC, {'train_dataloader.dataset.data_root': root,
+                                     'val_dataloader.dataset.data_root': root})
+    r = bm.run_cell(variant, 'full', 2, device='cpu', iters=2, warmup=0, infer_iters=1,
+                    real_data=True)
+    assert r.data == 'real' and r.image_size is None
+    assert r.data_time is not None and 0 < r.data_time < r.iter_time
+    assert r.iter_time > 0 and r.infer_images_per_s > 0 and r.memory_mib > 100
+    assert '| real' not in bm.markdown_table([r])  # the original's five columns only
+    assert f'{r.data_time:.4f}' in bm.details_table([r])

@@ -2,16 +2,12 @@
 reports and errors. Synthetic curves with known truth; numpy/scipy only (fast)."""
 import csv
 import json
-import os.path as osp
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from projects.dino_dinov2.analysis import forecast as fc
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 # The recipe's scale: an evaluation every 2,500 iterations over 12 epochs of 7,500.
 X = np.arange(1, 37) * 2500.0
 TRUTH = {
@@ -186,15 +182,14 @@ def test_cli_writes_json_markdown_and_png(tmp_path, capsys):
     assert 'Forecast (power-law)' in capsys.readouterr().out
 
 
-def test_cli_reports_bad_input_as_error_and_exit_2(tmp_path):
+def test_cli_reports_bad_input_as_error_and_exit_2(tmp_path, capsys):
+    from tools.forecast_ap import main
     curve = tmp_path / 'bad.csv'
     curve.write_text('Step,bbox/AP\n2500,30.1\n5000,abc\n7500,35.0\n')
-    proc = subprocess.run([sys.executable, 'tools/forecast_ap.py', str(curve),
-                           '--target-iter', '375000'], cwd=REPO, capture_output=True,
-                          text=True)
-    assert proc.returncode == 2
-    err = [ln for ln in proc.stderr.splitlines() if ln.startswith('error:')]
-    assert len(err) == 1 and "'bbox/AP' row 3: not a number: 'abc'" in err[0], proc.stderr
+    assert main([str(curve), '--target-iter', '375000']) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith('error: ')
+    assert "'bbox/AP' row 3: not a number: 'abc'" in err[0]
 
 
 def test_cli_too_few_points_and_nan(tmp_path, capsys):
@@ -213,3 +208,52 @@ def test_cli_too_few_points_and_nan(tmp_path, capsys):
     text.write_text('Step,note\n1,good\n2,bad\n')
     assert main([str(text), '--y-column', 'note', '--target-iter', '10']) == 2
     assert "column 'note' row 2: not a number: 'good'" in capsys.readouterr().err
+
+
+def write_mmengine_log(work_dir, ap, iters_per_epoch=10, drop_after_epoch=11):
+    """An MMEngine work dir: training lines every 5 iterations (and at each epoch's end),
+    lr x0.1 after ``drop_after_epoch``, one validation line per epoch."""
+    vis = work_dir / '20240101_000000' / 'vis_data'
+    vis.mkdir(parents=True)
+    lines = []
+    for epoch, value in enumerate(ap, 1):
+        for it in range((epoch - 1) * iters_per_epoch + 5, epoch * iters_per_epoch + 1, 5):
+            lr = 1e-4 if epoch <= drop_after_epoch else 1e-5
+            lines.append(dict(lr=lr, loss=10.0 / it, epoch=epoch, iter=it, step=it))
+        lines.append({'coco/bbox_mAP': value, 'coco/bbox_mAP_50': value + 0.2,
+                      'step': epoch})
+    (vis / 'scalars.json').write_text(''.join(json.dumps(r) + '\n' for r in lines))
+
+
+def test_mmengine_log_gives_iterations_and_the_lr_drop(tmp_path):
+    epochs = np.arange(1, 13)
+    ap = (fc.MODELS['power-law'].fn(epochs * 10.0, 0.6, 1.0, 0.5)
+          + np.where(epochs > 11, 0.02, 0.0))
+    write_mmengine_log(tmp_path, ap)
+    curve = fc.load_curve(str(tmp_path))
+    assert curve.x_unit == 'iter' and curve.iters_per_epoch == 10
+    np.testing.assert_allclose(curve.x, epochs * 10.0)
+    np.testing.assert_allclose(curve.y, 100 * ap)  # percent
+    assert curve.lr_drop_at == 110.0  # the last iteration before the lr fell
+
+    from tools.forecast_ap import main
+    out = tmp_path / 'fc'
+    assert main([str(tmp_path), '--target-epochs', '50', '--target-drop-epoch', '40',
+                 '--models', 'power-law', '--out-dir', str(out)]) == 0
+    report = json.loads((out / 'forecast.json').read_text())
+    assert report['target'] == 500.0 and report['lr_drop']['observed_at'] == 110.0
+    assert report['lr_drop']['jump'] == pytest.approx(2.0, abs=1e-3)  # 0.02 -> 2 AP
+    assert report['prediction']['value'] == pytest.approx(
+        100 * fc.MODELS['power-law'].fn(500.0, 0.6, 1.0, 0.5) + 2.0, abs=1e-3)
+    # --no-drop fits every point and adds nothing
+    assert main([str(tmp_path), '--target-epochs', '50', '--no-drop', '--models',
+                 'power-law', '--out-dir', str(out)]) == 0
+    report = json.loads((out / 'forecast.json').read_text())
+    assert report['lr_drop']['observed_at'] is None and report['n_fit_points'] == 12
+
+
+def test_the_short_real_run_is_too_short_to_forecast(synthetic_run, capsys):
+    from tools.forecast_ap import main
+    assert main([synthetic_run, '--target-epochs', '16']) == 2
+    assert capsys.readouterr().err.strip() == (
+        'error: curve: need at least 5 points to fit and backtest the models, got 2')

@@ -63,7 +63,7 @@ def test_score_threshold_filters_json_and_drawing(synthetic_run, synthetic_data,
 
     # above every score: empty JSON and the image drawn unchanged; a folder = its images
     none = inference.run_inference(SYNTHETIC, ckpt, [osp.dirname(image)],
-                                   str(tmp_path / 'none'), score_thr=1.01, device='cpu')
+                                   str(tmp_path / 'none'), score_thr=1.01, model=model)
     assert len(none['images']) == 8
     entry = none['images'][0]
     assert entry['image'] == image and entry['detections'] == []

@@ -395,10 +395,10 @@ def validate_curve(x, y, min_points: int = MIN_POINTS, what: str = 'curve'
 
 
 def forecast_curve(x: Sequence[float], y: Sequence[float], target: float,
-             drop_at: Optional[float] = None, target_drop_at: Optional[float] = None,
-             models: Sequence[str] = DEFAULT_MODELS, holdout_fraction: float = 0.3,
-             level: float = 0.95, parsimony: float = 0.02, x_unit: str = 'iter'
-             ) -> ForecastResult:
+                   drop_at: Optional[float] = None, target_drop_at: Optional[float] = None,
+                   models: Sequence[str] = DEFAULT_MODELS, holdout_fraction: float = 0.3,
+                   level: float = 0.95, parsimony: float = 0.02, x_unit: str = 'iter'
+                   ) -> ForecastResult:
     """Fit every model, backtest, select, and return the forecast at ``target``.
 
     Args:

@@ -105,14 +105,20 @@ def _out_names(images: Sequence[str]) -> List[str]:
 
 def run_inference(config: str, checkpoint: str, images: Sequence[str], out_dir: str,
                   score_thr: float = 0.3, device: Optional[str] = None,
-                  cfg_options: Optional[dict] = None, draw: bool = True) -> Dict:
+                  cfg_options: Optional[dict] = None, draw: bool = True,
+                  model=None) -> Dict:
     """Detect on ``images``; write ``out_dir/predictions.json`` and, with ``draw``,
-    ``out_dir/<image name>`` with the boxes drawn. Returns the JSON content."""
+    ``out_dir/<image name>`` with the boxes drawn. Returns the JSON content.
+
+    ``model``: a detector :func:`load_detector` already built from ``config`` and
+    ``checkpoint`` (they are then only recorded in the JSON).
+    """
     import mmcv
     from mmdet.apis import inference_detector
 
     images = expand_images(images)
-    model = load_detector(config, checkpoint, device, cfg_options)
+    if model is None:
+        model = load_detector(config, checkpoint, device, cfg_options)
     classes = class_names(model)
     vis = make_visualizer(model) if draw else None
     os.makedirs(out_dir, exist_ok=True)
