@@ -59,7 +59,8 @@ def test_flags_to_init_kwargs(tmp_path):
     kwargs = wandb_init_kwargs(project='p', group='g', job_type='train', entity='me',
                                mode='offline', resume_id='abc123')
     assert kwargs == dict(project='p', group='g', job_type='train', entity='me',
-                          mode='offline', id='abc123', resume='allow')
+                          mode='offline', id='abc123', resume='allow',
+                          allow_val_change=True)
     assert wandb_init_kwargs() == {}  # WANDB_MODE and wandb's defaults apply
     with pytest.raises(ValueError, match="'cloud'"):
         wandb_init_kwargs(mode='cloud')

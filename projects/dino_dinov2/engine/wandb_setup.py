@@ -22,6 +22,7 @@ same W&B run.
 """
 from __future__ import annotations
 
+import logging
 import os
 import os.path as osp
 from typing import Optional
@@ -67,13 +68,13 @@ class SafeWandbVisBackend(WandbVisBackend):
             self._wandb.define_metric('*', step_metric=STEP_METRIC)
         except Exception as e:  # noqa: BLE001  (any failure to start must not stop training)
             self._failed = True
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else ''
-            print_log(f'W&B could not start ({type(e).__name__}: {msg}); training goes on '
-                      'without W&B logging', logger='current', level=30)
+            print_log(f'W&B could not start ({type(e).__name__}: {_first_line(e)}); '
+                      'training goes on without W&B logging', logger='current',
+                      level=logging.WARNING)
             return
         run = self._wandb.run
-        print_log(f'W&B run {run.id} ({self._init_kwargs.get("mode") or "default mode"}): '
-                  f'{run.dir}', logger='current')
+        mode = self._init_kwargs.get('mode') or os.environ.get('WANDB_MODE') or 'online'
+        print_log(f'W&B run {run.id} ({mode}): {run.dir}', logger='current')
         if self._run_id_file:
             os.makedirs(osp.dirname(osp.abspath(self._run_id_file)), exist_ok=True)
             with open(self._run_id_file, 'w') as f:
@@ -85,9 +86,8 @@ class SafeWandbVisBackend(WandbVisBackend):
         return self._failed
 
     def add_config(self, config, **kwargs) -> None:
-        if not self._ensure():
-            return
-        super().add_config(config, **kwargs)
+        if self._ensure():
+            self._guarded(super().add_config, config, **kwargs)
 
     def add_graph(self, model, data_batch, **kwargs) -> None:
         if self._ensure():
@@ -112,11 +112,20 @@ class SafeWandbVisBackend(WandbVisBackend):
         if STEP_METRIC not in row:
             hub_iter = MessageHub.get_current_instance().get_info('iter')
             row[STEP_METRIC] = step if hub_iter is None else int(hub_iter) + 1
-        self._wandb.log(row, commit=self._commit)
+        self._guarded(self._wandb.log, row, commit=self._commit)
 
     def close(self) -> None:
         if not self._failed and hasattr(self, '_wandb'):
             self._wandb.finish()
+
+    def _guarded(self, fn, *args, **kwargs) -> None:
+        """Call a wandb function; on an error, warn once and stop logging to W&B."""
+        try:
+            fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001  (W&B trouble must not stop training)
+            self._failed = True
+            print_log(f'W&B logging failed ({type(e).__name__}: {_first_line(e)}); training '
+                      'goes on without W&B logging', logger='current', level=logging.WARNING)
 
     def _ensure(self) -> bool:
         """Start W&B on first use (as ``force_init_env`` does); False when it is off."""
@@ -124,6 +133,11 @@ class SafeWandbVisBackend(WandbVisBackend):
             self._init_env()
             self._env_initialized = True
         return not self._failed
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ''
 
 
 def wandb_init_kwargs(project: Optional[str] = None, group: Optional[str] = None,
@@ -137,7 +151,8 @@ def wandb_init_kwargs(project: Optional[str] = None, group: Optional[str] = None
                   name=name)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if resume_id:
-        kwargs.update(id=resume_id, resume='allow')
+        # a resumed training's config differs (resume, load_from...): W&B must accept it
+        kwargs.update(id=resume_id, resume='allow', allow_val_change=True)
     return kwargs
 
 
