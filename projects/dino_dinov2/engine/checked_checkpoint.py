@@ -80,11 +80,20 @@ def check_checkpoint_file(path: str) -> None:
 
 
 def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _refusal(e: BaseException) -> str:
+    """What torch's weights-only unpickler refused, from its long message."""
     text = str(e)
-    match = re.search(r'WeightsUnpickler error: (.*?)(?: was not an allowed|\.\s|$)', text)
+    match = re.search(r'(?i)unsupported global:?\s+(?:GLOBAL\s+)?([\w.]+)', text)
     if match:
-        return match.group(1)
-    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        return f'Unsupported global: GLOBAL {match.group(1)}'
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith(('Weights only load failed', 'Check the',
+                                                      '(1)', '(2)', 'Please file an issue'))]
+    return lines[0] if lines else 'an object outside the allow-list'
 
 
 def load_local_checkpoint(filename: str, map_location=None):
@@ -100,10 +109,10 @@ def load_local_checkpoint(filename: str, map_location=None):
         return torch.load(filename, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - every failure here means "cannot use this file"
         import pickle
-        if isinstance(e, pickle.UnpicklingError) and 'WeightsUnpickler' in str(e):
+        if isinstance(e, pickle.UnpicklingError) and 'Weights only load failed' in str(e):
             raise CheckpointError(
                 f'refused to load {filename}: it holds a pickled object outside the '
-                f'allow-list ({_first_line(e)}); checkpoints are read with '
+                f'allow-list ({_refusal(e)}); checkpoints are read with '
                 'torch.load(weights_only=True) and only the classes MMEngine saves are '
                 'allowed (engine/safe_checkpoint.py)') from None
         if 'zip archive' in str(e) or isinstance(e, (EOFError, zipfile.BadZipFile)):

@@ -23,8 +23,10 @@ A key refused here can still be set in a config file that inherits this one
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import os.path as osp
+import types
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, Iterable, List, Optional, Set, Tuple
@@ -152,7 +154,7 @@ def _matches(value: Any, hint: Any) -> Optional[bool]:
     if hint is inspect.Parameter.empty or hint is Any:
         return None
     origin = typing.get_origin(hint)
-    if origin is typing.Union:
+    if _is_union(hint):
         results = [_matches(value, a) for a in typing.get_args(hint)]
         if any(r is True for r in results):
             return True
@@ -198,8 +200,13 @@ def _like(value: Any, current: Any) -> bool:
     return True
 
 
+def _is_union(hint: Any) -> bool:
+    """``Union[a, b]``, ``Optional[a]`` and ``a | b``."""
+    return typing.get_origin(hint) in (typing.Union, getattr(types, 'UnionType', typing.Union))
+
+
 def _describe(hint: Any) -> str:
-    if typing.get_origin(hint) is typing.Union:
+    if _is_union(hint):
         return ' or '.join(_describe(a) for a in typing.get_args(hint))
     if hint is type(None):
         return 'None'
@@ -212,8 +219,14 @@ def check_cfg_options(cfg: Config, options: Optional[Mapping], source: str = '')
     """Raise :class:`ConfigError` for the first option that names an unknown key or
     gives a wrong type (see the module docstring). ``source``: the config file, for the
     message."""
-    for full_key, value in (options or {}).items():
-        _check_option(cfg._cfg_dict, str(full_key), value, source or 'this config')
+    if not options:
+        return
+    work = copy.deepcopy(cfg)
+    # a new ``type`` changes which keys its dict accepts: check and merge those first
+    ordered = sorted(options.items(), key=lambda kv: str(kv[0]).rsplit('.', 1)[-1] != 'type')
+    for full_key, value in ordered:
+        _check_option(work._cfg_dict, str(full_key), value, source or 'this config')
+        work.merge_from_dict({full_key: value})
 
 
 def _check_option(root, full_key: str, value: Any, source: str) -> None:

@@ -64,7 +64,7 @@ class NanGuardHook(Hook):
         loss = (outputs or {}).get('loss', None)
         if loss is None:
             return
-        bad = torch.tensor([0.0 if torch.isfinite(torch.as_tensor(loss)).all() else 1.0])
+        bad = torch.tensor([0.0 if torch.isfinite(torch.as_tensor(loss).detach()).all() else 1.0])
         if is_distributed():
             all_reduce(bad, op='max')
         if not bad.item():
@@ -87,7 +87,7 @@ class NanGuardHook(Hook):
         terms = []
         for name, value in outputs.items():
             try:
-                v = float(torch.as_tensor(value).float().mean())
+                v = float(torch.as_tensor(value).detach().float().mean())
             except (TypeError, ValueError, RuntimeError):
                 continue
             if name == 'loss' or not math.isfinite(v):
