@@ -76,11 +76,11 @@ def test_preemption_stops_both_ranks_with_exit_75(torchrun_run):
     log = torchrun_run['preempted_log']
     assert torchrun_run['preempted_rc'] == 75, log[-4000:]
     assert 'got SIGUSR1: forwarding it to the training processes' in log
-    assert 'Preempted by SIGUSR1' in log and 'exitcode  : 75' in log
+    assert 'Preempted by SIGUSR1' in log and re.search(r'exitcode\s*:\s*75', log)
     ckpt = torch.load(torchrun_run['last_checkpoint'], map_location='cpu')
     stopped = ckpt['meta']['iter']
     assert osp.basename(torchrun_run['last_checkpoint']) == f'iter_{stopped}.pth'
-    assert 1 <= stopped < 4
+    assert 1 <= stopped <= 4
     assert len(ckpt['preemption']['rng_states']) == 2  # one per rank
     assert f'resumed epoch: 0, iter: {stopped}' in torchrun_run['log']
 
