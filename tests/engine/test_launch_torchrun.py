@@ -40,7 +40,9 @@ def torchrun_run(tiny_synthetic_data, tmp_path_factory):
                       "'launch_helpers'], allow_failed_imports=False)\n"
                       "custom_hooks = [dict(type='RankWeightsHook')]\n")
     env = clean_env(dict(isolated_wandb_env(str(root / 'wandb')), PORT=str(_free_port()),
-                         PYTHONPATH=HERE, OMP_NUM_THREADS='1', PYTHON=sys.executable))
+                         PYTHONPATH=os.pathsep.join(filter(None, [
+                             HERE, os.environ.get('PYTHONPATH')])),
+                         OMP_NUM_THREADS='1', PYTHON=sys.executable))
     cmd = ['bash', 'tools/dist_train.sh', str(config), '2', '--work-dir', work_dir,
            '--batch-size', '1', '--auto-scale-lr', 'sqrt', '--seed', '0', '--wandb',
            '--wandb-mode', 'offline', '--cfg-options',
