@@ -8,8 +8,9 @@ turns that into:
 2. after the iteration in progress, all ranks agree (an all-reduce of the flag, so ranks
    signalled at slightly different moments stop after the same iteration);
 3. rank 0 writes ``iter_<N>.pth`` with ``runner.save_checkpoint`` -- a normal mmengine
-   checkpoint (model, optimizer, schedulers, message hub) plus every rank's RNG states --
-   and points ``<work_dir>/last_checkpoint`` at it, as the CheckpointHook does;
+   checkpoint (model, optimizer, schedulers, message hub) plus every rank's RNG states,
+   through the CheckpointHook's file backend (atomic writes with AtomicCheckpointHook) --
+   and then points ``<work_dir>/last_checkpoint`` at it;
 4. the end-of-run hooks run (logs flushed, W&B finished), the process group is
    destroyed and every rank exits with :data:`PREEMPTED_EXIT_CODE` (75, ``EX_TEMPFAIL``
    of sysexits.h: "temporary failure, try again"), which job scripts use to resubmit.
@@ -40,6 +41,8 @@ from mmengine.dist import all_gather_object, all_reduce, barrier, get_rank, is_d
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.registry import HOOKS
 from mmengine.runner import EpochBasedTrainLoop
+
+from .atomic_checkpoint import write_last_checkpoint
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: a temporary failure; run it again (with --resume)
 CHECKPOINT_KEY = 'preemption'
@@ -194,8 +197,7 @@ class PreemptionHook(Hook):
         self._save_rng = None
         path = osp.join(out_dir, filename)
         if get_rank() == 0:
-            with open(osp.join(runner.work_dir, 'last_checkpoint'), 'w') as f:
-                f.write(path)
+            write_last_checkpoint(runner.work_dir, path)  # atomic, as the CheckpointHook's
         barrier()
         self._exit(runner, saved=f'{path} (iteration {meta["iter"]})')
 
