@@ -8,6 +8,7 @@ value at fault. Any other exception is a bug and keeps its full traceback.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from contextlib import contextmanager
 
@@ -31,9 +32,8 @@ def one_line(error: BaseException) -> str:
     """
     text = str(error).strip()
     if 'Original Traceback' in text:
-        last = text.splitlines()[-1]
-        prefix = f'{type(error).__name__}: '
-        text = last[len(prefix):] if last.startswith(prefix) else last
+        last = text.splitlines()[-1]  # 'package.module.ErrorType: message'
+        text = re.sub(rf'^[\w.]*\b{type(error).__name__}: ', '', last)
     return ' '.join(text.split('\n'))
 
 
