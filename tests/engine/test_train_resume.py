@@ -1,4 +1,5 @@
 """train -> evaluate -> resume on the synthetic config, with real processes and files."""
+import copy
 import os.path as osp
 import shutil
 import subprocess
@@ -54,8 +55,8 @@ class CaptureAtStart(Hook):
     def before_train(self, runner):
         self.iter, self.epoch = runner.iter, runner.epoch
         self.model = {k: v.clone() for k, v in runner.model.state_dict().items()}
-        self.optimizer = runner.optim_wrapper.state_dict()
-        self.schedulers = [s.state_dict() for s in runner.param_schedulers]
+        self.optimizer = copy.deepcopy(runner.optim_wrapper.state_dict())
+        self.schedulers = copy.deepcopy([s.state_dict() for s in runner.param_schedulers])
         self.loss_history = runner.message_hub.get_scalar('train/loss').data[0].copy()
 
 
