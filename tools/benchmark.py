@@ -50,6 +50,9 @@ def parse_args(argv=None):
     parser.add_argument('--real-data', action='store_true',
                         help="use the config's train/val dataloaders")
     parser.add_argument('--device', help='cpu or cuda[:N] (default: cuda if available)')
+    parser.add_argument('--threads', type=int,
+                        help='torch CPU threads (torch.set_num_threads); on a shared CPU '
+                             '1 avoids spin-waiting threads')
     parser.add_argument('--pretrained', action='store_true',
                         help='load the pretrained backbone weights the config names')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
@@ -75,7 +78,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    import torch
+
     from projects.dino_dinov2.analysis import benchmark as bm
+    if args.threads:
+        torch.set_num_threads(args.threads)
     variants = [bm.Variant(c, dict(args.cfg_options or {}),
                            args.labels[i] if args.labels else None)
                 for i, c in enumerate(args.configs)]

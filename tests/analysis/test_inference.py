@@ -1,5 +1,6 @@
 """Inference demo: a checkpoint trained on the synthetic set draws boxes on its images."""
 import json
+import os
 import os.path as osp
 import subprocess
 import sys
@@ -23,7 +24,8 @@ def test_infer_cli_writes_boxes_json_and_drawn_images(synthetic_run, synthetic_d
     proc = subprocess.run(
         [sys.executable, 'tools/infer.py', SYNTHETIC, osp.join(synthetic_run, 'epoch_2.pth'),
          *images, '--out-dir', str(out), '--score-thr', '0', '--device', 'cpu'],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, OMP_NUM_THREADS='1'))  # see conftest.one_torch_thread
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads((out / 'predictions.json').read_text())
     assert result['classes'] == CLASSES  # from the checkpoint's dataset_meta
