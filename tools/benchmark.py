@@ -43,8 +43,8 @@ def parse_args(argv=None):
     parser.add_argument('--warmup', type=int, default=5, help='untimed iterations first')
     parser.add_argument('--infer-iters', type=int,
                         help='timed inference batches (default --iters; 0 skips)')
-    parser.add_argument('--img-size', nargs='+', type=int, metavar='H [W]',
-                        help='synthetic image size (default: from the config)')
+    parser.add_argument('--img-size', nargs='+', type=int, metavar='PX',
+                        help='synthetic image size: H, or H W (default: from the config)')
     parser.add_argument('--num-gt', type=int, default=5,
                         help='boxes per synthetic image')
     parser.add_argument('--real-data', action='store_true',

@@ -325,6 +325,9 @@ def run_cell(variant: Variant, precision: str, batch_size: int,
     label = variant.label or backbone_label(cfg)
     if image_size is None and not real_data:
         image_size = default_image_size(cfg)
+    if dev.type == 'cuda':  # as the Runner sets it from env_cfg
+        torch.backends.cudnn.benchmark = bool(
+            cfg.get('env_cfg', {}).get('cudnn_benchmark', False))
     model, optim_wrapper, amp_dtype = build_model(cfg, precision, dev)
     cast = getattr(torch, amp_dtype) if amp_dtype else None
 
