@@ -290,13 +290,17 @@ def _build_model(cfg, precision: str, device: torch.device, seed: int = 0):
     model.to(device)
     run_cfg = copy.deepcopy(cfg)
     amp_dtype = None
-    if precision == 'mixed':
-        if run_cfg.optim_wrapper.get('type', 'OptimWrapper') == 'OptimWrapper':
-            enable_amp(run_cfg)
-        else:
-            run_cfg.optim_wrapper.setdefault('dtype', 'auto')
-    elif precision != 'full':
+    wrapper = run_cfg.optim_wrapper
+    amp_types = ('AmpOptimWrapper', 'AutoAmpOptimWrapper')
+    if precision not in PRECISIONS:
         raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
+    if precision == 'mixed' and wrapper.get('type', 'OptimWrapper') == 'OptimWrapper':
+        enable_amp(run_cfg)
+    elif precision == 'full' and wrapper.get('type') in amp_types:
+        # a config that trains with AMP: measure it without for the 'full' row
+        wrapper['type'] = 'OptimWrapper'
+        for key in ('loss_scale', 'dtype', 'use_fsdp'):
+            wrapper.pop(key, None)
     optim_wrapper = build_optim_wrapper(model, run_cfg.optim_wrapper)
     cast = getattr(optim_wrapper, 'cast_dtype', None)
     if precision == 'mixed':
