@@ -3,8 +3,9 @@
 
     python tools/plot_curves.py WORK_DIR [WORK_DIR|scalars.json|export.csv ...] --out-dir DIR
 
-Inputs: an MMEngine work dir (its newest ``<timestamp>/vis_data/scalars.json``), a
-``scalars.json``, or a W&B CSV export (``Step``/``_step`` + ``bbox/AP``, ``total_loss``,
+Inputs: an MMEngine work dir (its ``<timestamp>/vis_data/scalars.json`` runs joined: a
+resumed job continues where its checkpoint was, a fresh training replaces earlier runs),
+a ``scalars.json``, or a W&B CSV export (``Step``/``_step`` + ``bbox/AP``, ``total_loss``,
 ``lr``; a panel export with several ``<run> - bbox/AP`` columns gives several runs).
 Each run is one legend entry.
 

@@ -97,6 +97,29 @@ def test_newest_run_of_a_work_dir_is_read(tmp_path):
     assert run.name == tmp_path.name
 
 
+def test_a_resumed_job_reads_as_one_curve(tmp_path):
+    """Preempted in epoch 4 (iterations 13-14 logged, no checkpoint), resumed from
+    epoch_3.pth in a new timestamp folder: the joined curve has no gap and no repeat."""
+    def write(stamp, iters, epochs_val):
+        d = tmp_path / stamp / 'vis_data'
+        d.mkdir(parents=True)
+        rows = [dict(lr=1e-4, loss=10.0 / i + (0.5 if stamp.endswith('1') else 0),
+                     epoch=(i - 1) // 4 + 1, iter=i, step=i) for i in iters]
+        rows += [{'coco/bbox_mAP': e / 10, 'step': e} for e in epochs_val]
+        (d / 'scalars.json').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    write('20240101_000001', range(1, 15), [1, 2, 3])
+    write('20240101_000002', range(13, 25), [4, 5, 6])
+    (run, ) = curves.load_runs(str(tmp_path))
+    assert run.train['loss'].iters.tolist() == list(range(1, 25))
+    first, second = run.train['loss'].values[:12], run.train['loss'].values[12:]
+    np.testing.assert_allclose(first, [10.0 / i + 0.5 for i in range(1, 13)])  # run 1
+    np.testing.assert_allclose(second, [10.0 / i for i in range(13, 25)])  # run 2
+    assert run.metric('AP').epochs.tolist() == [1, 2, 3, 4, 5, 6]
+    assert run.iters_per_epoch == 4 and len(run.sources) == 2
+    assert curves.find_scalars_json(str(tmp_path)).endswith(
+        osp.join('20240101_000002', 'vis_data', 'scalars.json'))
+
+
 def test_scalars_json_with_hierarchy_keys_and_a_partial_last_line(tmp_path):
     path = tmp_path / 'scalars.json'
     path.write_text(

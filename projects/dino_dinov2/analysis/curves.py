@@ -2,7 +2,8 @@
 
 Two sources, one model (:class:`RunLog`):
 
-- MMEngine's ``<work_dir>/<timestamp>/vis_data/scalars.json`` (JSON lines). Training
+- MMEngine's ``<work_dir>/<timestamp>/vis_data/scalars.json`` (JSON lines; a work dir's
+  runs are joined, so a job resumed after preemption reads as one curve). Training
   lines hold ``loss``, ``lr``, ``iter`` (global, 1-based), ``epoch`` (epoch loops only)
   and ``step``; validation lines hold ``coco/bbox_mAP``, ``coco/bbox_mAP_50``, ... and
   ``step`` (the epoch for epoch loops, the iteration otherwise). Keys may carry a
@@ -24,7 +25,7 @@ import math
 import os
 import os.path as osp
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -94,6 +95,7 @@ class RunLog:
     val: Dict[str, Series] = field(default_factory=dict)
     train: Dict[str, Series] = field(default_factory=dict)
     iters_per_epoch: Optional[int] = None
+    sources: List[str] = field(default_factory=list)
 
     def metric(self, name: str = 'AP') -> Series:
         if name not in self.val:
@@ -114,7 +116,8 @@ class RunLog:
             s.epochs[missing_ep] = s.iters[missing_ep] / iters_per_epoch
 
     def to_dict(self) -> dict:
-        return dict(name=self.name, source=self.source, iters_per_epoch=self.iters_per_epoch,
+        return dict(name=self.name, source=self.source, sources=self.sources or [self.source],
+                    iters_per_epoch=self.iters_per_epoch,
                     val={k: v.to_dict() for k, v in self.val.items()},
                     train={k: v.to_dict() for k, v in self.train.items()})
 
@@ -132,19 +135,14 @@ def _series(iters: Sequence[float], epochs: Sequence[float], values: Sequence[fl
 # ---------------------------------------------------------------------------- finding
 
 def find_scalars_json(work_dir: str) -> str:
-    """The newest ``<timestamp>/vis_data/scalars.json`` of an MMEngine work dir.
-
-    Timestamp folders (``YYYYmmdd_HHMMSS``) sort in time order; ties go to the newer file.
-    Also accepts a timestamp folder itself.
-    """
-    candidates = glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json'))
-    candidates += glob.glob(osp.join(work_dir, 'vis_data', 'scalars.json'))
-    candidates += glob.glob(osp.join(work_dir, 'scalars.json'))
+    """The newest ``<timestamp>/vis_data/scalars.json`` of an MMEngine work dir (also
+    accepts a timestamp folder itself). Timestamps sort in time order; ties go to the
+    newer file."""
+    candidates = _scalars_candidates(work_dir)
     if not candidates:
         raise CurveDataError(f'{work_dir}: no */vis_data/scalars.json inside; pass an '
                              'MMEngine work dir, a scalars.json or a W&B CSV')
-    return max(candidates,
-               key=lambda p: (osp.basename(osp.dirname(osp.dirname(p))), osp.getmtime(p)))
+    return max(candidates, key=_run_order)
 
 
 def _run_name_for(path: str, scalars: str) -> str:
@@ -186,8 +184,8 @@ def infer_iters_per_epoch(iters: Sequence[float], epochs: Sequence[float]) -> Op
     return n
 
 
-def load_scalars_json(path: str, name: Optional[str] = None) -> RunLog:
-    """Read MMEngine's ``vis_data/scalars.json`` (one JSON object per line)."""
+def _read_scalar_rows(path: str) -> Tuple[List[dict], List[dict]]:
+    """(training rows, validation rows) of a scalars.json, prefixes stripped."""
     train_rows, val_rows = [], []
     with open(path) as f:
         lines = f.read().splitlines()
@@ -207,12 +205,70 @@ def load_scalars_json(path: str, name: Optional[str] = None) -> RunLog:
             val_rows.append(row)
         elif any(k in row for k in LOSS_KEYS + LR_KEYS):
             train_rows.append(row)
+    return train_rows, val_rows
+
+
+def load_scalars_json(path: str, name: Optional[str] = None) -> RunLog:
+    """Read MMEngine's ``vis_data/scalars.json`` (one JSON object per line)."""
+    train_rows, val_rows = _read_scalar_rows(path)
+    return _run_from_rows(train_rows, val_rows, path, name or _run_name_for(path, path))
+
+
+def load_work_dir(work_dir: str, name: Optional[str] = None) -> RunLog:
+    """The curves of a work dir, its runs (``<timestamp>/vis_data/scalars.json``) joined.
+
+    A resumed job (e.g. after preemption) logs into a new timestamp folder starting at
+    the checkpoint's iteration; each later run replaces what earlier runs logged from its
+    first iteration on. A fresh training restarts at iteration 1 and so replaces all
+    earlier ones: the newest run always wins.
+    """
+    files = sorted(_scalars_candidates(work_dir), key=_run_order)
+    if not files:
+        raise CurveDataError(f'{work_dir}: no */vis_data/scalars.json inside; pass an '
+                             'MMEngine work dir, a scalars.json or a W&B CSV')
+    train_rows: List[dict] = []
+    val_rows: List[dict] = []
+    for path in files:
+        t_rows, v_rows = _read_scalar_rows(path)
+        if t_rows:
+            start_iter = min(_row_iter(r) for r in t_rows)
+            by_epoch = all('epoch' in r for r in t_rows)
+            start_epoch = min(r['epoch'] for r in t_rows) if by_epoch else None
+            train_rows = [r for r in train_rows if _row_iter(r) < start_iter]
+            val_rows = [r for r in val_rows if r.get('step', 0) < (
+                start_epoch if by_epoch else start_iter)]
+        steps = {r.get('step') for r in v_rows}
+        val_rows = [r for r in val_rows if r.get('step') not in steps] + v_rows
+        train_rows += t_rows
+    run = _run_from_rows(train_rows, val_rows, files[-1],
+                         name or osp.basename(osp.normpath(work_dir)))
+    run.sources = files
+    return run
+
+
+def _row_iter(row: dict) -> float:
+    v = row.get('iter', row.get('step'))
+    return float(v) if _is_number(v) else math.inf
+
+
+def _scalars_candidates(work_dir: str) -> List[str]:
+    return (glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json'))
+            + glob.glob(osp.join(work_dir, 'vis_data', 'scalars.json'))
+            + glob.glob(osp.join(work_dir, 'scalars.json')))
+
+
+def _run_order(path: str):
+    """Timestamp folders (``YYYYmmdd_HHMMSS``) sort in time order; then file age."""
+    return osp.basename(osp.dirname(osp.dirname(path))), osp.getmtime(path)
+
+
+def _run_from_rows(train_rows: List[dict], val_rows: List[dict], path: str,
+                   name: str) -> RunLog:
     if not train_rows and not val_rows:
         raise CurveDataError(f'{path}: no training (loss, lr) or validation '
                              '(coco/bbox_mAP) lines')
-
     by_epoch = any('epoch' in r for r in train_rows)
-    run = RunLog(name=name or _run_name_for(path, path), source=path)
+    run = RunLog(name=name, source=path)
 
     t_iters = [_num(r.get('iter', r.get('step')), path, 'iter') for r in train_rows]
     t_epochs = [_num(r.get('epoch', math.nan), path, 'epoch') for r in train_rows]
@@ -381,8 +437,7 @@ def load_runs(path: str, iters_per_epoch: Optional[int] = None,
     if not osp.exists(path):
         raise CurveDataError(f'{path}: no such file or directory')
     if osp.isdir(path):
-        scalars = find_scalars_json(path)
-        runs = [load_scalars_json(scalars, name=name or _run_name_for(path, scalars))]
+        runs = [load_work_dir(path, name=name)]
     elif path.lower().endswith('.csv'):
         runs = load_wandb_csv(path, iters_per_epoch=iters_per_epoch, name=name)
     else:
@@ -547,7 +602,7 @@ def save_curves(runs: Sequence[RunLog], out_dir: str, metric: str = 'AP',
 
 __all__ = [
     'CurveDataError', 'Series', 'RunLog', 'find_scalars_json', 'infer_iters_per_epoch',
-    'load_scalars_json', 'load_wandb_csv', 'load_runs', 'load_many', 'smooth',
+    'load_scalars_json', 'load_work_dir', 'load_wandb_csv', 'load_runs', 'load_many', 'smooth',
     'default_smooth_window', 'choose_axis', 'plot_ap', 'plot_loss', 'save_curves',
     'PLOT_FILES'
 ]
