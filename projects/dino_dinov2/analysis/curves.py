@@ -559,7 +559,9 @@ def plot_loss(runs: Sequence[RunLog], window: Optional[int] = None, show_lr: boo
         ax_lr.ticklabel_format(axis='y', style='sci', scilimits=(-2, 3))
         h2, l2 = ax_lr.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
-    ax.legend(handles, labels, fontsize='small')
+    # below the axes: inside, it would cover the loss or the lr line
+    ax.legend(handles, labels, fontsize='small', loc='upper center',
+              bbox_to_anchor=(0.5, -0.14), ncol=min(3, len(labels)) or 1)
     fig.tight_layout()
     return fig
 
@@ -592,7 +594,7 @@ def save_curves(runs: Sequence[RunLog], out_dir: str, metric: str = 'AP',
     if has_loss:
         fig = plot_loss(runs, window)
         written['loss'] = osp.join(out_dir, PLOT_FILES['loss'])
-        fig.savefig(written['loss'], dpi=dpi)
+        fig.savefig(written['loss'], dpi=dpi, bbox_inches='tight')
         plt.close(fig)
     written['series'] = osp.join(out_dir, PLOT_FILES['series'])
     with open(written['series'], 'w') as f:
