@@ -105,9 +105,9 @@ def test_missing_data_root(tmp_path):
 
 
 @pytest.mark.parametrize('text, problem', [
-    ('{"images": [', 'not valid JSON (Expecting value at line 1, column 13)'),
-    ('', 'not valid JSON (Expecting value at line 1, column 1)'),
-    ('images: []', 'not valid JSON (Expecting value at line 1, column 1)'),
+    ('{"images": [', 'not valid JSON (line 1, column 13: Expecting value)'),
+    ('', 'not valid JSON (line 1, column 1: Expecting value)'),
+    ('{"images": []]', "not valid JSON (line 1, column 14: Expecting ',' delimiter)"),
 ])
 def test_not_json(tmp_path, text, problem):
     path = _write(tmp_path, text)

@@ -75,8 +75,8 @@ def read_coco_file(path: str, backend_args: Optional[dict] = None,
             with open(local_path, encoding='utf-8') as f:
                 data = json.load(f)
     except json.JSONDecodeError as e:
-        raise AnnotationFileError(f'{path}: not valid JSON ({e.msg} at line {e.lineno}, '
-                                  f'column {e.colno})') from None
+        raise AnnotationFileError(f'{path}: not valid JSON (line {e.lineno}, column '
+                                  f'{e.colno}: {e.msg})') from None
     except UnicodeDecodeError:
         raise AnnotationFileError(f'{path}: not a JSON text file (not UTF-8)') from None
     except (FileNotFoundError, IsADirectoryError):
@@ -87,8 +87,7 @@ def read_coco_file(path: str, backend_args: Optional[dict] = None,
 
     if not isinstance(data, dict):
         raise bad(f'the top level is a JSON {type(data).__name__}, not an object')
-    required = ('images', 'categories') if test_mode else ('images', 'annotations',
-                                                            'categories')
+    required = ['images', 'categories'] + ([] if test_mode else ['annotations'])
     for key in required:
         if key not in data:
             raise bad(f'no "{key}" list')
@@ -285,4 +284,3 @@ class CheckedCocoDataset(CocoDataset):
                 f'{path}: the test pipeline skipped this image (unreadable?); evaluation '
                 f'needs every image of {self.ann_file}: fix the image or remove it there')
         return data
-
