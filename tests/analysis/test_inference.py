@@ -6,10 +6,23 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+import torch
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 SYNTHETIC = osp.join(REPO, 'configs', 'dino_dinov2_synthetic.py')
 CLASSES = ['circle', 'square', 'triangle']
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One torch thread per test. Where the 2 cores are shared, OpenMP threads spin-wait
+    for each other and a training step takes ten times longer with 2 threads than with
+    1; the numbers measured do not matter here, only that the tools work."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def read_rgb(path):
@@ -25,7 +38,7 @@ def test_infer_cli_writes_boxes_json_and_drawn_images(synthetic_run, synthetic_d
         [sys.executable, 'tools/infer.py', SYNTHETIC, osp.join(synthetic_run, 'epoch_2.pth'),
          *images, '--out-dir', str(out), '--score-thr', '0', '--device', 'cpu'],
         cwd=REPO, capture_output=True, text=True, timeout=600,
-        env=dict(os.environ, OMP_NUM_THREADS='1'))  # see conftest.one_torch_thread
+        env=dict(os.environ, OMP_NUM_THREADS='1'))  # see one_torch_thread
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads((out / 'predictions.json').read_text())
     assert result['classes'] == CLASSES  # from the checkpoint's dataset_meta
