@@ -495,7 +495,9 @@ def report_markdown(results: Sequence[Result]) -> str:
 def device_name(device: str) -> str:
     if device.startswith('cuda') and torch.cuda.is_available():
         return f'{device} ({torch.cuda.get_device_name(torch.device(device))})'
-    return f'{device} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)'
+    threads = torch.get_num_threads()
+    return (f'{device} ({os.cpu_count()} cores, {threads} torch '
+            f'thread{"" if threads == 1 else "s"})')
 
 
 def write_report(results: Sequence[Result], out_dir: str) -> Dict[str, str]:
