@@ -365,7 +365,7 @@ def run_cell(variant: Variant, precision: str, batch_size: int,
     n_infer = iters if infer_iters is None else infer_iters
     if n_infer > 0:
         model.eval()
-        infer_times = []
+        infer_times, images = [], 0
         with torch.no_grad(), _autocast(dev, cast):
             for i in range(min(warmup, 2) + n_infer):
                 data = next(val_batches) if real_data else batch
@@ -375,8 +375,9 @@ def run_cell(variant: Variant, precision: str, batch_size: int,
                 _sync(dev)
                 if i >= min(warmup, 2):
                     infer_times.append(time.perf_counter() - t0)
+                    images += len(data['inputs'])  # a last val batch may be short
         infer_time = float(np.median(infer_times))
-        infer_ips = batch_size * len(infer_times) / float(np.sum(infer_times))
+        infer_ips = images / float(np.sum(infer_times))
 
     med, p25, p75, std = _spread(times)
     result = Result(
