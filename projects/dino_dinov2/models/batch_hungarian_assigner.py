@@ -13,7 +13,8 @@ computes), copies all matrices to the host at once, solves them with scipy exact
 stock assigner does, and sends all indices back in one copy. Each result also carries
 ``pos_inds``, ``neg_inds`` and ``pos_assigned_gt_inds`` (extra properties) so a head can
 build its targets without further synchronisation. Assignments are identical to the
-stock assigner's.
+stock assigner's. (mmdet's ``BBoxL1Cost`` copies its normalisation factor to the device on
+every call: with the sets of an image costed together, that is once per image.)
 """
 from __future__ import annotations
 

@@ -4,12 +4,18 @@ mmdet's ``DINOHead`` computes the matching inside ``_get_targets_single``, one i
 one decoder layer at a time (the assigner's ``.cpu()``, index copies back, ``nonzero``):
 several GPU synchronisations per image and layer. ``BatchMatchingDINOHead`` computes the
 same losses, but first matches every decoder layer and the encoder proposals of every
-image with :class:`.BatchHungarianAssigner` (one device-to-host and one host-to-device
-copy per step) and then builds the targets from those results without synchronising.
+image with :class:`.BatchHungarianAssigner` (one device-to-host copy of all costs, one
+non-blocking copy of all indices back) and then builds the targets from those results
+without synchronising (image sizes go to the device in one non-blocking copy too).
+
+Left as mmdet has them: the loss normalisers DETRHead reads back per layer (``.item()``)
+and the per-image size tensors of its loss functions; mmdet's ``BBoxL1Cost`` also copies
+its normalisation factor to the device once per call, which the batched matching makes
+once per image instead of once per image and layer.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from mmdet.models.dense_heads import DINOHead
@@ -24,6 +30,20 @@ from .batch_hungarian_assigner import BatchHungarianAssigner
 def _key(tensors: Sequence[Tensor]) -> tuple:
     """Identity of a list of live tensor views (same memory, shape and strides)."""
     return tuple((t.data_ptr(), tuple(t.shape), t.stride()) for t in tensors)
+
+
+def image_factors(batch_img_metas: Sequence[dict], device: torch.device) -> Tensor:
+    """(B, 4) float32 ``[w, h, w, h]`` of each image on ``device``.
+
+    The stock heads build these with ``new_tensor`` per image and layer, each a
+    synchronising host-to-device copy on a GPU; here one pinned, non-blocking copy.
+    (Cast to a prediction's dtype, they equal what ``new_tensor`` makes in it.)
+    """
+    host = torch.tensor([[m['img_shape'][1], m['img_shape'][0]] * 2 for m in batch_img_metas],
+                        dtype=torch.float32)
+    if device.type == 'cuda':
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
 
 
 @MODELS.register_module()
@@ -45,20 +65,22 @@ class BatchMatchingDINOHead(DINOHead):
                 "bbox_head.type='DINOHead' for the stock per-image matching")
 
     @staticmethod
-    def _pred_instances(cls_score: Tensor, bbox_pred: Tensor, img_meta: dict) -> InstanceData:
+    def _pred_instances(cls_score: Tensor, bbox_pred: Tensor, factor: Tensor) -> InstanceData:
         # As DETRHead._get_targets_single: normalised cxcywh -> pixel x1y1x2y2.
-        img_h, img_w = img_meta['img_shape']
-        factor = bbox_pred.new_tensor([img_w, img_h, img_w, img_h]).unsqueeze(0)
         return InstanceData(scores=cls_score, bboxes=bbox_cxcywh_to_xyxy(bbox_pred) * factor)
 
     def _match(self, sets: List[Tuple[List[Tensor], List[Tensor]]],
                batch_gt_instances, batch_img_metas) -> Dict[tuple, list]:
         """Assign each (per-image scores, per-image boxes) set; keyed by the scores."""
         preds, gts, metas = [], [], []
+        factors = image_factors(batch_img_metas, sets[0][1][0].device)
         for cls_scores_list, bbox_preds_list in sets:
-            for cls_score, bbox_pred, gt, meta in zip(cls_scores_list, bbox_preds_list,
-                                                      batch_gt_instances, batch_img_metas):
-                preds.append(self._pred_instances(cls_score, bbox_pred, meta))
+            set_factors = factors.to(bbox_preds_list[0].dtype)
+            for i, (cls_score, bbox_pred, gt, meta) in enumerate(
+                    zip(cls_scores_list, bbox_preds_list, batch_gt_instances,
+                        batch_img_metas)):
+                preds.append(self._pred_instances(cls_score, bbox_pred,
+                                                  set_factors[i:i + 1]))
                 gts.append(gt)
                 metas.append(meta)
         results = self.assigner.assign_batch(preds, gts, metas)
@@ -110,9 +132,11 @@ class BatchMatchingDINOHead(DINOHead):
         labels_list, label_weights_list, bbox_targets_list, bbox_weights_list = \
             [], [], [], []
         num_total_pos = num_total_neg = 0
-        for result, bbox_pred, gt, meta in zip(results, bbox_preds_list, batch_gt_instances,
-                                               batch_img_metas):
-            targets = self._targets_single(result, bbox_pred, gt, meta)
+        factors = image_factors(batch_img_metas, bbox_preds_list[0].device).to(
+            bbox_preds_list[0].dtype)
+        for i, (result, bbox_pred, gt) in enumerate(
+                zip(results, bbox_preds_list, batch_gt_instances)):
+            targets = self._targets_single(result, bbox_pred, gt, factors[i:i + 1])
             for lst, t in zip((labels_list, label_weights_list, bbox_targets_list,
                                bbox_weights_list), targets):
                 lst.append(t)
@@ -122,14 +146,15 @@ class BatchMatchingDINOHead(DINOHead):
                 num_total_pos, num_total_neg)
 
     def _targets_single(self, result, bbox_pred: Tensor, gt_instances: InstanceData,
-                        img_meta: dict) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``DETRHead._get_targets_single`` given the assignment (no synchronisation)."""
+                        factor: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``DETRHead._get_targets_single`` given the assignment (no synchronisation).
+
+        ``factor``: (1, 4) ``[w, h, w, h]`` of the image.
+        """
         pos_inds = result.get_extra_property('pos_inds')
         pos_assigned_gt_inds = result.get_extra_property('pos_assigned_gt_inds')
         gt_bboxes = gt_instances.bboxes
         num_bboxes = bbox_pred.size(0)
-        img_h, img_w = img_meta['img_shape']
-        factor = bbox_pred.new_tensor([img_w, img_h, img_w, img_h]).unsqueeze(0)
 
         labels = gt_bboxes.new_full((num_bboxes, ), self.num_classes, dtype=torch.long)
         labels[pos_inds] = gt_instances.labels[pos_assigned_gt_inds]
