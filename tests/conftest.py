@@ -1,8 +1,10 @@
 """Shared fixtures: a tiny synthetic dataset and one short real training run on it."""
+import logging
 import os
 import os.path as osp
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import pytest
 
@@ -34,6 +36,37 @@ def run_tool(args, cwd=REPO, env=None, timeout=900, check=True):
         raise AssertionError(f'{args} exited {proc.returncode}\n--- stdout\n'
                              f'{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}')
     return proc
+
+
+@contextmanager
+def captured_log():
+    """Messages of mmengine's current logger while the block runs."""
+    from mmengine.logging import MMLogger
+    records = []
+
+    class ListHandler(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = MMLogger.get_current_instance()
+    handler = ListHandler(level=logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread per test. Where the 2 cores are shared, OpenMP threads spin-wait
+    for each other and a training step takes ten times longer with 2 threads than with
+    1; the numbers measured do not matter here, only that the tools work."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope='session')

@@ -19,15 +19,7 @@ FAST = ['--iters', '1', '--warmup', '0', '--infer-iters', '0', '--img-size', '64
         '--device', 'cpu', '--threads', '1']
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread per test. Where the 2 cores are shared, OpenMP threads spin-wait
-    for each other and a training step takes ten times longer with 2 threads than with
-    1; the numbers measured do not matter here, only that the tools work."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def run_cli(args, out_dir):

@@ -7,22 +7,13 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 SYNTHETIC = osp.join(REPO, 'configs', 'dino_dinov2_synthetic.py')
 CLASSES = ['circle', 'square', 'triangle']
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread per test. Where the 2 cores are shared, OpenMP threads spin-wait
-    for each other and a training step takes ten times longer with 2 threads than with
-    1; the numbers measured do not matter here, only that the tools work."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def read_rgb(path):

@@ -3,39 +3,19 @@ bad boxes dropped or clipped with counts in the log; images without boxes kept o
 filtered; the data still trains."""
 import copy
 import json
-import logging
 import os.path as osp
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SYNTHETIC_CONFIG
+from conftest import SYNTHETIC_CONFIG, captured_log
 from projects.dino_dinov2.datasets import (AnnotationFileError, CheckedCocoDataset,
                                            DatasetError, ImageFileError)
 
 CLASSES = ('circle', 'square', 'triangle')
 W, H = 40, 30
 
-
-@contextmanager
-def captured_log():
-    """Messages of mmengine's current logger while the block runs."""
-    from mmengine.logging import MMLogger
-    records = []
-
-    class ListHandler(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    logger = MMLogger.get_current_instance()
-    handler = ListHandler(level=logging.DEBUG)
-    logger.addHandler(handler)
-    try:
-        yield records
-    finally:
-        logger.removeHandler(handler)
 
 
 def _ann(ann_id, image_id, bbox, category_id=1):

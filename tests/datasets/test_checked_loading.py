@@ -1,32 +1,13 @@
 """Image files: missing / corrupt -> one-line error naming the file (or a logged skip);
 grayscale, palette, 16-bit and RGBA -> 3-channel 8-bit images."""
-import logging
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import captured_log
 from projects.dino_dinov2.datasets import CheckedLoadImageFromFile, ImageFileError
 
-
-@contextmanager
-def captured_log():
-    """Messages of mmengine's current logger while the block runs."""
-    from mmengine.logging import MMLogger
-    records = []
-
-    class ListHandler(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    logger = MMLogger.get_current_instance()
-    handler = ListHandler(level=logging.DEBUG)
-    logger.addHandler(handler)
-    try:
-        yield records
-    finally:
-        logger.removeHandler(handler)
 
 
 def _load(path, **kwargs):

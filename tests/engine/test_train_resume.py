@@ -1,5 +1,6 @@
 """train -> evaluate -> resume on the synthetic config, with real processes and files."""
 import copy
+import glob
 import os.path as osp
 import shutil
 import subprocess
@@ -20,8 +21,7 @@ def test_training_writes_checkpoints_logs_and_metrics(synthetic_run):
         'epoch_2.pth')
     ckpt = torch.load(osp.join(synthetic_run, 'epoch_2.pth'), map_location='cpu')
     assert ckpt['meta']['epoch'] == 2 and ckpt['meta']['iter'] == 2 * ITERS_PER_EPOCH
-    scalars = [p for p in __import__('glob').glob(
-        osp.join(synthetic_run, '*', 'vis_data', 'scalars.json'))]
+    scalars = glob.glob(osp.join(synthetic_run, '*', 'vis_data', 'scalars.json'))
     assert scalars
     text = open(scalars[0]).read()
     assert '"coco/bbox_mAP"' in text and '"loss"' in text

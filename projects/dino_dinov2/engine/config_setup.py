@@ -9,6 +9,7 @@ import os.path as osp
 from typing import Optional
 
 from mmengine.config import Config
+from mmengine.logging import print_log
 
 from .checked_checkpoint import CheckpointError, check_checkpoint_file
 from .config_check import ConfigFileNotFoundError, check_cfg_options
@@ -41,7 +42,7 @@ def enable_amp(cfg: Config, dtype: str = 'auto') -> None:
     """Mixed precision: bfloat16 where supported (Ampere+, CPU), else float16."""
     optim_type = cfg.optim_wrapper.get('type', 'OptimWrapper')
     if optim_type in ('AmpOptimWrapper', 'AutoAmpOptimWrapper'):
-        print_log_once('AMP training is already enabled in your config.')
+        print_log('AMP training is already enabled in your config.', logger='current')
         return
     if optim_type != 'OptimWrapper':
         raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper, got {optim_type!r}')
@@ -81,10 +82,6 @@ def set_resume(cfg: Config, resume: Optional[str]) -> None:
         cfg.resume = True
         cfg.load_from = resume
 
-
-def print_log_once(msg: str) -> None:
-    from mmengine.logging import print_log
-    print_log(msg, logger='current')
 
 
 def enable_visualization(cfg: Config, show: bool, show_dir: Optional[str],

@@ -229,8 +229,7 @@ class TimmDinov2(BaseModule):
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         if self.fully_frozen and self.frozen_no_grad:
             with torch.no_grad():
-                outs = self._run(x)
-            return tuple(o.detach() for o in outs)
+                return self._run(x)
         return self._run(x)
 
     def _forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
