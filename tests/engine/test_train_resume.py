@@ -103,8 +103,9 @@ def test_resume_cli_from_path(synthetic_run, synthetic_data, tmp_path):
     assert osp.isfile(tmp_path / 'epoch_2.pth')
 
 
-def test_missing_resume_file_is_an_error(tmp_path):
+def test_missing_resume_file_is_an_error(synthetic_data, tmp_path):
     proc = run_tool([sys.executable, 'tools/train.py', SYNTHETIC_CONFIG, '--work-dir',
-                     str(tmp_path), '--resume', str(tmp_path / 'nope.pth')], check=False)
+                     str(tmp_path), '--resume', str(tmp_path / 'nope.pth'),
+                     '--cfg-options', *data_cfg_options(synthetic_data)], check=False)
     assert proc.returncode != 0
     assert 'checkpoint not found' in proc.stderr and 'nope.pth' in proc.stderr
