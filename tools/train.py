@@ -79,7 +79,10 @@ def main(argv=None):
         cfg.randomness = dict(cfg.get('randomness', None) or {}, deterministic=True)
     batch_lr = engine.apply_batch_and_lr(cfg, args.batch_size, args.lr, args.auto_scale_lr,
                                          launch.world_size)
-    engine.log_batch_and_lr(cfg, batch_lr)
+    # an iteration schedule keeps its number of images at another total batch
+    schedule = engine.scale_schedule(cfg, batch_lr.total_batch, batch_lr.base_batch,
+                                     fixed=engine.sets_schedule(args.cfg_options))
+    engine.log_batch_and_lr(cfg, batch_lr, schedule)
     engine.set_resume(cfg, args.resume)
     if args.wandb:
         engine.enable_wandb(cfg, project=args.wandb_project, group=args.group,

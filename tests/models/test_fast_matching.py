@@ -10,7 +10,10 @@ from mmengine.structures import InstanceData
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from projects.dino_dinov2.models import BatchHungarianAssigner, BatchMatchingDINOHead
-from tiny_models import ORIGINAL_SYNTHETIC_CONFIG, build_detector, make_batch
+from tiny_models import build_detector, make_batch
+
+# mmdet's own head and assigner: per image and layer
+STOCK = dict(bbox_head=dict(type='DINOHead'), train_cfg=dict(assigner=dict(type='HungarianAssigner')))
 
 COSTS = [
     dict(type='FocalLossCost', weight=2.0),
@@ -78,6 +81,51 @@ def test_batch_assignments_equal_stock():
     assert torch.equal(single.gt_inds, stock.assign(preds[0], gts[0], metas[0]).gt_inds)
 
 
+def test_cross_batch_costs_assign_as_stock():
+    """detrex's layout (one matrix for all images of a call, boxes normalised per image,
+    copied whole) finds the stock matches, on images of different sizes."""
+    stock = HungarianAssigner(COSTS)
+    crossed = BatchHungarianAssigner(COSTS, batched_costs=True)
+    shapes = [(96, 128), (128, 80), (64, 64)]
+    images = [_image(n, i, h, w) for i, (n, (h, w)) in enumerate(zip((5, 0, 8), shapes))]
+    preds = [_preds(20, 10 + i, h, w) for i, (h, w) in enumerate(shapes)]
+    results = crossed.assign_batch(preds, [g for g, _ in images], [m for _, m in images])
+    for p, (gt, meta), got in zip(preds, images, results):
+        want = stock.assign(p, gt, meta)
+        assert torch.equal(got.gt_inds, want.gt_inds)
+        assert torch.equal(got.labels, want.labels)
+
+
+def test_layer_matching_head_equals_stock_dino_head(head_inputs):
+    """The original-equivalent head (one assigner call per layer, detrex's cost layout)
+    gives the stock losses."""
+    model, inputs, data_samples = head_inputs
+    layer_head = build_detector(bbox_head=dict(matching='layer'), train_cfg=dict(
+        assigner=dict(batched_costs=True))).bbox_head
+    stock_head = build_detector(**STOCK).bbox_head
+    layer_head.load_state_dict(model.bbox_head.state_dict())
+    stock_head.load_state_dict(model.bbox_head.state_dict())
+    layer_head.train()
+    stock_head.train()
+    calls = []
+    assign_batch = layer_head.assigner.assign_batch
+    layer_head.assigner.assign_batch = lambda *a: calls.append(len(a[0])) or assign_batch(*a)
+    l_layer, g_layer, _, _ = _head_loss(layer_head, inputs, data_samples)
+    l_stock, g_stock, _, _ = _head_loss(stock_head, inputs, data_samples)
+    for k in l_stock:
+        torch.testing.assert_close(l_layer[k], l_stock[k], rtol=0, atol=0, msg=k)
+    for k in g_stock:
+        torch.testing.assert_close(g_layer[k], g_stock[k], rtol=0, atol=0, msg=k)
+    # one call (one host copy) per decoder layer and one for the encoder proposals
+    num_layers, num_images = inputs['hidden_states'].shape[0], len(data_samples)
+    assert calls == [num_images] * (num_layers + 1)
+
+
+def test_head_rejects_an_unknown_matching_mode():
+    with pytest.raises(ValueError, match="matching must be one of"):
+        build_detector(bbox_head=dict(matching='image'))
+
+
 def test_batch_assign_rejects_mismatched_lists():
     with pytest.raises(ValueError, match='2 prediction sets, 1 gt sets'):
         BatchHungarianAssigner(COSTS).assign_batch([_preds(3, 0)] * 2, [_image(2, 0)[0]],
@@ -129,7 +177,7 @@ def test_head_losses_and_gradients_equal_stock_dino_head(head_inputs):
     model, inputs, data_samples = head_inputs
     fast_head = model.bbox_head
     assert type(fast_head) is BatchMatchingDINOHead
-    stock_head = build_detector(ORIGINAL_SYNTHETIC_CONFIG).bbox_head
+    stock_head = build_detector(**STOCK).bbox_head
     assert type(stock_head).__name__ == 'DINOHead'
     stock_head.load_state_dict(fast_head.state_dict())
     stock_head.train()
@@ -178,7 +226,7 @@ def test_head_requires_the_batch_assigner():
 def test_head_on_gpu_synchronises_less(head_inputs):
     model, inputs, data_samples = head_inputs
     fast_head = copy.deepcopy(model.bbox_head).cuda()
-    stock_head = build_detector(ORIGINAL_SYNTHETIC_CONFIG).bbox_head.cuda().train()
+    stock_head = build_detector(**STOCK).bbox_head.cuda().train()
     stock_head.load_state_dict(fast_head.state_dict())
     inputs = {k: (v.cuda() if torch.is_tensor(v) else
                   [t.cuda() for t in v] if isinstance(v, list) else v)

@@ -34,7 +34,7 @@ train_dataloader = dict(
         metainfo=metainfo,
         ann_file='annotations/instances_train.json',
         data_prefix=dict(img='train/'),
-        filter_cfg=dict(filter_empty_gt=False),
+        filter_cfg=dict(filter_empty_gt=True),
         pipeline=train_pipeline,
         backend_args=backend_args))
 val_dataloader = dict(
@@ -58,6 +58,7 @@ val_evaluator = dict(
     type='CocoMetric',
     ann_file=data_root + 'annotations/instances_val.json',
     metric='bbox',
+    proposal_nums=(1, 10, 100),  # COCO's standard maxDets (coco_detection.py)
     format_only=False,
     backend_args=backend_args)
 test_evaluator = val_evaluator

@@ -35,7 +35,7 @@ model = dict(
              scale_factors=(2.0, 1.0, 0.5), top_block=True),
         dict(type='ChannelMapper', in_channels=[256, 256, 256, 256], kernel_size=1,
              out_channels=256, act_cfg=None, norm_cfg=dict(type='GN', num_groups=32),
-             num_outs=4),
+             bias=True, num_outs=4),  # bias before GN, as detrex's ChannelMapper
     ],
     encoder=dict(
         num_layers=6,

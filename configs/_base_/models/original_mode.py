@@ -1,14 +1,18 @@
-# The original's way of running the same model (docs/benchmarks.md): pure-PyTorch
-# deformable attention on every device, explicit attention in the ViT, the frozen ViT
-# inside autograd, per-image-and-layer Hungarian matching with mmdet's stock head and
-# assigner, no compile, no checkpointing. Same parameters and state-dict keys: checkpoints
+# The original's way of running the same model (docs/benchmarks.md, docs/parity.md):
+# pure-PyTorch deformable attention on every device; timm's fused attention in the ViT (on
+# by default in timm, so the original had it); the frozen ViT called with autograd on;
+# Hungarian matching as detrex's HungarianMatcher: one cost matrix per decoder layer for the
+# whole batch, one copy to the host per layer, SciPy per image; no compile, no
+# checkpointing, no non-blocking copies. Same parameters and state-dict keys: checkpoints
 # load in both modes. Use as `model = {{_base_.original_mode}}` in a config that also
-# inherits a model.
+# inherits a model. "Mixed" precision in the original is float16 autocast with a GradScaler:
+# `amp_dtype` makes --amp (and tools/benchmark.py's mixed rows) use it.
 original_mode = dict(
     deform_attn_impl='pytorch',
     data_preprocessor=dict(non_blocking=False),
     checkpoint_encoder=False,
     checkpoint_decoder=False,
-    backbone=dict(frozen_no_grad=False, fused_attn=False, compile=False),
-    bbox_head=dict(type='DINOHead'),
-    train_cfg=dict(assigner=dict(type='HungarianAssigner')))
+    backbone=dict(frozen_no_grad=False, fused_attn=True, compile=False),
+    bbox_head=dict(type='BatchMatchingDINOHead', matching='layer'),
+    train_cfg=dict(assigner=dict(type='BatchHungarianAssigner', batched_costs=True)))
+original_amp_dtype = 'float16'

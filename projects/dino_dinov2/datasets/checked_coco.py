@@ -14,7 +14,8 @@ was thrown away. :class:`CheckedCocoDataset` is that dataset plus:
   or negative size, unknown category id, entirely outside the image -> dropped; partly
   outside -> clipped to the image; under a pixel after clipping -> dropped (as mmdet);
 * images left without boxes are kept, or filtered when ``filter_cfg.filter_empty_gt``
-  (also those whose every box was dropped, which mmdet's filter misses);
+  (also those whose every box was dropped, which mmdet's filter misses, and those with
+  crowd boxes only, as detectron2's ``filter_empty`` drops them);
 * an image that the pipeline skipped (``CheckedLoadImageFromFile(skip_bad=True)``)
   cannot be skipped in a test-mode dataset: evaluation needs every image, so that is
   an :class:`ImageFileError` naming the image.
@@ -47,6 +48,11 @@ NOT_A_CLASS = 'category not among the classes'
 _SCHEMA = ('COCO format: {"images": [{"id", "file_name", "width", "height"}], '
            '"annotations": [{"id", "image_id", "category_id", "bbox": [x, y, w, h], '
            '"area", "iscrowd"}], "categories": [{"id", "name"}]}')
+
+
+def _trainable(data_info: dict) -> bool:
+    """Whether an image has a box to train on (crowd boxes are ignored in training)."""
+    return any(not i['ignore_flag'] for i in data_info['instances'])
 
 
 def _is_int(v) -> bool:
@@ -168,7 +174,7 @@ class CheckedCocoDataset(CocoDataset):
         finally:
             del self.COCOAPI
         self.report['images'] = len(data_list)
-        self.report['images without boxes'] = sum(1 for d in data_list if not d['instances'])
+        self.report['images without boxes'] = sum(1 for d in data_list if not _trainable(d))
         return data_list
 
     def _check_paths(self) -> None:
@@ -242,7 +248,8 @@ class CheckedCocoDataset(CocoDataset):
     def filter_data(self) -> List[dict]:
         kept = super().filter_data()
         if not self.test_mode and (self.filter_cfg or {}).get('filter_empty_gt', False):
-            kept = [d for d in kept if d['instances']]  # every box of it was dropped
+            # every box of it was dropped, or only crowd boxes (ignored in training) remain
+            kept = [d for d in kept if _trainable(d)]
         self.report['images filtered'] = len(self.data_list) - len(kept)
         return kept
 

@@ -8,10 +8,12 @@ from .config_setup import (enable_amp, enable_visualization, load_config, print_
                            set_resume, set_work_dir)
 from .launcher import (LaunchInfo, detect_launcher, expand_nodelist, init_distributed,
                        setup_launcher, slurm_dist_env)
-from .lr_scaling import (BatchLr, BatchLrLoggerHook, apply_batch_and_lr, log_batch_and_lr,
-                         lr_scale_factor)
+from .loops import ResumableIterBasedTrainLoop, SkipFirstBatches
+from .lr_scaling import (BatchLr, BatchLrLoggerHook, apply_batch_and_lr, loader_batch_size,
+                         log_batch_and_lr, lr_scale_factor)
 from .nan_guard import NanGuardHook, NonFiniteLossError
 from .preemption import PREEMPTED_EXIT_CODE, PreemptionHook, enable_preemption
+from .schedule import describe_schedule, scale_schedule, sets_schedule
 from .safe_checkpoint import register_safe_globals, safe_globals
 from .user_errors import USER_ERRORS, exit_on_user_error
 from .wandb_setup import SafeWandbVisBackend, enable_wandb
@@ -25,7 +27,8 @@ __all__ = [
     'set_resume', 'set_work_dir', 'register_safe_globals', 'safe_globals',
     'LaunchInfo', 'detect_launcher', 'expand_nodelist', 'init_distributed', 'setup_launcher',
     'slurm_dist_env', 'BatchLr', 'BatchLrLoggerHook', 'apply_batch_and_lr', 'log_batch_and_lr',
-    'lr_scale_factor',
+    'lr_scale_factor', 'loader_batch_size', 'ResumableIterBasedTrainLoop', 'SkipFirstBatches',
+    'describe_schedule', 'scale_schedule', 'sets_schedule',
     'PREEMPTED_EXIT_CODE', 'PreemptionHook', 'enable_preemption', 'SafeWandbVisBackend',
     'enable_wandb', 'AtomicCheckpointHook', 'AtomicLocalBackend', 'atomic_write',
     'write_last_checkpoint', 'CheckpointError', 'check_checkpoint_file',

@@ -50,7 +50,7 @@ FREE_FORM = frozenset({'metainfo', 'custom_keys', 'model_kwargs', 'backend_args'
 # constructor arguments
 EXTRA_TOP_LEVEL = frozenset({'model_wrapper_cfg', 'find_unused_parameters', 'compile',
                              'activation_checkpointing', 'efficient_conv_bn_eval',
-                             'runner_type', 'custom_imports', 'sync_bn'})
+                             'runner_type', 'custom_imports', 'sync_bn', 'amp_dtype'})
 DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
 
 

@@ -38,8 +38,15 @@ def set_work_dir(cfg: Config, work_dir: Optional[str], config_path: str) -> None
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
 
 
-def enable_amp(cfg: Config, dtype: str = 'auto') -> None:
-    """Mixed precision: bfloat16 where supported (Ampere+, CPU), else float16."""
+def enable_amp(cfg: Config, dtype: Optional[str] = None) -> None:
+    """Mixed precision: bfloat16 where supported (Ampere+, CPU), else float16.
+
+    ``dtype`` None: the config's top-level ``amp_dtype`` if it has one (the
+    original-equivalent configs say ``'float16'``: the original's autocast with a
+    GradScaler), else ``'auto'``.
+    """
+    if dtype is None:
+        dtype = cfg.get('amp_dtype', None) or 'auto'
     optim_type = cfg.optim_wrapper.get('type', 'OptimWrapper')
     if optim_type in ('AmpOptimWrapper', 'AutoAmpOptimWrapper'):
         print_log('AMP training is already enabled in your config.', logger='current')

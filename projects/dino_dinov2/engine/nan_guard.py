@@ -28,6 +28,7 @@ import torch
 from mmengine.dist import all_reduce, is_distributed
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
+from mmengine.runner import EpochBasedTrainLoop
 
 
 class NonFiniteLossError(RuntimeError):
@@ -95,8 +96,8 @@ class NanGuardHook(Hook):
         if len(terms) > 6:
             terms = terms[:6] + [f'... ({len(terms) - 6} more)']
         epoch = ''
-        loop = runner.train_loop
-        if hasattr(loop, 'max_epochs') and not isinstance(loop, dict):
+        # IterBasedTrainLoop has max_epochs too (always 1): ask for the epoch loop itself
+        if isinstance(runner.train_loop, EpochBasedTrainLoop):
             epoch = f' (epoch {runner.epoch + 1}, batch {batch_idx + 1})'
         last = self._last_checkpoint(runner)
         kept = (f'the last good checkpoint is {last}; continue from it with --resume after '

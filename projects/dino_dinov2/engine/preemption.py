@@ -17,8 +17,9 @@ turns that into:
 
 ``--resume`` then continues from that checkpoint. An epoch-based loop would restart the
 interrupted epoch from its first batch; instead the batches already trained in it are
-skipped at the sampler (no image is loaded for them) and the RNG states are restored
-right before the next batch is drawn, so with ``num_workers=0`` and a fixed seed in
+skipped at the sampler (no image is loaded for them; :class:`ResumableIterBasedTrainLoop`
+does the same for iteration-based runs) and the RNG states are restored right before the
+next batch is drawn, so with ``num_workers=0`` and a fixed seed in
 deterministic mode the following iterations equal those of an uninterrupted run.
 (With ``num_workers > 0`` the data order is the same but worker-side augmentation
 randomness is not carried over.)
@@ -32,7 +33,7 @@ from __future__ import annotations
 import os.path as osp
 import random
 import signal
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -43,6 +44,7 @@ from mmengine.registry import HOOKS
 from mmengine.runner import EpochBasedTrainLoop
 
 from .atomic_checkpoint import write_last_checkpoint
+from .loops import ResumableIterBasedTrainLoop, SkipFirstBatches
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: a temporary failure; run it again (with --resume)
 CHECKPOINT_KEY = 'preemption'
@@ -74,37 +76,6 @@ def set_rng_state(state: dict) -> None:
         cuda = state['cuda']
         if len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
-
-
-class SkipFirstBatches:
-    """A batch sampler that drops the first ``skip`` batches of another one.
-
-    The indices of skipped batches are drawn and thrown away (cheap: no data is loaded),
-    so the batches that follow are exactly those the full epoch would have given.
-    ``on_start`` runs right before the first remaining batch is drawn, i.e. after the
-    DataLoader iterator was created.
-    """
-
-    def __init__(self, batch_sampler, skip: int, on_start: Optional[Callable[[], None]] = None):
-        self.batch_sampler = batch_sampler
-        self.skip = skip
-        self.on_start = on_start
-
-    def __iter__(self):
-        it = iter(self.batch_sampler)
-        for _ in range(self.skip):
-            if next(it, None) is None:
-                break
-        if self.on_start is not None:
-            self.on_start()
-        yield from it
-
-    def __len__(self) -> int:
-        return max(len(self.batch_sampler) - self.skip, 0)
-
-    def __getattr__(self, name):
-        # sampler, batch_size, drop_last... of the wrapped batch sampler
-        return getattr(self.__dict__['batch_sampler'], name)
 
 
 @HOOKS.register_module()
@@ -224,10 +195,31 @@ class PreemptionHook(Hook):
         states = (checkpoint.get(CHECKPOINT_KEY) or {}).get('rng_states')
         self._pending_rng = states
 
+    def _rng_restorer(self, runner):
+        """A callable restoring this rank's RNG states from the resumed checkpoint."""
+        states, self._pending_rng = self._pending_rng, None
+        if not states:
+            return None
+        rank = get_rank()
+        if len(states) <= rank:
+            runner.logger.warning('PreemptionHook: the checkpoint has RNG states for '
+                                  f'{len(states)} processes, not this one (rank {rank}); '
+                                  'random draws will differ from an uninterrupted run')
+            return None
+        state = states[rank]
+        return lambda: set_rng_state(state)
+
     def before_train_epoch(self, runner) -> None:
         loop = runner.train_loop
+        if isinstance(loop, ResumableIterBasedTrainLoop):
+            # the loop skips the trained batches itself; the RNG goes back right after
+            if runner.iter > 0:
+                loop.on_data_resumed = self._rng_restorer(runner)
+            self._pending_rng = None
+            return
         if not isinstance(loop, EpochBasedTrainLoop):
-            return  # IterBasedTrainLoop skips the trained batches itself
+            self._pending_rng = None
+            return  # another loop: it positions its data itself, or not at all
         dataloader = loop.dataloader
         done = runner.iter - runner.epoch * len(dataloader)
         if done <= 0:
@@ -238,17 +230,7 @@ class PreemptionHook(Hook):
                                   f'epoch {runner.epoch + 1} ({len(dataloader)} batches); '
                                   'the epoch restarts from its first batch')
             return
-        states, self._pending_rng = self._pending_rng, None
-        on_start = None
-        if states:
-            rank = get_rank()
-            if len(states) > rank:
-                state = states[rank]
-                on_start = lambda: set_rng_state(state)  # noqa: E731
-            else:
-                runner.logger.warning('PreemptionHook: the checkpoint has RNG states for '
-                                      f'{len(states)} processes, not this one (rank {rank}); '
-                                      'random draws will differ from an uninterrupted run')
+        on_start = self._rng_restorer(runner)
         self._wrapped = dataloader.batch_sampler
         # DataLoader refuses to change batch_sampler after construction; the wrapper only
         # drops the first batches of this epoch and is removed after it.

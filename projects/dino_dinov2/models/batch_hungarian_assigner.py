@@ -37,7 +37,15 @@ class BatchHungarianAssigner(HungarianAssigner):
     Args:
         match_costs: as mmdet's ``HungarianAssigner`` (e.g. focal-loss class cost,
             L1 box cost, GIoU cost).
+        batched_costs: cost every prediction of an :meth:`assign_batch` call against every
+            gt of the call in one matrix, images crossed, and copy it to the host whole, as
+            detrex's ``HungarianMatcher`` does (the original-equivalent baseline); False:
+            each image's sets against that image's gts only (less work, same matches).
     """
+
+    def __init__(self, *args, batched_costs: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.batched_costs = bool(batched_costs)
 
     def assign(self,
                pred_instances: InstanceData,
@@ -51,11 +59,58 @@ class BatchHungarianAssigner(HungarianAssigner):
                img_meta: Optional[dict]) -> List[torch.Tensor]:
         """Cost matrices (num_preds_k, num_gts) of several sets against one image's gts."""
         stacked = InstanceData.cat(list(preds)) if len(preds) > 1 else preds[0]
-        cost = torch.stack([
-            match_cost(pred_instances=stacked, gt_instances=gt, img_meta=img_meta)
+        cost = self._total_cost(stacked, gt, img_meta)
+        return list(cost.detach().split([len(p) for p in preds], dim=0))
+
+    def _total_cost(self, preds: InstanceData, gts: InstanceData,
+                    img_meta: Optional[dict]) -> torch.Tensor:
+        return torch.stack([
+            match_cost(pred_instances=preds, gt_instances=gts, img_meta=img_meta)
             for match_cost in self.match_costs
         ]).sum(dim=0)
-        return list(cost.detach().split([len(p) for p in preds], dim=0))
+
+    def _image_costs(self, preds, gts, metas) -> List[np.ndarray]:
+        """Host cost matrices, each image's sets costed together; one copy to the host."""
+        groups = {}  # pairs of one image share their gt and meta objects
+        for k, (gt, meta) in enumerate(zip(gts, metas)):
+            groups.setdefault((id(gt), id(meta)), []).append(k)
+        costs: List[Optional[torch.Tensor]] = [None] * len(preds)
+        for members in groups.values():
+            k0 = members[0]
+            for k, c in zip(members, self._costs([preds[k] for k in members], gts[k0],
+                                                 metas[k0])):
+                costs[k] = c
+        # float32 as the stock solver sees it (a bfloat16 cost has no numpy dtype)
+        host = torch.cat([c.reshape(-1).float() for c in costs]).cpu().numpy()
+        out, offset = [], 0
+        for p, g in zip(preds, gts):
+            out.append(host[offset:offset + len(p) * len(g)].reshape(len(p), len(g)))
+            offset += len(p) * len(g)
+        return out
+
+    def _cross_batch_costs(self, preds, gts, metas) -> List[np.ndarray]:
+        """Host cost matrices the way detrex's ``HungarianMatcher`` makes them: one matrix
+        of every prediction of the call against every gt of the call (images crossed),
+        copied to the host whole; each pair's block is then solved.
+
+        Boxes are normalised by their own image's size first, so one matrix can hold
+        several images: the L1 cost then is what mmdet's ``BBoxL1Cost`` computes per image,
+        and (G)IoU does not change under a per-axis scaling.
+        """
+        def normalised(instances, meta, **fields):
+            h, w = meta['img_shape'][:2]
+            factor = instances.bboxes.new_tensor([w, h, w, h])
+            return InstanceData(bboxes=instances.bboxes / factor, **fields)
+
+        stacked_preds = InstanceData.cat([normalised(p, m, scores=p.scores)
+                                          for p, m in zip(preds, metas)])
+        stacked_gts = InstanceData.cat([normalised(g, m, labels=g.labels)
+                                        for g, m in zip(gts, metas)])
+        cost = self._total_cost(stacked_preds, stacked_gts, dict(img_shape=(1, 1)))
+        host = cost.detach().float().cpu().numpy()
+        rows = np.cumsum([0] + [len(p) for p in preds])
+        cols = np.cumsum([0] + [len(g) for g in gts])
+        return [host[rows[k]:rows[k + 1], cols[k]:cols[k + 1]] for k in range(len(preds))]
 
     def assign_batch(self, pred_instances: Sequence[InstanceData],
                      gt_instances: Sequence[InstanceData],
@@ -82,37 +137,23 @@ class BatchHungarianAssigner(HungarianAssigner):
                              f'gt sets and {len(img_metas)} image metas; need one each')
         n = len(pred_instances)
         sizes = [(len(p), len(g)) for p, g in zip(pred_instances, gt_instances)]
-        # Pairs needing a solve, grouped by image (same gt and meta objects).
-        groups = {}
-        for k, (num_preds, num_gts) in enumerate(sizes):
-            if num_preds and num_gts:
-                groups.setdefault((id(gt_instances[k]), id(img_metas[k])), []).append(k)
-        costs: List[Optional[torch.Tensor]] = [None] * n
-        for members in groups.values():
-            k0 = members[0]
-            for k, c in zip(members, self._costs([pred_instances[k] for k in members],
-                                                 gt_instances[k0], img_metas[k0])):
-                costs[k] = c
-
-        # One device-to-host copy for every matrix of the batch.
-        solved = [k for k in range(n) if costs[k] is not None]
-        host = None
-        if solved:
-            # float32 as the stock solver sees it (a bfloat16 cost has no numpy dtype)
-            flat = torch.cat([costs[k].reshape(-1).float() for k in solved])
-            host = flat.cpu().numpy()
+        todo = [k for k, (num_preds, num_gts) in enumerate(sizes) if num_preds and num_gts]
+        host_costs: List[Optional[np.ndarray]] = [None] * n
+        if todo:
+            costs = (self._cross_batch_costs if self.batched_costs else self._image_costs)(
+                [pred_instances[k] for k in todo], [gt_instances[k] for k in todo],
+                [img_metas[k] for k in todo])
+            for k, cost in zip(todo, costs):
+                host_costs[k] = cost
         gt_inds_host = []
-        offset = 0
         for k in range(n):
             num_preds, num_gts = sizes[k]
-            if costs[k] is None:
+            if host_costs[k] is None:
                 # stock: no gts -> all background; no predictions -> nothing assigned
                 gt_inds_host.append(np.full(num_preds, 0 if num_gts == 0 else -1,
                                             dtype=np.int64))
                 continue
-            cost = host[offset:offset + num_preds * num_gts].reshape(num_preds, num_gts)
-            offset += num_preds * num_gts
-            rows, cols = linear_sum_assignment(cost)
+            rows, cols = linear_sum_assignment(host_costs[k])
             gt_inds = np.zeros(num_preds, dtype=np.int64)
             gt_inds[rows] = cols + 1
             gt_inds_host.append(gt_inds)

@@ -26,6 +26,8 @@ from torch import Tensor
 
 from .batch_hungarian_assigner import BatchHungarianAssigner
 
+MATCHING_MODES = ('step', 'layer')
+
 
 def _key(tensors: Sequence[Tensor]) -> tuple:
     """Identity of a list of live tensor views (same memory, shape and strides)."""
@@ -52,10 +54,21 @@ class BatchMatchingDINOHead(DINOHead):
 
     Needs ``train_cfg.assigner`` of type ``BatchHungarianAssigner``; losses and
     gradients equal ``DINOHead``'s with mmdet's ``HungarianAssigner`` and the same costs.
+
+    Args:
+        matching: ``'step'``: every decoder layer and the encoder proposals of every
+            image in one assigner call (one host round trip per step); ``'layer'``: one
+            call per decoder layer (and one for the encoder proposals) for all images, as
+            detrex's criterion calls its matcher (the original-equivalent baseline).
+        *args, **kwargs: mmdet ``DINOHead``'s arguments.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, matching: str = 'step', **kwargs) -> None:
+        if matching not in MATCHING_MODES:
+            raise ValueError(f'BatchMatchingDINOHead: matching must be one of '
+                             f'{MATCHING_MODES}, got {matching!r}')
         super().__init__(*args, **kwargs)
+        self.matching = matching
         self._pending: Dict[tuple, list] = {}
         if self.train_cfg is not None and not isinstance(
                 getattr(self, 'assigner', None), BatchHungarianAssigner):
@@ -104,13 +117,15 @@ class BatchMatchingDINOHead(DINOHead):
         Shapes as ``DINOHead``: scores (layers, B, queries_total, classes), boxes
         (layers, B, queries_total, 4) normalised cxcywh; encoder outputs (B, Q, ...).
         """
-        matching_cls, matching_bbox, _, _ = self.split_outputs(
-            all_layers_cls_scores, all_layers_bbox_preds, dn_meta)
-        # Same views DETRHead.loss_by_feat_single will pass to get_targets.
-        sets = [(list(c), list(b)) for c, b in zip(matching_cls, matching_bbox)]
-        if enc_cls_scores is not None:
-            sets.append((list(enc_cls_scores), list(enc_bbox_preds)))
-        self._pending = self._match(sets, batch_gt_instances, batch_img_metas)
+        if self.matching == 'step':
+            matching_cls, matching_bbox, _, _ = self.split_outputs(
+                all_layers_cls_scores, all_layers_bbox_preds, dn_meta)
+            # Same views DETRHead.loss_by_feat_single will pass to get_targets.
+            sets = [(list(c), list(b)) for c, b in zip(matching_cls, matching_bbox)]
+            if enc_cls_scores is not None:
+                sets.append((list(enc_cls_scores), list(enc_bbox_preds)))
+            self._pending = self._match(sets, batch_gt_instances, batch_img_metas)
+        # 'layer': get_targets matches each set when the loss of its layer asks for it
         try:
             return super().loss_by_feat(all_layers_cls_scores, all_layers_bbox_preds,
                                         enc_cls_scores, enc_bbox_preds, batch_gt_instances,

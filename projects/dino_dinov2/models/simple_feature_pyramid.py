@@ -61,6 +61,8 @@ class SimpleFeaturePyramid(BaseModule):
         top_block: add a level from a stride-2 max-pool of the last one (ViTDet's
             ``LastLevelMaxPool``).
         input_stride: stride of the input map, for :attr:`strides`.
+        init_cfg: mmengine init config; None (the default) keeps PyTorch's own
+            initialisation of the convolutions, as ViTDet's / the original's pyramid.
 
     Shapes: input tuple whose last item is (B, in_channels, H, W); outputs
     (B, out_channels, H * s, W * s) per scale s, then (B, out_channels, ceil(H*s_min/2), ...).
@@ -73,8 +75,7 @@ class SimpleFeaturePyramid(BaseModule):
                  scale_factors: Sequence[float] = (2.0, 1.0, 0.5),
                  top_block: bool = True,
                  input_stride: int = 16,
-                 init_cfg=dict(type='Kaiming', layer=['Conv2d', 'ConvTranspose2d'],
-                               a=1, mode='fan_in', nonlinearity='leaky_relu')) -> None:
+                 init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         self.scale_factors = tuple(float(s) for s in scale_factors)
         self.top_block = top_block

@@ -1,0 +1,204 @@
+"""Every shipped config, run for real on data shaped like a user's (tests/configs/).
+
+A run keeps the config's own pipeline, batch sampler, loop, hooks, evaluator and optimizer
+wrapper. It changes only what these documented overrides change (README "Tests"), each
+a ``--cfg-options`` a user could type:
+
+* the data: ``*_dataloader.dataset.data_root`` and ``*_evaluator.ann_file`` point at a
+  COCO-layout folder the test writes (JPEGs of about 640x480, both orientations) at the
+  config's own relative paths;
+* the model: pretrained weights off, 1 ViT block, 1 encoder + 1 decoder layer, 20 queries
+  (8 denoising), 20 detections per image (:data:`SHRINK_MODEL`);
+* the image scales: every ``scale``/``scales``/``crop_size`` of the pipelines x0.2 when
+  the config's scales exceed 400 px (the recipe's 800x1333 becomes 160x266);
+* the schedule: 2 training iterations (2 epochs for an epoch-based config of 1 iteration
+  an epoch), validation and a checkpoint at the end, logging every iteration.
+"""
+from __future__ import annotations
+
+import glob
+import importlib.util
+import json
+import os
+import os.path as osp
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs', '*.py')))
+
+SHRINK_MODEL = {
+    'model.backbone.pretrained': False,
+    'model.backbone.model_kwargs.depth': 1,
+    'model.encoder.num_layers': 1,
+    'model.decoder.num_layers': 1,
+    'model.num_queries': 20,
+    'model.dn_cfg.group_cfg.num_dn_queries': 8,
+    'model.test_cfg.max_per_img': 20,
+}
+SCALE_KEYS = ('scale', 'scales', 'crop_size')
+SHRINK_SCALE = 0.2  # applied when a config's image scales exceed LARGE_SCALE
+LARGE_SCALE = 400
+DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+
+# (width, height): the sizes of phone photos and labelling-tool exports, both orientations
+TRAIN_SIZES = ((640, 480), (480, 640), (704, 512), (512, 688), (600, 448), (640, 426))
+VAL_SIZES = ((640, 480), (496, 640))
+
+
+def load_tool(name: str):
+    """``tools/<name>.py`` as a module (its ``main(argv)`` runs in this process)."""
+    spec = importlib.util.spec_from_file_location(f'dino_tool_{name}',
+                                                  osp.join(REPO, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- data ---------------------------------------------------------------------------------
+
+def _image(rng: np.random.Generator, w: int, h: int, boxes: Sequence[Tuple]) -> Image.Image:
+    noise = rng.integers(60, 200, size=(h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+    img = Image.fromarray(noise).resize((w, h), Image.BILINEAR)
+    draw = ImageDraw.Draw(img)
+    for x, y, bw, bh in boxes:
+        color = tuple(int(c) for c in rng.integers(0, 255, 3))
+        draw.rectangle([x, y, x + bw, y + bh], fill=color, outline=(0, 0, 0))
+    return img
+
+
+def _boxes(rng, w: int, h: int, n: int) -> List[Tuple[float, float, float, float]]:
+    out = []
+    for _ in range(n):
+        bw, bh = rng.uniform(0.15, 0.45) * w, rng.uniform(0.15, 0.45) * h
+        x, y = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
+        out.append((round(x, 1), round(y, 1), round(bw, 1), round(bh, 1)))
+    return out
+
+
+def write_split(root: str, ann_file: str, img_dir: str, classes: Sequence[str],
+                sizes: Sequence[Tuple[int, int]], seed: int, empty: Sequence[int] = (),
+                crowd_only: Sequence[int] = ()) -> dict:
+    """One split: JPEGs under ``root/img_dir`` and their COCO file ``root/ann_file``.
+
+    Images whose index is in ``empty`` get no box, those in ``crowd_only`` one crowd box;
+    the others 1-3 boxes. Category ids are COCO-like: not contiguous (``3 * i + 1``).
+    """
+    rng = np.random.default_rng(seed)
+    os.makedirs(osp.join(root, img_dir), exist_ok=True)
+    cat_ids = [3 * i + 1 for i in range(len(classes))]
+    images, anns = [], []
+    for i, (w, h) in enumerate(sizes):
+        n = 0 if i in empty else 1 if i in crowd_only else int(rng.integers(1, 4))
+        boxes = _boxes(rng, w, h, n)
+        name = f'{seed:03d}{i:04d}.jpg'
+        _image(rng, w, h, boxes).save(osp.join(root, img_dir, name), quality=90)
+        image_id = 1000 * seed + i + 1
+        images.append(dict(id=image_id, file_name=name, width=w, height=h))
+        for b in boxes:
+            anns.append(dict(id=len(anns) + 1 + 10000 * seed, image_id=image_id,
+                             category_id=cat_ids[len(anns) % len(classes)], bbox=list(b),
+                             area=b[2] * b[3], iscrowd=1 if i in crowd_only else 0))
+    path = osp.join(root, ann_file)
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump(dict(images=images, annotations=anns,
+                       categories=[dict(id=c, name=n) for c, n in zip(cat_ids, classes)]), f)
+    return dict(images=len(images), trainable=len(images) - len(set(empty) | set(crowd_only)))
+
+
+def classes_of(cfg) -> Tuple[str, ...]:
+    """The class names the config trains (its metainfo, else its dataset class's)."""
+    from mmengine.registry import init_default_scope
+
+    from mmdet.registry import DATASETS
+    dataset = cfg.train_dataloader.dataset
+    metainfo = dataset.get('metainfo', None) or {}
+    if 'classes' in metainfo:
+        return tuple(metainfo['classes'])
+    init_default_scope('mmdet')
+    return tuple(DATASETS.get(dataset.type).METAINFO['classes'])
+
+
+def make_dataset_for(cfg, root: str) -> dict:
+    """The config's train and val splits, at its own relative paths under ``root``:
+    6 train images (one without boxes and one with only a crowd box: both filtered by
+    the recipe) and 2 val images."""
+    classes = classes_of(cfg)
+    out = {}
+    for key, sizes, seed, kwargs in (
+            ('train_dataloader', TRAIN_SIZES, 1, dict(empty=(4, ), crowd_only=(5, ))),
+            ('val_dataloader', VAL_SIZES, 2, {})):
+        ds = cfg[key].dataset
+        out[key] = write_split(root, ds.ann_file, ds.data_prefix['img'], classes, sizes, seed,
+                               **kwargs)
+    return out
+
+
+# -- overrides ----------------------------------------------------------------------------
+
+def data_options(cfg, root: str) -> Dict[str, str]:
+    root = root.rstrip('/') + '/'
+    opts = {}
+    for key in DATALOADERS:
+        if cfg.get(key, None):
+            opts[f'{key}.dataset.data_root'] = root
+    for key in ('val_evaluator', 'test_evaluator'):
+        ds_key = key.replace('evaluator', 'dataloader')
+        if cfg.get(key, None) and 'ann_file' in cfg[key]:
+            opts[f'{key}.ann_file'] = root + cfg[ds_key].dataset.ann_file
+    return opts
+
+
+def _scale_items(node, path: str):
+    """(dotted path, value) of every image scale in a pipeline (nested lists included)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k in SCALE_KEYS:
+                yield f'{path}.{k}', v
+            elif isinstance(v, (list, tuple, dict)):
+                yield from _scale_items(v, f'{path}.{k}')
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            if isinstance(v, (list, tuple, dict)):
+                yield from _scale_items(v, f'{path}.{i}')
+
+
+def _max_side(value) -> int:
+    flat = np.asarray(value, dtype=float).reshape(-1)
+    return int(flat.max()) if flat.size else 0
+
+
+def _scaled(value, factor: float):
+    """``value`` (a size, a pair or a list of pairs) times ``factor``, as ints."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(_scaled(v, factor) for v in value)
+    return max(1, int(round(value * factor)))
+
+
+def scale_options(cfg) -> Dict[str, object]:
+    items = [(path, value) for key in DATALOADERS if cfg.get(key, None)
+             for path, value in _scale_items(cfg[key].dataset.pipeline,
+                                             f'{key}.dataset.pipeline')]
+    if not items or max(_max_side(v) for _, v in items) <= LARGE_SCALE:
+        return {}
+    return {path: _scaled(value, SHRINK_SCALE) for path, value in items}
+
+
+def schedule_options(cfg, iterations: int = 2) -> Dict[str, str]:
+    """Train ``iterations`` iterations (epochs for an epoch loop: 1 batch per epoch on the
+    test data), validating and checkpointing at the end."""
+    if 'max_iters' in cfg.train_cfg:
+        return {'train_cfg.max_iters': str(iterations), 'train_cfg.val_interval':
+                str(iterations), 'default_hooks.checkpoint.interval': str(iterations),
+                'default_hooks.logger.interval': '1'}
+    return {'train_cfg.max_epochs': str(iterations), 'train_cfg.val_interval': '1',
+            'default_hooks.checkpoint.interval': '1', 'default_hooks.logger.interval': '1'}
+
+
+def as_argv(options: Dict[str, object]) -> List[str]:
+    """``--cfg-options`` arguments as a user types them (``key=value``)."""
+    return [f'{k}={v if isinstance(v, str) else str(v).replace(" ", "")}'
+            for k, v in options.items()]
