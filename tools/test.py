@@ -57,7 +57,10 @@ def main(argv=None):
             raise ValueError(f'--out must be a .pkl or .pickle file, got {args.out}')
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-    metrics = runner.test()
+    try:
+        metrics = runner.test()
+    finally:
+        engine.release_dataloader_workers(runner)
     engine.print_metrics(metrics)
     return metrics
 

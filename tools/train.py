@@ -92,7 +92,10 @@ def main(argv=None):
     engine.enable_preemption(cfg)  # SIGTERM/SIGUSR1: checkpoint, exit 75 (docs/launching.md)
 
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.train()
+    try:
+        runner.train()
+    finally:
+        engine.release_dataloader_workers(runner)
 
 
 if __name__ == '__main__':

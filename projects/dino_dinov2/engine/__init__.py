@@ -8,7 +8,7 @@ from .config_setup import (enable_amp, enable_visualization, load_config, print_
                            set_resume, set_work_dir)
 from .launcher import (LaunchInfo, detect_launcher, expand_nodelist, init_distributed,
                        setup_launcher, slurm_dist_env)
-from .loops import ResumableIterBasedTrainLoop, SkipFirstBatches
+from .loops import ResumableIterBasedTrainLoop, SkipFirstBatches, release_dataloader_workers
 from .lr_scaling import (BatchLr, BatchLrLoggerHook, apply_batch_and_lr, loader_batch_size,
                          log_batch_and_lr, lr_scale_factor)
 from .nan_guard import NanGuardHook, NonFiniteLossError
@@ -28,6 +28,7 @@ __all__ = [
     'LaunchInfo', 'detect_launcher', 'expand_nodelist', 'init_distributed', 'setup_launcher',
     'slurm_dist_env', 'BatchLr', 'BatchLrLoggerHook', 'apply_batch_and_lr', 'log_batch_and_lr',
     'lr_scale_factor', 'loader_batch_size', 'ResumableIterBasedTrainLoop', 'SkipFirstBatches',
+    'release_dataloader_workers',
     'describe_schedule', 'scale_schedule', 'sets_schedule',
     'PREEMPTED_EXIT_CODE', 'PreemptionHook', 'enable_preemption', 'SafeWandbVisBackend',
     'enable_wandb', 'AtomicCheckpointHook', 'AtomicLocalBackend', 'atomic_write',

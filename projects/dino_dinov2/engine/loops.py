@@ -15,11 +15,15 @@ with ``InfiniteSampler`` (the recipe's) the stream's first N batches are drawn a
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+import logging
+from typing import Callable, List, Optional, Tuple
 
 from mmengine.dataset import InfiniteSampler
 from mmengine.logging import print_log
 from mmengine.runner import IterBasedTrainLoop
+from mmengine.runner.base_loop import BaseLoop
+from mmengine.runner.loops import _InfiniteDataloaderIterator
+from mmengine.runner.utils import calc_dynamic_intervals
 
 from mmdet.registry import LOOPS
 
@@ -68,13 +72,37 @@ def data_sampler(dataloader):
 class ResumableIterBasedTrainLoop(IterBasedTrainLoop):
     """mmengine's ``IterBasedTrainLoop``; a resume skips the trained batches unloaded.
 
-    Same arguments as ``IterBasedTrainLoop``. ``on_data_resumed`` (set by a hook before
+    Same arguments as ``IterBasedTrainLoop``. The dataloader's iterator is created when
+    the loop starts, after the resume (mmengine creates it in ``__init__``, before the
+    checkpoint is read, and a second iterator would close mmengine's ``InfiniteSampler``,
+    whose index stream is a single generator). ``on_data_resumed`` (set by a hook before
     the loop starts, e.g. :class:`PreemptionHook` restoring RNG states) is called right
     before the first batch after the skipped ones is drawn.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self,
+                 runner,
+                 dataloader,
+                 max_iters: int,
+                 val_begin: int = 1,
+                 val_interval: int = 1000,
+                 dynamic_intervals: Optional[List[Tuple[int, int]]] = None) -> None:
+        # IterBasedTrainLoop.__init__ without its dataloader iterator
+        BaseLoop.__init__(self, runner, dataloader)
+        self._max_iters = int(max_iters)
+        if self._max_iters != max_iters:
+            raise ValueError(f'max_iters must be an integer, got {max_iters!r}')
+        self._max_epochs = 1  # for compatibility with EpochBasedTrainLoop
+        self._epoch = 0
+        self._iter = 0
+        self.val_begin = val_begin
+        self.val_interval = val_interval
+        self.stop_training = False  # EarlyStoppingHook sets it
+        if hasattr(self.dataloader.dataset, 'metainfo'):
+            self.runner.visualizer.dataset_meta = self.dataloader.dataset.metainfo
+        self.dynamic_milestones, self.dynamic_intervals = calc_dynamic_intervals(
+            self.val_interval, dynamic_intervals)
+        self.dataloader_iterator: Optional[_InfiniteDataloaderIterator] = None
         self.on_data_resumed: Optional[Callable[[], None]] = None
 
     def run(self):
@@ -82,8 +110,9 @@ class ResumableIterBasedTrainLoop(IterBasedTrainLoop):
         self.runner.call_hook('before_train')
         # mmengine treats the whole iteration-based run as one big epoch
         self.runner.call_hook('before_train_epoch')
-        if self._iter > 0:
-            self.skip_trained_batches(self._iter)
+        passes = self.skip_trained_batches(self._iter) if self._iter > 0 else 0
+        self.dataloader_iterator = _InfiniteDataloaderIterator(self.dataloader)
+        self.dataloader_iterator._epoch = passes
         while self._iter < self._max_iters and not self.stop_training:
             self.runner.model.train()
             data_batch = next(self.dataloader_iterator)
@@ -97,23 +126,50 @@ class ResumableIterBasedTrainLoop(IterBasedTrainLoop):
         self.runner.call_hook('after_train')
         return self.runner.model
 
-    def skip_trained_batches(self, done: int) -> None:
-        """Position the data stream after ``done`` batches without loading them."""
+    def skip_trained_batches(self, done: int) -> int:
+        """Position the data after ``done`` batches without loading them (before the
+        dataloader's iterator exists); returns the passes over the data completed."""
         dataloader = self.dataloader
         sampler = data_sampler(dataloader)
-        iterator = self.dataloader_iterator  # mmengine's _InfiniteDataloaderIterator
-        within = done
+        passes, within = 0, done
         if not isinstance(sampler, InfiniteSampler) and hasattr(sampler, 'set_epoch'):
             passes, within = divmod(done, len(dataloader))
-            iterator._epoch = passes
             sampler.set_epoch(passes)
         if dataloader.batch_sampler is None:  # batch_size=None loaders: nothing to wrap
             print_log(f'Resuming at iteration {done}: this dataloader has no batch sampler; '
-                      'the data restarts from its first batch', logger='current')
-            return
+                      'the data restarts from its first batch', logger='current',
+                      level=logging.WARNING)
+            return passes
+        # DataLoader refuses a new batch_sampler after construction; no iterator exists yet
         object.__setattr__(dataloader, 'batch_sampler', SkipFirstBatches(
             dataloader.batch_sampler, within, self.on_data_resumed))
-        # a new iterator over the positioned sampler (the loop made one at construction)
-        iterator._iterator = iter(dataloader)
         print_log(f'Resuming at iteration {done}: skipped the {done} batches already '
                   'trained at the sampler (no image loaded for them)', logger='current')
+        return passes
+
+
+def release_dataloader_workers(runner) -> None:
+    """Stop the worker processes of the runner's dataloaders now.
+
+    A Runner is held in reference cycles, so its dataloaders' iterators are freed by the
+    garbage collector, which may finalize their queues first: the workers then miss the
+    stop message and torch waits 5 s for each of them (40 s for the recipe's 4 training
+    and 4 validation workers). Harmless at interpreter exit; a second run in the same
+    process (a notebook, a sweep, the tests) would stall. Called by the tools after
+    training and testing.
+    """
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+    iterators = []
+    for name in ('_train_loop', '_val_loop', '_test_loop'):
+        loop = getattr(runner, name, None)
+        if loop is None or isinstance(loop, dict):
+            continue  # never built
+        infinite = getattr(loop, 'dataloader_iterator', None)
+        iterators.append(getattr(infinite, '_iterator', None))
+        loader = getattr(loop, 'dataloader', None)
+        iterators.append(getattr(loader, '_iterator', None))  # persistent workers
+        if getattr(loader, '_iterator', None) is not None:
+            loader._iterator = None
+    for it in iterators:
+        if isinstance(it, _MultiProcessingDataLoaderIter):
+            it._shutdown_workers()
