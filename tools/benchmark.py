@@ -3,7 +3,8 @@
 
     python tools/benchmark.py CONFIG [CONFIG ...] [--precision full mixed]
         [--batch-sizes 2] [--iters 20] [--warmup 5] [--real-data]
-        [--baseline [CONFIG]] [--baseline-cfg-options k=v ...] [--out-dir DIR]
+        [--baseline [CONFIG]] [--baseline-cfg-options k=v ...]
+        [--extra-baseline-cfg-options k=v ...] [--out-dir DIR]
 
 Every CONFIG x precision x batch size is measured in this process: the model is built
 from the config (mmdet registries), one iteration is model.train_step (forward, loss,
@@ -14,7 +15,9 @@ with --real-data (data time reported apart). Pretrained backbone weights are not
 
 --baseline runs a second variant cell by cell right after each candidate cell: another
 config (--baseline CONFIG) and/or other settings (--baseline-cfg-options); ratios
-candidate/baseline are printed pair by pair.
+candidate/baseline are printed pair by pair. --extra-baseline-cfg-options adds a second
+baseline row (the first baseline with more settings), e.g. the original-equivalent mode
+with mmcv's CUDA deformable attention next to its pure-PyTorch one.
 
 Prints and writes (to --out-dir, default work_dirs/benchmark) benchmark.md with the
 original's table | Backbone | Precision | Batch Size | Time per Iteration | Memory Usage |
@@ -63,6 +66,12 @@ def parse_args(argv=None):
     parser.add_argument('--baseline-cfg-options', nargs='+', action=DictAction,
                         help='settings of the baseline variant, key=value')
     parser.add_argument('--baseline-label', help='Backbone column label of the baseline')
+    parser.add_argument('--extra-baseline-cfg-options', nargs='+', action=DictAction,
+                        help='a second baseline row: the baseline with these settings too, '
+                             'e.g. model.deform_attn_impl=auto (the original-equivalent mode '
+                             "with mmcv's CUDA kernel)")
+    parser.add_argument('--extra-baseline-label',
+                        help='Backbone column label of the second baseline')
     parser.add_argument('--out-dir', default='work_dirs/benchmark', help='output folder')
     args = parser.parse_args(argv)
     if args.labels and len(args.labels) != len(args.configs):
@@ -73,6 +82,8 @@ def parse_args(argv=None):
         args.baseline = ''
     if args.baseline == '' and not args.baseline_cfg_options:
         parser.error('--baseline without a CONFIG needs --baseline-cfg-options')
+    if args.extra_baseline_cfg_options and args.baseline is None:
+        parser.error('--extra-baseline-cfg-options needs --baseline')
     return args
 
 
@@ -90,8 +101,13 @@ def main(argv=None):
     if args.baseline is not None:
         options = dict(args.cfg_options or {})
         options.update(args.baseline_cfg_options or {})
-        baseline = [bm.Variant(args.baseline or v.config, options, args.baseline_label,
-                               role='baseline') for v in variants]
+        baseline = [[bm.Variant(args.baseline or v.config, options, args.baseline_label,
+                                role='baseline')] for v in variants]
+        if args.extra_baseline_cfg_options:
+            extra = dict(options, **args.extra_baseline_cfg_options)
+            for v, group in zip(variants, baseline):
+                group.append(bm.Variant(args.baseline or v.config, extra,
+                                        args.extra_baseline_label, role='baseline'))
     size = None
     if args.img_size:
         size = (args.img_size[0], args.img_size[-1])

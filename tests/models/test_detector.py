@@ -49,8 +49,10 @@ def test_recipe_configs_build(name):
     assert cfg.optim_wrapper.optimizer.lr == 1e-4
     assert cfg.optim_wrapper.paramwise_cfg.custom_keys.backbone.lr_mult == 0.1
     assert cfg.optim_wrapper.clip_grad.max_norm == 0.1
+    # iterations at total batch 16 (the built loop and scheduler: test_recipe_parity.py)
     milestones = cfg.param_scheduler[0].milestones
-    assert milestones == ([11] if '12ep' in name else [40])
+    assert milestones == ([82500] if '12ep' in name else [300000])
+    assert not cfg.param_scheduler[0].by_epoch
     assert cfg.train_dataloader.batch_size * 8 == cfg.auto_scale_lr.base_batch_size
 
 

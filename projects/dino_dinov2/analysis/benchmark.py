@@ -18,9 +18,11 @@ loss, backward, gradient clipping, optimizer step), as in mmengine's ``IterBased
   Linux high-water mark (VmHWM), reset through ``/proc/self/clear_refs`` where allowed,
   else ``resource.getrusage`` (a lifetime peak, so later cells never read lower).
 - Mixed precision: mmengine's AmpOptimWrapper via the project's ``AutoAmpOptimWrapper``
-  (bfloat16 where supported, else float16); inference under the same autocast.
-- Baseline: a second variant (another config and/or cfg-options) measured in the same
-  process, interleaved cell by cell, so ratios compare like with like.
+  (bfloat16 where supported, else float16; a config's ``amp_dtype`` wins: float16 with a
+  loss scaler in the original-equivalent configs, as the original); inference under the
+  same autocast.
+- Baseline: one or more other variants (another config and/or cfg-options) measured in
+  the same process, interleaved cell by cell, so ratios compare like with like.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ import resource
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -398,12 +400,15 @@ def run_cell(variant: Variant, precision: str, batch_size: int,
 
 
 def run_grid(variants: Sequence[Variant], precisions: Sequence[str] = ('full', ),
-             batch_sizes: Sequence[int] = (2, ), baseline: Optional[Sequence[Variant]] = None,
+             batch_sizes: Sequence[int] = (2, ),
+             baseline: Optional[Sequence[Union[Variant, Sequence[Variant]]]] = None,
              log=print, **kwargs) -> List[Result]:
-    """Every variant x precision x batch size; with ``baseline`` (one per variant) each
-    cell is followed by the same cell of its baseline."""
+    """Every variant x precision x batch size; with ``baseline`` (per variant, one
+    baseline variant or several, e.g. the original-equivalent mode with pure-PyTorch and
+    with CUDA deformable attention) each cell is followed by the same cell of each of its
+    baselines."""
     if baseline is not None and len(baseline) != len(variants):
-        raise ValueError('one baseline variant per variant is needed')
+        raise ValueError('one baseline entry per variant is needed')
     for p in precisions:
         if p not in PRECISIONS:
             raise ValueError(f'precision must be one of {PRECISIONS}, got {p!r}')
@@ -411,8 +416,11 @@ def run_grid(variants: Sequence[Variant], precisions: Sequence[str] = ('full', )
     for v_i, variant in enumerate(variants):
         for precision in precisions:
             for bs in batch_sizes:
-                pair = [variant] + ([baseline[v_i]] if baseline is not None else [])
-                for v in pair:
+                group = [variant]
+                if baseline is not None:
+                    base = baseline[v_i]
+                    group += [base] if isinstance(base, Variant) else list(base)
+                for v in group:
                     r = run_cell(v, precision, bs, **kwargs)
                     if log:
                         log(f'[{r.role}] {r.backbone} {r.precision} batch {r.batch_size}: '
@@ -467,10 +475,13 @@ def ratio_table(results: Sequence[Result]) -> str:
 
 
 def pairs(results: Sequence[Result]) -> List[Tuple[Result, Result]]:
-    out = []
-    for i in range(len(results) - 1):
-        if results[i].role == 'candidate' and results[i + 1].role == 'baseline':
-            out.append((results[i], results[i + 1]))
+    out, cand = [], None
+    for r in results:
+        if r.role == 'candidate':
+            cand = r
+        elif r.role == 'baseline' and cand is not None and (
+                r.precision, r.batch_size) == (cand.precision, cand.batch_size):
+            out.append((cand, r))
     return out
 
 

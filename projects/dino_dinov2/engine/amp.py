@@ -1,9 +1,11 @@
 """Mixed precision that picks its dtype and also runs on the CPU."""
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 import torch
+from mmengine.logging import print_log
 from mmengine.optim import AmpOptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
 
@@ -20,7 +22,8 @@ class AutoAmpOptimWrapper(AmpOptimWrapper):
     """mmengine's ``AmpOptimWrapper`` with ``dtype='auto'`` and CPU support.
 
     mmengine's wrapper refuses to start without an accelerator; on the CPU autocast
-    runs in bfloat16 and no loss scaling is needed, so the check is skipped there.
+    runs in bfloat16 (a float16 request says so and uses bfloat16: mmengine's CPU autocast
+    refuses float16) and no loss scaling is needed, so the check is skipped there.
     bfloat16 has float32's range: the loss scaler is only used for float16.
     """
 
@@ -37,5 +40,10 @@ class AutoAmpOptimWrapper(AmpOptimWrapper):
             self._scale_update_param = None
             self.loss_scaler = torch.amp.GradScaler('cpu', enabled=False)
             self.cast_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+            if self.cast_dtype == torch.float16:
+                # mmengine's CPU autocast takes bfloat16 only (float16 is a GPU format)
+                print_log('AutoAmpOptimWrapper: float16 autocast needs a GPU; using '
+                          'bfloat16 on the CPU', logger='current', level=logging.WARNING)
+                self.cast_dtype = torch.bfloat16
         if self.cast_dtype == torch.bfloat16 and torch.cuda.is_available():
             self.loss_scaler = torch.amp.GradScaler('cuda', enabled=False)
