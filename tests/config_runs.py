@@ -26,7 +26,8 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from conftest import REPO
+
 CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs', '*.py')))
 
 SHRINK_MODEL = {

@@ -57,6 +57,20 @@ def captured_log():
         logger.removeHandler(handler)
 
 
+def init_weights_quietly(model):
+    """``model.init_weights()`` without its INFO line per parameter (DINO's level
+    embedding is allocated uninitialised and set only there)."""
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        model.init_weights()
+    finally:
+        logger.setLevel(level)
+    return model
+
+
 @pytest.fixture
 def one_torch_thread():
     """One torch thread per test. Where the 2 cores are shared, OpenMP threads spin-wait

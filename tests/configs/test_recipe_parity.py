@@ -2,18 +2,17 @@
 the optimizer's param groups, the dataset, the loop, schedulers and hooks, the metric."""
 import copy
 import json
-import logging
 import os.path as osp
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from mmengine.logging import MMLogger
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
+from conftest import init_weights_quietly
 from config_runs import REPO, SHRINK_MODEL, data_options, make_dataset_for, scale_options
 from projects.dino_dinov2 import engine
 from projects.dino_dinov2.models import LN2d
@@ -33,15 +32,7 @@ def _config(name, **options):
 def _model(cfg):
     init_default_scope('mmdet')
     torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
-    logger = MMLogger.get_current_instance()
-    level = logger.level
-    logger.setLevel(logging.WARNING)  # init_weights logs every parameter at INFO
-    try:
-        model.init_weights()
-    finally:
-        logger.setLevel(level)
-    return model
+    return init_weights_quietly(MODELS.build(cfg.model))
 
 
 @pytest.fixture(scope='module')

@@ -1,17 +1,15 @@
 """The synthetic configs' tiny DINO (4-block ViT dim 192, 2+2 layers, 50 queries) for the
 fast-path tests: built in its fast and original-equivalent modes with equal weights."""
-import logging
 import os.path as osp
 
 import torch
 from mmdet.registry import MODELS
 from mmdet.testing import demo_mm_inputs
 from mmengine.config import Config
-from mmengine.logging import MMLogger
 from mmengine.registry import init_default_scope
 
 import projects.dino_dinov2  # noqa: F401
-from conftest import REPO, SYNTHETIC_CONFIG
+from conftest import REPO, SYNTHETIC_CONFIG, init_weights_quietly
 
 ORIGINAL_SYNTHETIC_CONFIG = osp.join(REPO, 'configs', 'dino_dinov2_synthetic_original.py')
 
@@ -22,16 +20,7 @@ def build_detector(path: str = SYNTHETIC_CONFIG, seed: int = 0, **model_options)
     cfg = Config.fromfile(path)
     cfg.model.update(model_options)  # nested dicts merge (addict)
     torch.manual_seed(seed)
-    model = MODELS.build(cfg.model)
-    # DINO's level embedding is allocated uninitialised and set only here
-    logger = MMLogger.get_current_instance()
-    level = logger.level
-    logger.setLevel(logging.WARNING)  # init_weights logs every parameter at INFO
-    try:
-        model.init_weights()
-    finally:
-        logger.setLevel(level)
-    return model
+    return init_weights_quietly(MODELS.build(cfg.model))
 
 
 def build_pair(**model_options):

@@ -142,7 +142,8 @@ def loader_batch_size(dataloader) -> int:
 
 
 def param_group_lrs(optimizer, named_parameters) -> "OrderedDict[float, list]":
-    """``{lr: [top-level module names]}`` over the optimizer's param groups.
+    """``{lr: [top-level module names]}`` over the optimizer's param groups (items of a
+    top-level list of modules by index, e.g. ``neck.0``).
 
     mmengine's optimizer constructor makes one group per parameter when ``paramwise_cfg``
     is set, so groups are summarised by lr with the modules their parameters belong to.
@@ -153,8 +154,10 @@ def param_group_lrs(optimizer, named_parameters) -> "OrderedDict[float, list]":
         entry = groups.setdefault(group['lr'], {'params': 0, 'modules': OrderedDict()})
         for p in group['params']:
             entry['params'] += 1
-            name = owner.get(id(p), '?')
-            top = name.split('.')[1] if name.startswith('module.') else name.split('.')[0]
+            parts = owner.get(id(p), '?').split('.')
+            parts = parts[1:] if parts[0] == 'module' else parts  # DDP's wrapper
+            # a list of modules (the neck: pyramid, channel mapper) by item: neck.0
+            top = '.'.join(parts[:2]) if len(parts) > 2 and parts[1].isdigit() else parts[0]
             entry['modules'][top] = True
     return OrderedDict((lr, [e['params'], list(e['modules'])]) for lr, e in
                        sorted(groups.items(), key=lambda kv: kv[0]))
