@@ -21,7 +21,7 @@ import importlib.util
 import json
 import os
 import os.path as osp
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -81,33 +81,71 @@ def _boxes(rng, w: int, h: int, n: int) -> List[Tuple[float, float, float, float
 
 def write_split(root: str, ann_file: str, img_dir: str, classes: Sequence[str],
                 sizes: Sequence[Tuple[int, int]], seed: int, empty: Sequence[int] = (),
-                crowd_only: Sequence[int] = ()) -> dict:
-    """One split: JPEGs under ``root/img_dir`` and their COCO file ``root/ann_file``.
+                crowd_only: Sequence[int] = (), cat_ids: Optional[Sequence[int]] = None,
+                png: Sequence[int] = (), gray: Sequence[int] = (),
+                unused: Sequence[str] = ()) -> dict:
+    """One split: images under ``root/img_dir`` and their COCO file ``root/ann_file``.
 
     Images whose index is in ``empty`` get no box, those in ``crowd_only`` one crowd box;
-    the others 1-3 boxes. Category ids are COCO-like: not contiguous (``3 * i + 1``).
+    the others 1-3 boxes, of the classes not in ``unused`` in turn. JPEGs, except PNGs at
+    the indices in ``png``; grayscale at those in ``gray``. Category ids: ``cat_ids``, by
+    default COCO-like, not contiguous (``3 * i + 1``).
     """
     rng = np.random.default_rng(seed)
     os.makedirs(osp.join(root, img_dir), exist_ok=True)
-    cat_ids = [3 * i + 1 for i in range(len(classes))]
+    cat_ids = list(cat_ids or [3 * i + 1 for i in range(len(classes))])
+    used = [c for c, n in zip(cat_ids, classes) if n not in unused]
     images, anns = [], []
     for i, (w, h) in enumerate(sizes):
         n = 0 if i in empty else 1 if i in crowd_only else int(rng.integers(1, 4))
         boxes = _boxes(rng, w, h, n)
-        name = f'{seed:03d}{i:04d}.jpg'
-        _image(rng, w, h, boxes).save(osp.join(root, img_dir, name), quality=90)
+        name = f'{seed:03d}{i:04d}.' + ('png' if i in png else 'jpg')
+        img = _image(rng, w, h, boxes)
+        if i in gray:
+            img = img.convert('L')
+        img.save(osp.join(root, img_dir, name), **({} if i in png else dict(quality=90)))
         image_id = 1000 * seed + i + 1
         images.append(dict(id=image_id, file_name=name, width=w, height=h))
         for b in boxes:
             anns.append(dict(id=len(anns) + 1 + 10000 * seed, image_id=image_id,
-                             category_id=cat_ids[len(anns) % len(classes)], bbox=list(b),
+                             category_id=used[len(anns) % len(used)], bbox=list(b),
                              area=b[2] * b[3], iscrowd=1 if i in crowd_only else 0))
     path = osp.join(root, ann_file)
     os.makedirs(osp.dirname(path), exist_ok=True)
     with open(path, 'w') as f:
         json.dump(dict(images=images, annotations=anns,
                        categories=[dict(id=c, name=n) for c, n in zip(cat_ids, classes)]), f)
-    return dict(images=len(images), trainable=len(images) - len(set(empty) | set(crowd_only)))
+    name_of = dict(zip(cat_ids, classes))
+    per_class = {n: sum(1 for a in anns if not a['iscrowd'] and name_of[a['category_id']] == n)
+                 for n in classes}
+    return dict(images=len(images), trainable=len(images) - len(set(empty) | set(crowd_only)),
+                boxes=sum(per_class.values()), boxes_per_class=per_class)
+
+
+# A user's own dataset: 3 classes with spaces in their names, COCO-like ids, one class
+# without any box, PNGs and JPEGs, a grayscale image, sizes around 640x480
+OWN_CLASSES = ('red car', 'stop sign', 'traffic light')
+OWN_CAT_IDS = (3, 17, 42)
+OWN_UNUSED = ('traffic light', )
+
+
+def write_own_dataset(root: str, layout: str) -> dict:
+    """The dataset above in ``'coco2017'`` layout or ``'folders'`` (Roboflow/CVAT: train/,
+    valid/, test/ each with ``_annotations.coco.json``). Returns each split's counts."""
+    if layout == 'coco2017':
+        paths = {s: (f'annotations/instances_{s}2017.json', f'{s}2017')
+                 for s in ('train', 'val')}
+    else:
+        folders = dict(train='train', val='valid', test='test')
+        paths = {s: (f'{f}/_annotations.coco.json', f) for s, f in folders.items()}
+    sizes = dict(train=TRAIN_SIZES, val=VAL_SIZES, test=VAL_SIZES[::-1])
+    out = {}
+    for seed, (split, (ann, img)) in enumerate(paths.items(), start=1):
+        out[split] = write_split(root, ann, img, OWN_CLASSES, sizes[split], seed,
+                                 empty=(4, ) if split == 'train' else (),
+                                 cat_ids=OWN_CAT_IDS, png=(1, ), gray=(0, ),
+                                 unused=OWN_UNUSED)
+    return out
 
 
 def classes_of(cfg) -> Tuple[str, ...]:

@@ -29,6 +29,8 @@ def parse_args(argv=None):
                         default='auto', help='job launcher; auto: torchrun -> pytorch, a '
                         'SLURM job step -> slurm, else one process (docs/launching.md)')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    from projects.dino_dinov2.engine.config_setup import add_dataset_arguments
+    add_dataset_arguments(parser)
     args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
@@ -44,6 +46,10 @@ def main(argv=None):
 
     cfg = engine.load_config(args.config, args.cfg_options)
     engine.set_work_dir(cfg, args.work_dir, args.config)
+    files = engine.dataset_files(args)
+    if files is not None:  # --data-root ...: its test split (else val), its classes
+        line, _ = engine.use_dataset(cfg, args.data_root, files, test=True)
+        engine.log_at_start(cfg, line)
     engine.setup_launcher(cfg, args.launcher)  # process group before the Runner
     engine.check_data_paths(cfg, ['test_dataloader'])
     engine.check_checkpoint_file(args.checkpoint)  # missing or truncated: one-line error

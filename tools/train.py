@@ -38,9 +38,19 @@ def parse_args(argv=None):
                         help='images per process (GPU); total batch = this x processes')
     parser.add_argument('--lr', type=float, help="the head's base lr (the backbone's "
                         'multiplier is kept); with --auto-scale-lr, the lr of the base batch')
+    parser.add_argument('--epochs', type=float,
+                        help='train this many passes over the training set, whatever loop '
+                             'the config uses (an iteration schedule is converted from the '
+                             'dataset size and the total batch; the lr drop keeps its place)')
+    parser.add_argument('--load-from', metavar='CKPT',
+                        help='fine-tune from this detector checkpoint: every tensor is '
+                             'loaded; the class-dependent ones are re-initialized when the '
+                             'class count differs; any other mismatch is an error')
     parser.add_argument('--seed', type=int, help='random seed')
     parser.add_argument('--deterministic', action='store_true',
                         help='deterministic mode (cuDNN), for reproducible runs')
+    from projects.dino_dinov2.engine.config_setup import add_dataset_arguments
+    add_dataset_arguments(parser)
     wandb = parser.add_argument_group('Weights & Biases')
     wandb.add_argument('--wandb', action='store_true', help='log to Weights & Biases')
     wandb.add_argument('--wandb-project', '--wandb_project', default='dino-dinov2')
@@ -68,6 +78,11 @@ def main(argv=None):
 
     cfg = engine.load_config(args.config, args.cfg_options)
     engine.set_work_dir(cfg, args.work_dir, args.config)
+    files = engine.dataset_files(args)
+    dataset = None
+    if files is not None:  # --data-root / --train-ann ...: the user's own data and classes
+        line, dataset = engine.use_dataset(cfg, args.data_root, files)
+        engine.log_at_start(cfg, line)
     engine.check_data_paths(cfg, ['train_dataloader'] + (['val_dataloader']
                                                          if cfg.get('val_cfg') else []))
     launch = engine.setup_launcher(cfg, args.launcher)  # process group before the Runner
@@ -79,10 +94,13 @@ def main(argv=None):
         cfg.randomness = dict(cfg.get('randomness', None) or {}, deterministic=True)
     batch_lr = engine.apply_batch_and_lr(cfg, args.batch_size, args.lr, args.auto_scale_lr,
                                          launch.world_size)
-    # an iteration schedule keeps its number of images at another total batch
-    schedule = engine.scale_schedule(cfg, batch_lr.total_batch, batch_lr.base_batch,
-                                     fixed=engine.sets_schedule(args.cfg_options))
-    engine.log_batch_and_lr(cfg, batch_lr, schedule)
+    engine.log_at_start(cfg, engine.schedule_for_run(
+        cfg, batch_lr, args.epochs, dataset, engine.sets_schedule(args.cfg_options)))
+    engine.log_batch_and_lr(cfg, batch_lr)
+    load_from = args.load_from or cfg.get('load_from', None)
+    if load_from and args.resume is None:  # fine-tuning: checked, class-aware loading
+        engine.check_checkpoint_file(load_from)
+        engine.enable_fine_tuning(cfg, load_from)
     engine.set_resume(cfg, args.resume)
     if args.wandb:
         engine.enable_wandb(cfg, project=args.wandb_project, group=args.group,

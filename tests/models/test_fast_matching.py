@@ -13,7 +13,8 @@ from projects.dino_dinov2.models import BatchHungarianAssigner, BatchMatchingDIN
 from tiny_models import build_detector, make_batch
 
 # mmdet's own head and assigner: per image and layer
-STOCK = dict(bbox_head=dict(type='DINOHead'), train_cfg=dict(assigner=dict(type='HungarianAssigner')))
+STOCK = dict(bbox_head=dict(type='DINOHead'),
+             train_cfg=dict(assigner=dict(type='HungarianAssigner')))
 
 COSTS = [
     dict(type='FocalLossCost', weight=2.0),

@@ -16,6 +16,9 @@ optim_wrapper = dict(
         custom_keys={'backbone': dict(lr_mult=0.1), 'neck.0': dict(lr_mult=0.1)}))
 
 max_iters = 90000
+# the schedule in passes over COCO ("epochs" of 7,500 iterations): --data-root trains this
+# many passes over the user's dataset instead (engine/schedule.py set_epochs; or --epochs N)
+max_epochs = 12
 train_cfg = dict(type='ResumableIterBasedTrainLoop', max_iters=max_iters, val_interval=2500)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')

@@ -30,7 +30,7 @@ import math
 import os.path as osp
 from collections import Counter
 from numbers import Number
-from typing import Dict, List, Optional
+from typing import Collection, Dict, List, Optional, Tuple
 
 from mmdet.datasets import CocoDataset
 from mmdet.registry import DATASETS
@@ -48,6 +48,32 @@ NOT_A_CLASS = 'category not among the classes'
 _SCHEMA = ('COCO format: {"images": [{"id", "file_name", "width", "height"}], '
            '"annotations": [{"id", "image_id", "category_id", "bbox": [x, y, w, h], '
            '"area", "iscrowd"}], "categories": [{"id", "name"}]}')
+
+
+def check_box(ann: dict, width: float, height: float,
+              cat_ids: Collection[int]) -> Tuple[Optional[list], Optional[str]]:
+    """One COCO annotation's box checked against its image: ``([x1, y1, x2, y2], None)``,
+    ``(box clipped to the image, CLIPPED)``, or ``(None, reason)`` with a reason of
+    :data:`DROP_REASONS` (``cat_ids``: the file's category ids).
+
+    The one place that decides which boxes train: the dataset, the data summary of
+    ``--data-root`` and ``tools/check_dataset.py`` all use it.
+    """
+    x, y, w, h = (float(v) for v in ann['bbox'])
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        return None, 'non-finite coordinates'
+    if w <= 0 or h <= 0:
+        return None, 'zero or negative size'
+    if ann['category_id'] not in cat_ids:
+        return None, 'unknown category id'
+    x1, y1 = max(x, 0.0), max(y, 0.0)
+    x2, y2 = min(x + w, float(width)), min(y + h, float(height))
+    if x2 <= x1 or y2 <= y1:
+        return None, 'outside the image'
+    if x2 - x1 < 1 or y2 - y1 < 1:
+        return None, 'under 1 pixel after clipping'
+    clipped = (x1, y1, x2, y2) != (x, y, x + w, y + h)
+    return [x1, y1, x2, y2], CLIPPED if clipped else None
 
 
 def _trainable(data_info: dict) -> bool:
@@ -218,30 +244,16 @@ class CheckedCocoDataset(CocoDataset):
 
     def _checked_box(self, ann: dict, width: float, height: float) -> Optional[list]:
         """``[x1, y1, x2, y2]`` inside the image, or None (the reason is counted)."""
-        x, y, w, h = (float(v) for v in ann['bbox'])
-        reason = None
-        if not all(math.isfinite(v) for v in (x, y, w, h)):
-            reason = 'non-finite coordinates'
-        elif w <= 0 or h <= 0:
-            reason = 'zero or negative size'
-        elif ann['category_id'] not in self._file_cat_ids:
-            reason = 'unknown category id'
-        if reason is None:
-            x1, y1 = max(x, 0.0), max(y, 0.0)
-            x2, y2 = min(x + w, float(width)), min(y + h, float(height))
-            if x2 <= x1 or y2 <= y1:
-                reason = 'outside the image'
-            elif x2 - x1 < 1 or y2 - y1 < 1:
-                reason = 'under 1 pixel after clipping'
-        if reason is not None:
-            self.report[reason] += 1
+        box, problem = check_box(ann, width, height, self._file_cat_ids)
+        if box is None:
+            self.report[problem] += 1
             return None
         if ann['category_id'] not in self.cat2label:
             self.report[NOT_A_CLASS] += 1  # the dataset trains on a subset of classes
             return None
-        if (x1, y1, x2, y2) != (x, y, x + w, y + h):
+        if problem == CLIPPED:
             self.report[CLIPPED] += 1
-        return [x1, y1, x2, y2]
+        return box
 
     # -- filtering and reporting -----------------------------------------------------------
 

@@ -5,7 +5,10 @@ from .checked_checkpoint import (CheckpointError, check_checkpoint_file,
                                  load_local_checkpoint, register_checked_loader)
 from .config_check import ConfigError, check_cfg_options, check_data_paths
 from .config_setup import (enable_amp, enable_visualization, load_config, print_metrics,
-                           set_resume, set_work_dir)
+                           set_resume, set_work_dir, use_dataset,
+                           add_dataset_arguments, dataset_files, count_train_images)
+from .fine_tune import (FineTuneLoadHook, class_dependent_keys, enable_fine_tuning,
+                        load_for_fine_tuning)
 from .launcher import (LaunchInfo, detect_launcher, expand_nodelist, init_distributed,
                        setup_launcher, slurm_dist_env)
 from .loops import ResumableIterBasedTrainLoop, SkipFirstBatches, release_dataloader_workers
@@ -13,7 +16,9 @@ from .lr_scaling import (BatchLr, BatchLrLoggerHook, apply_batch_and_lr, loader_
                          log_batch_and_lr, lr_scale_factor)
 from .nan_guard import NanGuardHook, NonFiniteLossError
 from .preemption import PREEMPTED_EXIT_CODE, PreemptionHook, enable_preemption
-from .schedule import describe_schedule, scale_schedule, sets_schedule
+from .run_info import RunInfoHook, log_at_start
+from .schedule import (describe_schedule, scale_schedule, schedule_for_run, set_epochs,
+                       sets_schedule)
 from .safe_checkpoint import register_safe_globals, safe_globals
 from .user_errors import USER_ERRORS, exit_on_user_error
 from .wandb_setup import SafeWandbVisBackend, enable_wandb
@@ -29,7 +34,11 @@ __all__ = [
     'slurm_dist_env', 'BatchLr', 'BatchLrLoggerHook', 'apply_batch_and_lr', 'log_batch_and_lr',
     'lr_scale_factor', 'loader_batch_size', 'ResumableIterBasedTrainLoop', 'SkipFirstBatches',
     'release_dataloader_workers',
-    'describe_schedule', 'scale_schedule', 'sets_schedule',
+    'describe_schedule', 'scale_schedule', 'sets_schedule', 'set_epochs', 'schedule_for_run',
+    'use_dataset',
+    'add_dataset_arguments', 'dataset_files', 'count_train_images',
+    'FineTuneLoadHook', 'class_dependent_keys', 'enable_fine_tuning', 'load_for_fine_tuning',
+    'RunInfoHook', 'log_at_start',
     'PREEMPTED_EXIT_CODE', 'PreemptionHook', 'enable_preemption', 'SafeWandbVisBackend',
     'enable_wandb', 'AtomicCheckpointHook', 'AtomicLocalBackend', 'atomic_write',
     'write_last_checkpoint', 'CheckpointError', 'check_checkpoint_file',

@@ -9,8 +9,8 @@ batch 32 -> lr x sqrt(2)).
 Why not mmengine's ``auto_scale_lr`` alone: it only knows the linear rule and logs the
 ratio, not the lrs it produced. Here the scaled lr is written into the config before the
 Runner is built (mmengine's own scaling is turned off so it is not applied twice), and
-:class:`BatchLrLoggerHook` logs the effective total batch, the schedule and the lr of every
-optimizer param group as the optimizer really holds them when training starts.
+:class:`BatchLrLoggerHook` logs the effective total batch and the lr of every optimizer
+param group as the optimizer really holds them when training starts.
 """
 from __future__ import annotations
 
@@ -115,15 +115,13 @@ def apply_batch_and_lr(cfg, batch_size: Optional[int] = None, lr: Optional[float
     return summary
 
 
-def log_batch_and_lr(cfg, summary: BatchLr, schedule: Optional[str] = None) -> None:
-    """Add a :class:`BatchLrLoggerHook` reporting ``summary`` (and the ``schedule`` line
-    of :func:`.schedule.scale_schedule`) to ``cfg.custom_hooks``."""
+def log_batch_and_lr(cfg, summary: BatchLr) -> None:
+    """Add a :class:`BatchLrLoggerHook` reporting ``summary`` to ``cfg.custom_hooks``."""
     hooks = [h for h in (cfg.get('custom_hooks', None) or [])
              if h.get('type') != 'BatchLrLoggerHook']
     base_lr = None if math.isnan(summary.base_lr) else summary.base_lr
     cfg.custom_hooks = hooks + [dict(type='BatchLrLoggerHook', rule=summary.rule,
-                                     base_batch=summary.base_batch, base_lr=base_lr,
-                                     schedule=schedule)]
+                                     base_batch=summary.base_batch, base_lr=base_lr)]
 
 
 def loader_batch_size(dataloader) -> int:
@@ -174,16 +172,14 @@ class BatchLrLoggerHook(Hook):
         rule: the ``--auto-scale-lr`` rule applied to the config, for the log line.
         base_batch: the total batch the config's lr was set for.
         base_lr: the lr before scaling.
-        schedule: a line saying what the schedule is (:func:`.schedule.scale_schedule`).
     """
     priority = 'LOWEST'
 
     def __init__(self, rule: Optional[str] = None, base_batch: int = DEFAULT_BASE_BATCH,
-                 base_lr: Optional[float] = None, schedule: Optional[str] = None):
+                 base_lr: Optional[float] = None):
         self.rule = rule
         self.base_batch = base_batch
         self.base_lr = base_lr
-        self.schedule = schedule
 
     def before_train(self, runner) -> None:
         batch = loader_batch_size(runner.train_dataloader)
@@ -192,8 +188,6 @@ class BatchLrLoggerHook(Hook):
                           base_lr=float('nan') if self.base_lr is None else self.base_lr,
                           rule=self.rule)
         runner.logger.info(summary.describe())
-        if self.schedule:
-            runner.logger.info(self.schedule)
         optim_wrapper = runner.optim_wrapper
         wrappers = (optim_wrapper.values() if hasattr(optim_wrapper, 'values')
                     else [optim_wrapper])

@@ -12,8 +12,11 @@ state-dict keys, losses) with two choices the stock class lacks:
 """
 from __future__ import annotations
 
+import logging
+
 from mmdet.models.detectors import DINO
 from mmdet.registry import MODELS
+from mmengine.logging import print_log
 
 from .activation_checkpoint import checkpoint_layers
 from .reference_deformable_attention import use_reference_deformable_attention
@@ -50,7 +53,24 @@ class FastDINO(DINO):
             # The encoder's self-attention and the decoder's cross-attention.
             use_reference_deformable_attention(self.encoder)
             use_reference_deformable_attention(self.decoder)
+        self._check_max_per_img()
         if checkpoint_encoder:
             checkpoint_layers(self.encoder.layers)
         if checkpoint_decoder:
             checkpoint_layers(self.decoder.layers)
+
+    def _check_max_per_img(self) -> None:
+        """DETR heads pick the top ``max_per_img`` of ``queries x classes`` scores: more
+        than there are fails at the first prediction ("selected index k out of range").
+        Few queries and classes (a small dataset, a shrunk model) can get there: keep
+        them all and say so."""
+        test_cfg = getattr(self.bbox_head, 'test_cfg', None)
+        if not test_cfg or 'max_per_img' not in test_cfg:
+            return
+        candidates = self.num_queries * self.bbox_head.num_classes
+        if test_cfg['max_per_img'] > candidates:
+            print_log(f'FastDINO: test_cfg.max_per_img={test_cfg["max_per_img"]} is more '
+                      f'than the {self.num_queries} queries x {self.bbox_head.num_classes} '
+                      f'classes = {candidates} scores there are: keeping {candidates}',
+                      logger='current', level=logging.WARNING)
+            test_cfg['max_per_img'] = candidates
