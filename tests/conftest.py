@@ -7,6 +7,13 @@ import sys
 from contextlib import contextmanager
 
 import pytest
+import torch
+
+# The Triton kernels (models/triton_deformable_attention.py) run on CPU tensors under
+# Triton's interpreter, which must be chosen before Triton is imported (timm, mmengine and
+# mmdet import it). A machine with a GPU tests the compiled kernels instead.
+if 'TRITON_INTERPRET' not in os.environ and not torch.cuda.is_available():
+    os.environ['TRITON_INTERPRET'] = '1'
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SYNTHETIC_CONFIG = osp.join(REPO, 'configs', 'dino_dinov2_synthetic.py')

@@ -13,6 +13,10 @@ the config's test Resize, 800x1333 for the recipe), or the config's train datalo
 with --real-data (data time reported apart). Pretrained backbone weights are not loaded
 (timing does not depend on them) unless --pretrained.
 
+--deform-attn times the deformable-attention implementations this install has (pytorch,
+mmcv's CUDA kernel, triton) side by side, forward and forward+backward at the recipe's
+shapes (float32, and bfloat16 with --precision mixed), and writes deform_attn.md.
+
 --baseline runs a second variant cell by cell right after each candidate cell: another
 config (--baseline CONFIG) and/or other settings (--baseline-cfg-options); ratios
 candidate/baseline are printed pair by pair. --extra-baseline-cfg-options adds a second
@@ -36,7 +40,17 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n\n', 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('configs', nargs='+', metavar='CONFIG', help='config files')
+    parser.add_argument('configs', nargs='*', metavar='CONFIG', help='config files')
+    parser.add_argument('--deform-attn', action='store_true',
+                        help='time the deformable-attention implementations side by side '
+                             '(forward and forward+backward at the recipe\'s shapes) instead '
+                             'of training steps; no CONFIG')
+    parser.add_argument('--deform-attn-impls', nargs='+',
+                        choices=['pytorch', 'mmcv', 'triton'],
+                        help='with --deform-attn: these (default: all this install has)')
+    parser.add_argument('--deform-attn-levels', nargs='+', type=int, metavar='H W',
+                        help="with --deform-attn: level sizes H1 W1 H2 W2 ... (default: an "
+                             "800x1333 image's 100 167 50 84 25 42 13 21)")
     parser.add_argument('--labels', nargs='+', help='Backbone column label per config')
     parser.add_argument('--precision', nargs='+', default=['full', 'mixed'],
                         choices=['full', 'mixed'], help='default: full mixed')
@@ -74,6 +88,10 @@ def parse_args(argv=None):
                         help='Backbone column label of the second baseline')
     parser.add_argument('--out-dir', default='work_dirs/benchmark', help='output folder')
     args = parser.parse_args(argv)
+    if not args.deform_attn and not args.configs:
+        parser.error('give a CONFIG (or --deform-attn)')
+    if args.deform_attn_levels and len(args.deform_attn_levels) % 2:
+        parser.error('--deform-attn-levels takes pairs H W')
     if args.labels and len(args.labels) != len(args.configs):
         parser.error(f'{len(args.labels)} --labels for {len(args.configs)} configs')
     if args.img_size and len(args.img_size) not in (1, 2):
@@ -87,8 +105,36 @@ def parse_args(argv=None):
     return args
 
 
+def deform_attn_main(args) -> int:
+    import os
+
+    import torch
+
+    from projects.dino_dinov2.analysis import kernel_benchmark as kb
+    device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    levels = kb.RECIPE_LEVELS
+    if args.deform_attn_levels:
+        v = args.deform_attn_levels
+        levels = tuple(zip(v[0::2], v[1::2]))
+    dtypes = ['float32', 'bfloat16'] if 'mixed' in args.precision else ['float32']
+    results = kb.run_kernels(device, args.deform_attn_impls, dtypes, levels,
+                             batch=(args.batch_sizes or [2])[0], iters=args.iters,
+                             warmup=args.warmup)
+    table = kb.kernel_table(results)
+    os.makedirs(args.out_dir, exist_ok=True)
+    path = os.path.join(args.out_dir, 'deform_attn.md')
+    with open(path, 'w') as f:
+        f.write(f'# Deformable attention on {device}\n\n{table}\n')
+    print()
+    print(table)
+    print(f'wrote {path}')
+    return 0
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.deform_attn:
+        return deform_attn_main(args)
     import torch
 
     from projects.dino_dinov2.analysis import benchmark as bm

@@ -86,20 +86,20 @@ def test_second_baseline_row(tmp_path):
     assert main([SYNTHETIC, '--precision', 'mixed', '--batch-sizes', '1', '--iters', '1',
                  '--warmup', '0', '--infer-iters', '1', '--img-size', '64', '--device',
                  'cpu', '--baseline', original, '--baseline-label', 'original (pytorch)',
-                 '--extra-baseline-cfg-options', 'model.deform_attn_impl=auto',
-                 '--extra-baseline-label', 'original (auto)', '--out-dir',
+                 '--extra-baseline-cfg-options', 'model.deform_attn_impl=mmcv',
+                 '--extra-baseline-label', 'original (mmcv)', '--out-dir',
                  str(tmp_path)]) == 0
     report = json.loads((tmp_path / 'benchmark.json').read_text())
     results = report['results']
     assert [r['role'] for r in results] == ['candidate', 'baseline', 'baseline']
-    assert [r['backbone'] for r in results[1:]] == ['original (pytorch)', 'original (auto)']
-    assert results[2]['cfg_options'] == {'model.deform_attn_impl': 'auto'}
+    assert [r['backbone'] for r in results[1:]] == ['original (pytorch)', 'original (mmcv)']
+    assert results[2]['cfg_options'] == {'model.deform_attn_impl': 'mmcv'}
     # the original-equivalent mode's "Mixed" is float16 (the original's autocast default)
     # on a GPU; mmengine's CPU autocast takes bfloat16 only
     want = 'float16' if torch.cuda.is_available() else 'bfloat16'
     assert [r['amp_dtype'] for r in results] == ['bfloat16', want, want]
     assert [r['baseline'] for r in report['ratios']] == ['original (pytorch)',
-                                                         'original (auto)']
+                                                         'original (mmcv)']
 
 
 def test_cpu_peak_memory_sees_a_new_allocation():
@@ -153,3 +153,23 @@ def test_real_data_from_the_configs_dataloader_reports_data_time(synthetic_data)
     assert r.iter_time > 0 and r.infer_images_per_s > 0 and r.memory_mib > 100
     assert '| real' not in bm.markdown_table([r])  # the original's five columns only
     assert f'{r.data_time:.4f}' in bm.details_table([r])
+
+
+def test_deformable_attention_implementations_side_by_side(tmp_path, capsys):
+    """--deform-attn: each implementation on the same inputs (here the PyTorch path and
+    the Triton kernels in Triton's interpreter; on a GPU also mmcv's CUDA kernel)."""
+    from projects.dino_dinov2.analysis import kernel_benchmark as kb
+    results = kb.run_kernels('cpu', ['pytorch', 'triton'], ['float32'],
+                             levels=((6, 9), (3, 5), (1, 1)), batch=1, decoder_queries=12,
+                             iters=1, warmup=0, log=None)
+    assert [(r.layer, r.impl) for r in results] == [
+        ('encoder', 'pytorch'), ('encoder', 'triton'), ('decoder', 'pytorch'),
+        ('decoder', 'triton')]
+    assert results[0].queries == 6 * 9 + 3 * 5 + 1 and results[2].queries == 12
+    assert all(r.max_rel_diff < 1e-5 and r.forward_ms > 0 for r in results)
+    assert '| encoder (70) | float32 | triton |' in kb.kernel_table(results)
+    from tools.benchmark import main
+    assert main(['--deform-attn', '--deform-attn-impls', 'pytorch', '--deform-attn-levels',
+                 '4', '4', '2', '2', '--precision', 'full', '--iters', '1', '--warmup', '0',
+                 '--device', 'cpu', '--out-dir', str(tmp_path)]) == 0
+    assert '| decoder (1000) | float32 | pytorch |' in (tmp_path / 'deform_attn.md').read_text()

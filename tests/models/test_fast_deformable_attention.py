@@ -1,13 +1,14 @@
 """The deformable-attention switch: the original's pure-PyTorch path (forced on any
-device) against mmcv's module, and mmcv's CUDA kernel against it where a GPU exists."""
+device) against mmcv's module, and mmcv's CUDA kernel and the Triton kernels against it
+where a GPU exists."""
 import copy
 
 import pytest
 import torch
 from mmcv.ops import MultiScaleDeformableAttention
 
-from projects.dino_dinov2.models import (ReferenceMultiScaleDeformableAttention,
-                                         use_reference_deformable_attention)
+from projects.dino_dinov2.models import (SwitchableMultiScaleDeformableAttention,
+                                         use_deformable_attention)
 
 SHAPES = torch.tensor([[8, 8], [4, 4]])
 LEVEL_START = torch.tensor([0, 64])
@@ -22,8 +23,8 @@ def _modules(batch_first):
     for p in stock.parameters():
         p.data.add_(0.05 * torch.randn_like(p))
     ref = copy.deepcopy(stock)
-    assert use_reference_deformable_attention(ref) == 1
-    assert type(ref) is ReferenceMultiScaleDeformableAttention
+    assert use_deformable_attention(ref, 'pytorch') == 1
+    assert type(ref) is SwitchableMultiScaleDeformableAttention and ref.impl == 'pytorch'
     assert ref.state_dict().keys() == stock.state_dict().keys()
     return stock, ref
 
@@ -86,10 +87,6 @@ def test_reference_under_bf16_autocast_close_to_float32():
             assert (a.float() - b).norm() <= 2e-2 * b.norm(), name
 
 
-def test_use_reference_reports_models_without_deformable_attention():
-    assert use_reference_deformable_attention(torch.nn.Linear(2, 2)) == 0
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU: CUDA kernel')
 @pytest.mark.parametrize('amp', [False, True])
 def test_cuda_kernel_matches_reference_on_gpu(amp):
@@ -102,4 +99,21 @@ def test_cuda_kernel_matches_reference_on_gpu(amp):
     tol = 5e-2 if amp else 1e-4  # amp: both sides' projections in bfloat16
     torch.testing.assert_close(out_k.float(), out_r.float(), rtol=tol, atol=tol)
     for a, b in zip(g_k, g_r):
+        assert (a.float() - b.float()).norm() <= tol * b.float().norm() + 1e-4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU: compiled Triton')
+@pytest.mark.parametrize('amp', [False, True])
+def test_triton_kernels_match_reference_on_gpu(amp):
+    """The compiled Triton kernels (the CPU tests run them in the interpreter)."""
+    _, ref = _modules(True)
+    tri = copy.deepcopy(ref)
+    use_deformable_attention(tri, 'triton')
+    tri, ref = tri.cuda(), ref.cuda()
+    inputs = _inputs(True, 4, device='cuda')
+    out_t, g_t = _run(tri, inputs, autocast_device='cuda' if amp else None)
+    out_r, g_r = _run(ref, inputs, autocast_device='cuda' if amp else None)
+    tol = 5e-2 if amp else 1e-4
+    torch.testing.assert_close(out_t.float(), out_r.float(), rtol=tol, atol=tol)
+    for a, b in zip(g_t, g_r):
         assert (a.float() - b.float()).norm() <= tol * b.float().norm() + 1e-4

@@ -10,7 +10,7 @@ from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 
 from conftest import REPO
-from projects.dino_dinov2.models import (FastDINO, ReferenceMultiScaleDeformableAttention,
+from projects.dino_dinov2.models import (FastDINO, SwitchableMultiScaleDeformableAttention,
                                          is_checkpointed)
 from tiny_models import build_detector, build_pair, loss_and_grads, make_batch
 
@@ -28,8 +28,10 @@ def test_original_mode_is_built_the_original_way():
     assert type(fast) is FastDINO and type(original) is FastDINO
     msda = [m for m in original.modules() if isinstance(m, MultiScaleDeformableAttention)]
     assert len(msda) == 4  # 2 encoder self-attentions + 2 decoder cross-attentions
-    assert all(type(m) is ReferenceMultiScaleDeformableAttention for m in msda)
-    assert not any(type(m) is ReferenceMultiScaleDeformableAttention for m in fast.modules())
+    assert all(type(m) is SwitchableMultiScaleDeformableAttention for m in msda)
+    assert all(m.impl == 'pytorch' for m in msda)
+    assert {m.impl for m in fast.modules() if isinstance(m, MultiScaleDeformableAttention)} \
+        == {'auto'}
     # timm's fused attention was on in the original (timm's default)
     assert all(b.attn.fused_attn for b in original.backbone.vit.blocks)
     assert all(b.attn.fused_attn for b in fast.backbone.vit.blocks)

@@ -5,7 +5,9 @@
 embed_dim = 768
 model = dict(
     type='FastDINO',  # mmdet's DINO + the switches below
-    deform_attn_impl='auto',  # mmcv's CUDA kernel on a GPU ('pytorch': the original's)
+    # 'auto': Triton kernels on a GPU, PyTorch on the CPU; or 'triton', 'mmcv' (its CUDA
+    # kernel), 'pytorch' (the original's). The log says which ran.
+    deform_attn_impl='auto',
     checkpoint_encoder=False,  # activation checkpointing: memory for ~1/3 more compute
     checkpoint_decoder=False,
     num_queries=900,

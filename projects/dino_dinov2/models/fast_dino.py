@@ -2,11 +2,11 @@
 
 mmdet's ``DINO`` builds its deformable attention and transformer layers by class and
 offers no switch for how they run. ``FastDINO`` is the same model (same parameters,
-state-dict keys, losses) with two choices the stock class lacks:
+state-dict keys, losses) with the choices the stock class lacks:
 
-- ``deform_attn_impl``: ``'auto'`` lets mmcv pick (its CUDA kernel on a GPU, run in
-  float32 under bfloat16 autocast by :mod:`.deformable_attention`; pure PyTorch on the
-  CPU); ``'pytorch'`` forces the pure-PyTorch sampling everywhere, as the original ran.
+- ``deform_attn_impl``: ``'triton'``, ``'mmcv'``, ``'pytorch'`` or ``'auto'`` (Triton on a
+  GPU, mmcv's CUDA kernel where Triton is missing, PyTorch on the CPU); see
+  :mod:`.deformable_attention`. The log says once what ran.
 - ``checkpoint_encoder`` / ``checkpoint_decoder``: activation checkpointing of each
   encoder / decoder layer (less memory, one more forward of those layers per step).
 """
@@ -19,9 +19,8 @@ from mmdet.registry import MODELS
 from mmengine.logging import print_log
 
 from .activation_checkpoint import checkpoint_layers
-from .reference_deformable_attention import use_reference_deformable_attention
-
-DEFORM_ATTN_IMPLS = ('auto', 'pytorch')
+from .deformable_attention import IMPLS as DEFORM_ATTN_IMPLS
+from .deformable_attention import use_deformable_attention
 
 
 @MODELS.register_module()
@@ -29,8 +28,8 @@ class FastDINO(DINO):
     """DINO with a selectable deformable-attention path and optional checkpointing.
 
     Args:
-        deform_attn_impl: ``'auto'`` (mmcv's choice: CUDA kernel on a GPU) or
-            ``'pytorch'`` (the original's pure-PyTorch path on every device).
+        deform_attn_impl: ``'auto'``, ``'triton'``, ``'mmcv'`` or ``'pytorch'`` (the
+            original's pure-PyTorch path on every device).
         checkpoint_encoder: recompute encoder layer activations in backward.
         checkpoint_decoder: recompute decoder layer activations in backward.
         *args, **kwargs: mmdet ``DINO``'s arguments.
@@ -49,10 +48,10 @@ class FastDINO(DINO):
         self.deform_attn_impl = deform_attn_impl
         self.checkpoint_encoder = checkpoint_encoder
         self.checkpoint_decoder = checkpoint_decoder
-        if deform_attn_impl == 'pytorch':
-            # The encoder's self-attention and the decoder's cross-attention.
-            use_reference_deformable_attention(self.encoder)
-            use_reference_deformable_attention(self.decoder)
+        # the encoder's self-attention and the decoder's cross-attention
+        if not (use_deformable_attention(self.encoder, deform_attn_impl)
+                and use_deformable_attention(self.decoder, deform_attn_impl)):
+            raise ValueError('FastDINO: no deformable attention in the encoder or decoder')
         self._check_max_per_img()
         if checkpoint_encoder:
             checkpoint_layers(self.encoder.layers)
