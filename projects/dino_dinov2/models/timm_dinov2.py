@@ -1,7 +1,18 @@
-"""DINOv2 vision transformers from timm as an mmdet backbone."""
+"""DINOv2 and DINOv3 vision transformers from timm as an mmdet backbone.
+
+One class for both families (registered as ``TimmDinov2`` and ``TimmDinov3``). What differs
+is handled by timm's own model classes and weight converters: DINOv2 is timm's
+``VisionTransformer`` (patch 14, learned position embedding, resampled to patch 16 here),
+DINOv3 timm's ``Eva`` (natively patch 16, rotary position embedding computed for any grid,
+4 storage/register tokens, LayerScale named ``gamma_1``/``gamma_2``). Both take any H x W
+(``dynamic_img_size``; ``dynamic_img_pad`` pads to a multiple of the patch, a no-op after
+mmdet's data preprocessor pads to 16), and both expose ``forward_intermediates`` and
+``prune_intermediate_layers``, which is all this module uses.
+"""
 from __future__ import annotations
 
 import os
+import sys
 from typing import Callable, Optional, Sequence, Tuple, Union
 
 import timm
@@ -21,6 +32,17 @@ DINOV2_MODELS = (
     'vit_base_patch14_reg4_dinov2.lvd142m',
     'vit_large_patch14_reg4_dinov2.lvd142m',
     'vit_giant_patch14_reg4_dinov2.lvd142m',
+)
+
+# DINOv3 ViTs in timm (LVD-1689M weights, gated behind Meta's license on the hub); the
+# ``_qkvb`` variants keep the query/value biases of Meta's checkpoints.
+DINOV3_MODELS = (
+    'vit_small_patch16_dinov3.lvd1689m',
+    'vit_small_plus_patch16_dinov3.lvd1689m',
+    'vit_base_patch16_dinov3.lvd1689m',
+    'vit_large_patch16_dinov3.lvd1689m',
+    'vit_huge_plus_patch16_dinov3.lvd1689m',
+    'vit_7b_patch16_dinov3.lvd1689m',
 )
 
 # Keys under which common checkpoint formats nest the weights.
@@ -62,14 +84,19 @@ def read_state_dict(path: str) -> dict:
 
 
 def load_weight_file(model: nn.Module, path: str) -> None:
-    """Load a timm- or original-DINOv2-layout weight file into a timm ViT.
+    """Load a weight file in timm's layout or Meta's original one (DINOv2 or DINOv3).
 
     timm's own ``checkpoint_filter_fn`` converts the original layout and resamples the
     patch embedding (e.g. 14 -> 16) and position embedding to the model's; every key must
     then match in name and shape, else :class:`WeightFileError` names the first bad key.
     """
     state = read_state_dict(path)
-    from timm.models.vision_transformer import checkpoint_filter_fn
+    # the converter of the model's own family: vision_transformer's for DINOv2 (original
+    # layout, patch resampling), eva's for DINOv3 (Meta's layout: storage_tokens, ls1.gamma)
+    checkpoint_filter_fn = getattr(sys.modules[type(model).__module__],
+                                   'checkpoint_filter_fn', None)
+    if checkpoint_filter_fn is None:
+        from timm.models.vision_transformer import checkpoint_filter_fn
     try:
         state = checkpoint_filter_fn(state, model)
     except Exception as e:  # noqa: BLE001
@@ -93,16 +120,49 @@ def load_weight_file(model: nn.Module, path: str) -> None:
     model.load_state_dict(state, strict=True)
 
 
+def create_model(model_name: str, pretrained: bool, kwargs: dict) -> nn.Module:
+    """``timm.create_model`` with one-line errors: an unknown name (with close names)
+    and a refused download (DINOv3's weights are gated) point at what to do."""
+    if not timm.is_model(model_name):
+        import difflib
+        base = model_name.split('.')[0]
+        close = difflib.get_close_matches(base, timm.list_models('*dino*'), n=3, cutoff=0.5)
+        hint = f'; did you mean {" or ".join(close)}?' if close else ''
+        raise WeightFileError(f'unknown timm model name {model_name!r}{hint} '
+                              "(timm.list_models('*dinov2*'), timm.list_models('*dinov3*'))")
+    try:
+        return timm.create_model(model_name, pretrained=pretrained, **kwargs)
+    except Exception as e:  # noqa: BLE001 - a download refused or impossible
+        if not pretrained:
+            raise
+        gated = 'dinov3' in model_name
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise WeightFileError(
+            f'cannot download the pretrained weights of {model_name} ({type(e).__name__}: '
+            f'{detail[:200]})'
+            + ('. DINOv3 weights are gated behind Meta\'s license on the Hugging Face hub: '
+               'accept it on the model\'s page and log in (huggingface-cli login or HF_TOKEN)'
+               if gated else '')
+            + '. Or download the weights and pass the file: --cfg-options '
+            'model.backbone.pretrained=/path/to/weights.pth (timm\'s or Meta\'s layout)'
+        ) from None
+
+
 @MODELS.register_module()
+@MODELS.register_module(name='TimmDinov3')
 class TimmDinov2(BaseModule):
-    """A timm (DINOv2) ViT returning NCHW feature maps of chosen blocks.
+    """A timm DINOv2 or DINOv3 ViT returning NCHW feature maps of chosen blocks
+    (registered as ``TimmDinov2`` and ``TimmDinov3``; see the module docstring).
 
     Args:
-        model_name: timm model name, e.g. ``vit_base_patch14_dinov2.lvd142m``.
+        model_name: timm model name, e.g. ``vit_base_patch14_dinov2.lvd142m`` or
+            ``vit_base_patch16_dinov3.lvd1689m``.
         pretrained: ``True`` loads timm's weights (hub), a string loads a local file
-            (timm or original DINOv2 key layout), ``False`` keeps random weights.
-        patch_size: patch size of the created model; pretrained patch-14 embeddings are
-            resampled to it (16 by default, as ViTDet and the recipe).
+            (timm's layout, or Meta's original DINOv2 / DINOv3 layout), ``False`` keeps
+            random weights.
+        patch_size: patch size of the created model; pretrained patch-14 (DINOv2)
+            embeddings are resampled to it (16 by default, as ViTDet and the recipe;
+            DINOv3 is natively 16).
         img_size: nominal image size for the position-embedding grid; any H x W works
             (dynamic size, padded to a multiple of ``patch_size``).
         out_indices: blocks whose tokens are returned (negative counts from the end).
@@ -151,7 +211,7 @@ class TimmDinov2(BaseModule):
             self.vit = timm.create_model(model_name, pretrained=False, **kwargs)
             load_weight_file(self.vit, pretrained)
         else:
-            self.vit = timm.create_model(model_name, pretrained=bool(pretrained), **kwargs)
+            self.vit = create_model(model_name, bool(pretrained), kwargs)
         depth = len(self.vit.blocks)
         self.out_indices = tuple(sorted(i % depth for i in out_indices))
         self.final_norm = final_norm

@@ -1,0 +1,6 @@
+# DINO-4scale, frozen DINOv3 ViT-S/16, COCO 2017, 12 epochs, total batch 16: the DINOv2 recipe with
+# the backbone swapped (configs/_base_/models/dino_dinov3_s.py).
+_base_ = [
+    './_base_/models/dino_dinov3_s.py', './_base_/datasets/coco_detection.py',
+    './_base_/schedules/schedule_12e.py', './_base_/default_runtime.py'
+]
