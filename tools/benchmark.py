@@ -133,6 +133,8 @@ def deform_attn_main(args) -> int:
 
 def main(argv=None):
     args = parse_args(argv)
+    from projects.dino_dinov2.engine import check_device
+    check_device(args.device)
     if args.deform_attn:
         return deform_attn_main(args)
     import torch
@@ -175,4 +177,6 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    from projects.dino_dinov2.engine.user_errors import exit_on_user_error
+    with exit_on_user_error():  # bad input: 'error: ...', exit 2; a bug: exit 1
+        sys.exit(main())

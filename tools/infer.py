@@ -37,6 +37,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     from projects.dino_dinov2.analysis import inference
+    from projects.dino_dinov2.engine import check_device
+    check_device(args.device)
     try:
         result = inference.run_inference(
             args.config, args.checkpoint, args.images, args.out_dir,
@@ -55,4 +57,6 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    from projects.dino_dinov2.engine.user_errors import exit_on_user_error
+    with exit_on_user_error():  # bad input: 'error: ...', exit 2; a bug: exit 1
+        sys.exit(main())

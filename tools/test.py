@@ -58,6 +58,7 @@ def main(argv=None):
         engine.enable_visualization(cfg, args.show, args.show_dir, args.wait_time)
 
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    engine.check_run_checkpoints(runner, test_checkpoint=args.checkpoint)
     if args.out is not None:
         if not args.out.endswith(('.pkl', '.pickle')):
             raise ValueError(f'--out must be a .pkl or .pickle file, got {args.out}')

@@ -85,6 +85,7 @@ def main(argv=None):
         engine.log_at_start(cfg, line)
     engine.check_data_paths(cfg, ['train_dataloader'] + (['val_dataloader']
                                                          if cfg.get('val_cfg') else []))
+    engine.check_config_device(cfg)
     launch = engine.setup_launcher(cfg, args.launcher)  # process group before the Runner
     if args.amp:
         engine.enable_amp(cfg)
@@ -110,6 +111,8 @@ def main(argv=None):
     engine.enable_preemption(cfg)  # SIGTERM/SIGUSR1: checkpoint, exit 75 (docs/launching.md)
 
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    # checkpoints that do not fit this config's model: one line now, not after the start
+    engine.check_run_checkpoints(runner, load_from if args.resume is None else None)
     try:
         runner.train()
     finally:

@@ -78,8 +78,9 @@ def test_corrupt_image_names_the_file(images, name, backend):
     with pytest.raises(ImageFileError) as e:
         _load(images / name, imdecode_backend=backend)
     msg = str(e.value)
-    assert msg.startswith(f'{images / name}: cannot decode the image (corrupt, truncated or '
-                          'not an image')
+    problem = ('image file is empty (0 bytes)' if name == 'empty.png' else
+               'cannot decode the image (corrupt, truncated or not an image')
+    assert msg.startswith(f'{images / name}: {problem}')
     assert '\n' not in msg
 
 

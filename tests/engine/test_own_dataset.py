@@ -124,7 +124,7 @@ def test_any_other_mismatch_is_an_error_naming_the_key(tmp_path, coco80_checkpoi
         engine.load_for_fine_tuning(other, coco80_checkpoint)
     path = tmp_path / 'weights.pth'
     torch.save({'a': 1}, path)
-    with pytest.raises(CheckpointError, match='not a model checkpoint'):
+    with pytest.raises(CheckpointError, match="not a checkpoint of this project's models"):
         engine.load_for_fine_tuning(model, str(path))
 
 

@@ -76,8 +76,9 @@ def measure(config: str, image_size: Tuple[int, int] = (800, 1333), iters: int =
 
 def cost_table(costs: Sequence[ModelCost]) -> str:
     h, w = costs[0].image_size if costs else (0, 0)
+    device = costs[0].device if costs else '-'
     lines = [f'| Config | Backbone | Backbone params (M) | Detector params (M) | Trained params '
-             f'(M) | Backbone GFLOPs at {h}x{w} | Backbone forward s ({costs[0].device if costs else "-"}, batch 1) |',
+             f'(M) | Backbone GFLOPs at {h}x{w} | Backbone forward s ({device}, batch 1) |',
              '| --- | --- | --- | --- | --- | --- | --- |']
     for c in costs:
         name = c.config.rsplit('/', 1)[-1]

@@ -263,6 +263,12 @@ class CheckedCocoDataset(CocoDataset):
             # every box of it was dropped, or only crowd boxes (ignored in training) remain
             kept = [d for d in kept if _trainable(d)]
         self.report['images filtered'] = len(self.data_list) - len(kept)
+        if not kept:
+            why = (f' ({len(self.data_list)} images, none with a box to train on)'
+                   if self.data_list else ' (its "images" list is empty)')
+            task = 'evaluate' if self.test_mode else 'train on'
+            raise DatasetError(f'{self.ann_file}: no image to {task}{why}: check the file, '
+                               'or the split it should be')
         return kept
 
     def full_init(self) -> None:

@@ -12,6 +12,7 @@ here, since the detector needs three.
 from __future__ import annotations
 
 import logging
+import os.path as osp
 
 import numpy as np
 from mmcv.transforms import LoadImageFromFile
@@ -52,6 +53,9 @@ class CheckedLoadImageFromFile(LoadImageFromFile):
 
     def transform(self, results: dict):
         filename = results['img_path']
+        if isinstance(filename, str) and '://' not in filename and osp.isfile(filename) \
+                and osp.getsize(filename) == 0:
+            return self._bad(filename, 'image file is empty (0 bytes)')
         try:
             results = super().transform(results)
         except FileNotFoundError:

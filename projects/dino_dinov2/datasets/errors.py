@@ -5,7 +5,10 @@ tools print it as ``error: <message>`` (see ``engine/user_errors.py``).
 """
 
 
-class DatasetError(ValueError):
+from ..errors import UserError
+
+
+class DatasetError(UserError, ValueError):
     """A data root, annotation file or image that cannot be used."""
 
 

@@ -1,15 +1,17 @@
 from .amp import AutoAmpOptimWrapper, preferred_amp_dtype
 from .atomic_checkpoint import (AtomicCheckpointHook, AtomicLocalBackend, atomic_write,
                                 write_last_checkpoint)
-from .checked_checkpoint import (CheckpointError, check_checkpoint_file,
+from .checked_checkpoint import (CheckpointError, check_checkpoint_file, check_checkpoint_fits,
+                                 check_checkpoint_for, checkpoint_kind,
                                  load_local_checkpoint, register_checked_loader)
 from .config_check import ConfigError, check_cfg_options, check_data_paths
 from .config_setup import (enable_amp, enable_visualization, load_config, print_metrics,
-                           set_resume, set_work_dir, use_dataset,
+                           set_resume, set_work_dir, use_dataset, check_device,
+                           check_config_device,
                            add_dataset_arguments, dataset_files, count_train_images)
-from .fine_tune import (FineTuneLoadHook, class_dependent_keys, enable_fine_tuning,
-                        load_for_fine_tuning)
-from .launcher import (LaunchInfo, detect_launcher, expand_nodelist, init_distributed,
+from .fine_tune import (FineTuneLoadHook, check_fine_tuning, check_run_checkpoints,
+                        class_dependent_keys, enable_fine_tuning, load_for_fine_tuning)
+from .launcher import (LaunchError, LaunchInfo, detect_launcher, expand_nodelist, init_distributed,
                        setup_launcher, slurm_dist_env)
 from .loops import ResumableIterBasedTrainLoop, SkipFirstBatches, release_dataloader_workers
 from .lr_scaling import (BatchLr, BatchLrLoggerHook, apply_batch_and_lr, loader_batch_size,
@@ -37,12 +39,14 @@ __all__ = [
     'describe_schedule', 'scale_schedule', 'sets_schedule', 'set_epochs', 'schedule_for_run',
     'use_dataset',
     'add_dataset_arguments', 'dataset_files', 'count_train_images',
-    'FineTuneLoadHook', 'class_dependent_keys', 'enable_fine_tuning', 'load_for_fine_tuning',
+    'FineTuneLoadHook', 'check_fine_tuning', 'check_run_checkpoints', 'class_dependent_keys',
+    'enable_fine_tuning', 'load_for_fine_tuning',
     'RunInfoHook', 'log_at_start',
     'PREEMPTED_EXIT_CODE', 'PreemptionHook', 'enable_preemption', 'SafeWandbVisBackend',
     'enable_wandb', 'AtomicCheckpointHook', 'AtomicLocalBackend', 'atomic_write',
     'write_last_checkpoint', 'CheckpointError', 'check_checkpoint_file',
     'load_local_checkpoint', 'register_checked_loader', 'ConfigError', 'check_cfg_options',
     'check_data_paths', 'NanGuardHook', 'NonFiniteLossError', 'USER_ERRORS',
-    'exit_on_user_error'
+    'exit_on_user_error', 'check_checkpoint_fits', 'check_checkpoint_for', 'checkpoint_kind',
+    'LaunchError', 'check_device', 'check_config_device'
 ]

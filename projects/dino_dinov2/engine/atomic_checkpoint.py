@@ -39,6 +39,8 @@ from mmengine.fileio import LocalBackend, register_backend
 from mmengine.hooks import CheckpointHook
 from mmengine.registry import HOOKS
 
+from .checked_checkpoint import CheckpointError
+
 FAULT_ENV = 'DINO_DINOV2_FAULT_SLEEP_IN_WRITE'
 TMP_MARK = '.tmp-'  # temporary files: .<name>.tmp-<pid>-<n>
 _counter = itertools.count(1)
@@ -193,17 +195,22 @@ class AtomicCheckpointHook(CheckpointHook):
                 runner.message_hub.update_info('keep_ckpt_ids', list(self.keep_ckpt_ids))
 
         ckpt_filename = self.filename_tmpl.format(step)
+        previous = self.last_ckpt
         self.last_ckpt = self.file_backend.join_path(self.out_dir, ckpt_filename)
         runner.message_hub.update_info('last_ckpt', self.last_ckpt)
-        runner.save_checkpoint(
-            self.out_dir, ckpt_filename, self.file_client_args,
-            save_optimizer=self.save_optimizer,
-            save_param_scheduler=self.save_param_scheduler,
-            meta=meta, by_epoch=self.by_epoch, backend_args=self.backend_args,
-            **self.args)
+        try:
+            runner.save_checkpoint(
+                self.out_dir, ckpt_filename, self.file_client_args,
+                save_optimizer=self.save_optimizer,
+                save_param_scheduler=self.save_param_scheduler,
+                meta=meta, by_epoch=self.by_epoch, backend_args=self.backend_args,
+                **self.args)
+            if is_main_process():
+                write_last_checkpoint(runner.work_dir, self.last_ckpt)
+        except OSError as e:  # disk full, quota, permissions, a vanished mount
+            raise checkpoint_write_error(self.last_ckpt, e, previous) from None
         if not is_main_process():
             return
-        write_last_checkpoint(runner.work_dir, self.last_ckpt)
         if outdated is not None:
             path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(outdated))
             if self.file_backend.isfile(path):
@@ -215,3 +222,18 @@ class AtomicCheckpointHook(CheckpointHook):
 def write_last_checkpoint(work_dir: str, checkpoint_path: str) -> None:
     """Point ``<work_dir>/last_checkpoint`` (what ``--resume`` reads) at a checkpoint."""
     atomic_write(str(checkpoint_path), osp.join(work_dir, 'last_checkpoint'))
+
+
+def checkpoint_write_error(path: str, error: OSError, previous: Optional[str]):
+    """The :class:`CheckpointError` for a checkpoint that could not be written: nothing
+    already written changed (atomic writes), and the run resumes from the last one."""
+    import errno
+    reason = error.strerror or str(error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        todo = 'free space there'
+    else:
+        todo = 'fix the folder'
+    kept = (f'the previous checkpoint {previous} is intact and last_checkpoint still names '
+            f'it; {todo} and continue with --resume' if previous else
+            f'no checkpoint had been written yet; {todo} and start again')
+    return CheckpointError(f'could not write checkpoint {path}: {reason}: {kept}')

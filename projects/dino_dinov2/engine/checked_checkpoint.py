@@ -25,10 +25,11 @@ import zipfile
 import torch
 from mmengine.runner.checkpoint import CheckpointLoader
 
+from ..errors import UserError
 from .safe_checkpoint import register_safe_globals
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that is missing, truncated, not a checkpoint, or unsafe to load."""
 
 
@@ -54,6 +55,11 @@ def check_checkpoint_file(path: str) -> None:
     Reads only the archive's directory (at the end of the file). Files in torch's
     pre-1.6 format are not zip archives; they are loaded in full to check them.
     """
+    if osp.isdir(path):
+        inside = sorted(glob.glob(osp.join(path, '*.pth')))
+        hint = (f' (it holds {", ".join(osp.basename(p) for p in inside[-3:])}: name one)'
+                if inside else '')
+        raise CheckpointError(f'{path} is a folder, not a checkpoint file{hint}')
     if not osp.isfile(path):
         raise CheckpointNotFoundError(f'checkpoint not found: {path}')
     size = osp.getsize(path)
@@ -132,3 +138,120 @@ def register_checked_loader() -> None:
         CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint,
                                          force=True)
         _REGISTERED = True
+
+
+# -- what a checkpoint file is, and whether a flag can take it ------------------------------
+
+_DETECTOR_PARTS = ('backbone.', 'neck.', 'bbox_head.', 'encoder.', 'decoder.')
+_VIT_KEYS = ('cls_token', 'patch_embed.proj.weight')
+
+
+def checkpoint_kind(obj) -> str:
+    """What a loaded checkpoint object is: ``'training'`` (mmengine: weights + meta),
+    ``'detectron2'`` (detectron2/detrex: ``model`` + ``__author__``/``iteration``),
+    ``'detector'`` (a plain state dict of a detector), ``'backbone'`` (ViT weights: timm's
+    or Meta's layout), or ``'other'``."""
+    if not isinstance(obj, dict):
+        return 'other'
+    if isinstance(obj.get('model'), dict) and any(k in obj for k in ('__author__', 'iteration',
+                                                                     'trainer')):
+        return 'detectron2'
+    if isinstance(obj.get('state_dict'), dict) and 'meta' in obj:
+        return 'training'
+    state = obj.get('state_dict', obj)
+    for key in ('teacher', 'student', 'model'):  # DINOv2/v3 releases and trainings nest them
+        if isinstance(state.get(key), dict):
+            state = state[key]
+    keys = [k for k, v in state.items() if torch.is_tensor(v)]
+    if not keys:
+        return 'other'
+    keys = [k[len('module.'):] if k.startswith('module.') else k for k in keys]
+    if any(k.startswith('bbox_head.') for k in keys) and \
+            any(k.startswith(_DETECTOR_PARTS[:2]) for k in keys):
+        return 'detector'
+    stripped = [k[len('backbone.'):] if k.startswith('backbone.') else k for k in keys]
+    if any(k in _VIT_KEYS for k in stripped) or any(k.startswith('blocks.0.') for k in stripped):
+        return 'backbone'
+    return 'other'
+
+
+_KIND_TEXT = {
+    'training': 'a training checkpoint (weights, optimizer, iteration)',
+    'detector': 'the weights of a detector, without training state',
+    'backbone': 'backbone (ViT) weights, not a detector\'s',
+    'detectron2': 'a detectron2/detrex checkpoint (its "model" holds detectron2\'s keys, '
+                  'not this project\'s)',
+    'other': 'not a checkpoint of this project\'s models',
+}
+
+
+def check_checkpoint_for(path: str, flag: str) -> dict:
+    """Load ``path`` and check that ``flag`` can take it; returns the loaded object.
+
+    ``flag``: ``'--resume'`` (a training checkpoint), ``'--load-from'`` or ``'test'``
+    (a detector's weights, with or without training state). Otherwise
+    :class:`CheckpointError` says what the file is and which flag takes it.
+    """
+    check_checkpoint_file(path)
+    obj = load_local_checkpoint(path, map_location='cpu')
+    kind = checkpoint_kind(obj)
+    wants = ('training', ) if flag == '--resume' else ('training', 'detector')
+    if kind in wants:
+        return obj
+    what = f'{flag} {path}' if flag.startswith('--') else path
+    if kind == 'detector':
+        hint = f'--load-from {path} starts a new run from these weights'
+    elif kind == 'backbone':
+        hint = f'give it as --cfg-options model.backbone.pretrained={path}'
+    elif kind == 'detectron2':
+        hint = ('train from the DINOv2/DINOv3 backbone weights instead '
+                '(model.backbone.pretrained)')
+    else:
+        hint = 'give a checkpoint that tools/train.py wrote (work_dirs/<config>/iter_N.pth)'
+    raise CheckpointError(f'{what}: this file holds {_KIND_TEXT[kind]}; {hint}')
+
+
+def model_state_of(obj) -> dict:
+    """The model weights of a training checkpoint or plain detector state dict."""
+    state = obj.get('state_dict', obj)
+    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+
+
+def fit_problems(model: torch.nn.Module, state: dict) -> list:
+    """Keys of ``model`` missing from ``state``, extra in it, or of another shape."""
+    own = model.state_dict()
+    problems = []
+    for key, value in own.items():
+        if key not in state:
+            problems.append((key, f'{key} is not in the checkpoint'))
+        elif tuple(state[key].shape) != tuple(value.shape):
+            problems.append((key, f'{key} has shape {tuple(state[key].shape)} there, '
+                                  f'{tuple(value.shape)} in this model'))
+    problems += [(k, f'{k} is in the checkpoint, not in this model') for k in state
+                 if k not in own]
+    return problems
+
+
+def check_checkpoint_fits(model: torch.nn.Module, path: str, flag: str) -> None:
+    """:class:`CheckpointError` unless ``path``'s weights fit ``model`` exactly (``--resume``,
+    ``tools/test.py``): a checkpoint of another config is named as such, before the
+    Runner loads it (mmengine would warn about every tensor, then stop on the optimizer's
+    parameter groups, or evaluate a partly random model)."""
+    obj = check_checkpoint_for(path, flag)
+    problems = fit_problems(model, model_state_of(obj))
+    if not problems:
+        return
+    more = f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''
+    what = f'{flag} {path}' if flag.startswith('--') else path
+    classes = [p for k, p in problems if k.startswith(('bbox_head.cls_branches.',
+                                                       'dn_query_generator.label_embedding'))]
+    if classes and len(classes) == len(problems):
+        hint = ('it was trained for another number of classes: use the config and data it '
+                f'was trained with, or fine-tune from it with --load-from {path}')
+    elif flag == '--resume':
+        hint = ('--resume continues a run of this same config; to start a new run from its '
+                f'weights use --load-from {path}, or resume with the config it was trained with')
+    else:
+        hint = 'test it with the config it was trained with'
+    raise CheckpointError(f'{what}: a checkpoint of another model: {problems[0][1]}{more}; '
+                          f'{hint}')

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import os.path as osp
 import types
 import typing
@@ -33,9 +34,7 @@ from typing import Any, Iterable, List, Optional, Set, Tuple
 
 from mmengine.config import Config
 
-
-class ConfigError(ValueError):
-    """A config file or option that names an unknown key, a wrong type or a missing path."""
+from ..errors import ConfigError  # re-exported here, where the config checks live
 
 
 class ConfigFileNotFoundError(ConfigError, FileNotFoundError):
@@ -225,8 +224,33 @@ def check_cfg_options(cfg: Config, options: Optional[Mapping], source: str = '')
     # a new ``type`` changes which keys its dict accepts: check and merge those first
     ordered = sorted(options.items(), key=lambda kv: str(kv[0]).rsplit('.', 1)[-1] != 'type')
     for full_key, value in ordered:
+        if str(full_key).rsplit('.', 1)[-1] == 'type' and isinstance(value, str):
+            _check_type_name(str(full_key), value)
         _check_option(work._cfg_dict, str(full_key), value, source or 'this config')
         work.merge_from_dict({full_key: value})
+
+
+def _registered_names() -> List[str]:
+    import mmdet.registry as mmdet_registry
+    from mmengine.registry import Registry
+    names = set()
+    for name in dir(mmdet_registry):
+        reg = getattr(mmdet_registry, name)
+        while isinstance(reg, Registry):
+            names.update(reg.module_dict)
+            reg = reg.parent
+    return sorted(names)
+
+
+def _check_type_name(full_key: str, value: str) -> None:
+    """A ``type`` set on the command line must name something registered."""
+    if _registered(value):
+        return
+    import difflib
+    close = difflib.get_close_matches(value, _registered_names(), n=3, cutoff=0.6)
+    hint = f'; did you mean {" or ".join(close)}?' if close else ''
+    raise ConfigError(f'--cfg-options {full_key}={value!r}: no such type is registered in '
+                      f'mmdet, mmengine or this project{hint}')
 
 
 def _check_option(root, full_key: str, value: Any, source: str) -> None:
@@ -342,3 +366,111 @@ def _datasets(ds: Mapping, key: str):
     for i, sub in enumerate(ds.get('datasets', None) or []):
         if isinstance(sub, Mapping):
             yield from _datasets(sub, f'{key}.datasets.{i}')
+
+
+# -- values -------------------------------------------------------------------------------
+
+# (key pattern, rule, what it is). '*' matches one key or list index, '**' any number of
+# them. Rules: 'int>=N', '>0', '>=0', 'int>=1|-1'. A key the config does not have is skipped.
+VALUE_RULES = (
+    ('*_dataloader.batch_size', 'int>=1', 'images per batch'),
+    ('*_dataloader.num_workers', 'int>=0', 'data-loading worker processes'),
+    ('optim_wrapper.optimizer.lr', '>0', 'the learning rate'),
+    ('optim_wrapper.optimizer.weight_decay', '>=0', 'the weight decay'),
+    ('optim_wrapper.clip_grad.max_norm', '>0', 'the gradient clipping norm'),
+    ('optim_wrapper.paramwise_cfg.custom_keys.*.lr_mult', '>=0', 'an lr multiplier'),
+    ('train_cfg.max_iters', 'int>=1', 'the training length'),
+    ('train_cfg.max_epochs', 'int>=1', 'the training length'),
+    ('train_cfg.val_interval', 'int>=1', 'the validation interval'),
+    ('train_cfg.val_begin', 'int>=0', 'where validation begins'),
+    ('default_hooks.checkpoint.interval', 'int>=1|-1',
+     'the checkpoint interval (-1: only at the end)'),
+    ('default_hooks.checkpoint.max_keep_ckpts', 'int>=-1',
+     'how many checkpoints to keep (-1: all)'),
+    ('default_hooks.logger.interval', 'int>=1', 'the logging interval'),
+    ('log_processor.window_size', 'int>=1', 'the smoothing window'),
+    ('param_scheduler.*.gamma', '>0', 'the lr decay factor'),
+    ('param_scheduler.*.milestones.*', 'int>=0', 'an lr step'),
+    ('auto_scale_lr.base_batch_size', 'int>=1', 'the base batch size'),
+    ('model.num_queries', 'int>=1', 'the number of queries'),
+    ('model.dn_cfg.group_cfg.num_dn_queries', 'int>=1', 'the number of denoising queries'),
+    ('model.test_cfg.max_per_img', 'int>=1', 'the detections kept per image'),
+    ('model.encoder.num_layers', 'int>=1', 'the encoder depth'),
+    ('model.decoder.num_layers', 'int>=1', 'the decoder depth'),
+    ('model.bbox_head.num_classes', 'int>=1', 'the number of classes'),
+    ('model.backbone.patch_size', 'int>=1', 'the patch size'),
+    ('model.backbone.model_kwargs.depth', 'int>=1', 'the ViT depth'),
+    ('*_dataloader.dataset.pipeline.**.scale', 'int>=1', 'an image scale'),
+    ('*_dataloader.dataset.pipeline.**.scales', 'int>=1', 'an image scale'),
+    ('*_dataloader.dataset.pipeline.**.crop_size', 'int>=1', 'a crop size'),
+)
+
+
+def _walk(node, parts: List[str], path: List[str]):
+    """(dotted path, value) of every leaf under ``node`` matching the pattern ``parts``."""
+    if not parts:
+        yield from _leaves(node, path)
+        return
+    head, rest = parts[0], parts[1:]
+    children = (list(node.items()) if isinstance(node, Mapping) else
+                list(enumerate(node)) if isinstance(node, (list, tuple)) else [])
+    if head == '**':
+        yield from _walk(node, rest, path)
+        for k, child in children:
+            if isinstance(child, (Mapping, list, tuple)):
+                yield from _walk(child, parts, path + [str(k)])
+        return
+    for k, child in children:
+        key = str(k)
+        if head == '*' or key == head or (head.startswith('*') and key.endswith(head[1:])):
+            yield from _walk(child, rest, path + [key])
+
+
+def _leaves(value, path):
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _leaves(v, path + [str(i)])
+    else:
+        yield _join(path), value
+
+
+def _breaks(value, rule: str) -> Optional[str]:
+    """Why ``value`` breaks ``rule``, or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f'expected a number, got {type(value).__name__} {value!r}'
+    if isinstance(value, float) and not math.isfinite(value):
+        return f'must be a finite number, got {value}'
+    if rule.startswith('int'):
+        if isinstance(value, float) and not value.is_integer():
+            return f'must be a whole number, got {value}'
+        bound = rule[len('int>='):]
+        if '|' in bound:
+            low, alt = (int(x) for x in bound.split('|'))
+            return None if value >= low or value == alt else \
+                f'must be >= {low} (or {alt}), got {value:g}'
+        return None if value >= int(bound) else f'must be >= {bound}, got {value:g}'
+    if rule == '>0':
+        return None if value > 0 else f'must be > 0, got {value:g}'
+    return None if value >= 0 else f'must be >= 0, got {value:g}'
+
+
+def check_values(cfg: Config, options: Optional[Mapping] = None, source: str = '') -> None:
+    """:class:`ConfigError` for the first numeric setting outside its range (0, negative,
+    NaN, a string...), named as the user set it: the ``--cfg-options`` key, or the
+    config file."""
+    options = {str(k) for k in (options or {})}
+    for pattern, rule, what in VALUE_RULES:
+        for key, value in _walk(cfg._cfg_dict, pattern.split('.'), []):
+            problem = _breaks(value, rule)
+            if problem is None:
+                continue
+            given = next((o for o in options if key == o or key.startswith(o + '.')), None)
+            if given == key:
+                where = f'--cfg-options {key}'
+            elif given:
+                where = f'--cfg-options {given} ({key})'
+            else:
+                where = f'{key} in {source or "the config"}'
+            raise ConfigError(f'{where}: {what} {problem}')

@@ -6,7 +6,9 @@ so configs behave the same under this project's tools and under mmdet's.
 from __future__ import annotations
 
 import copy
+import os
 import os.path as osp
+import tempfile
 from typing import Optional
 
 from mmengine.config import Config
@@ -16,15 +18,17 @@ from ..datasets.coco_summary import compare_classes, summarize_split
 from ..datasets.errors import DatasetError
 from ..datasets.layout import find_layout
 from ..evaluation import per_class_rows, per_class_table
+from ..errors import ConfigError
 from .checked_checkpoint import CheckpointError, check_checkpoint_file
-from .config_check import ConfigFileNotFoundError, check_cfg_options
+from .config_check import ConfigFileNotFoundError, check_cfg_options, check_values
 
 
 def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
     """Read a config file and merge ``--cfg-options`` into it.
 
     Each option is checked first: an unknown key or a wrong type is a ``ConfigError``
-    naming the key (mmengine's merge would add any key silently; see config_check.py).
+    naming the key (mmengine's merge would add any key silently; see config_check.py);
+    then every numeric setting of the result against its range (``check_values``).
     """
     if not osp.isfile(path):
         raise ConfigFileNotFoundError(f'config file not found: {path}')
@@ -32,15 +36,34 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
     if cfg_options:
         check_cfg_options(cfg, cfg_options, source=path)
         cfg.merge_from_dict(cfg_options)
+    check_values(cfg, cfg_options, source=path)
+    for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        loader = cfg.get(key, None)
+        if loader and loader.get('num_workers', 0) == 0 and loader.get('persistent_workers'):
+            # torch refuses the pair (a ValueError deep in the Runner): no workers to keep
+            loader.persistent_workers = False
+            print_log(f'{key}.num_workers=0: persistent_workers turned off (no worker '
+                      'processes to keep)', logger='current')
     return cfg
 
 
 def set_work_dir(cfg: Config, work_dir: Optional[str], config_path: str) -> None:
-    """``--work-dir`` > ``work_dir`` in the config > ``./work_dirs/<config name>``."""
+    """``--work-dir`` > ``work_dir`` in the config > ``./work_dirs/<config name>``; the
+    folder is created and must take files (a ``ConfigError`` now, not a traceback when
+    the first log line or checkpoint is written)."""
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+    if '://' in str(cfg.work_dir):
+        return  # an object store: its backend reports its own errors
+    try:
+        os.makedirs(cfg.work_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=cfg.work_dir):
+            pass
+    except OSError as e:
+        raise ConfigError(f'work dir {cfg.work_dir} cannot be created or written '
+                          f'({e.strerror or e}): choose another with --work-dir') from None
 
 
 def enable_amp(cfg: Config, dtype: Optional[str] = None) -> None:
@@ -57,7 +80,7 @@ def enable_amp(cfg: Config, dtype: Optional[str] = None) -> None:
         print_log('AMP training is already enabled in your config.', logger='current')
         return
     if optim_type != 'OptimWrapper':
-        raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper, got {optim_type!r}')
+        raise ConfigError(f'--amp needs optim_wrapper.type OptimWrapper, got {optim_type!r}')
     cfg.optim_wrapper.type = 'AutoAmpOptimWrapper'
     cfg.optim_wrapper.loss_scale = 'dynamic'
     cfg.optim_wrapper.dtype = dtype
@@ -100,8 +123,8 @@ def enable_visualization(cfg: Config, show: bool, show_dir: Optional[str],
     """``--show``/``--show-dir``: turn on mmdet's DetVisualizationHook drawing."""
     hooks = cfg.default_hooks
     if 'visualization' not in hooks:
-        raise KeyError('--show/--show-dir need default_hooks.visualization '
-                       "(type='DetVisualizationHook') in the config")
+        raise ConfigError('--show/--show-dir need default_hooks.visualization '
+                          "(type='DetVisualizationHook') in the config")
     hooks.visualization.draw = True
     hooks.visualization.show = show
     hooks.visualization.wait_time = wait_time
@@ -226,3 +249,28 @@ def count_train_images(cfg: Config) -> int:
     summary = summarize_split('train', ann, prefix)
     filtered = (ds.get('filter_cfg', None) or {}).get('filter_empty_gt', False)
     return summary.trainable_images if filtered else summary.images
+
+
+def check_device(device: Optional[str], flag: str = '--device') -> None:
+    """A GPU asked for where there is none is a ``ConfigError``, not a CUDA traceback."""
+    if not device or not str(device).startswith('cuda'):
+        return
+    import torch
+    if not torch.cuda.is_available():
+        raise ConfigError(f'{flag} {device}: no GPU is visible here '
+                          '(torch.cuda.is_available() is False); use cpu')
+    index = str(device).partition(':')[2]
+    if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+        raise ConfigError(f'{flag} {device}: this machine has {torch.cuda.device_count()} '
+                          f'GPU(s): cuda:0 .. cuda:{torch.cuda.device_count() - 1}')
+
+
+def check_config_device(cfg: Config) -> None:
+    """Config settings that need a GPU, on a machine without one."""
+    import torch
+    if torch.cuda.is_available():
+        return
+    if cfg.get('optim_wrapper', {}).get('type') == 'AmpOptimWrapper':
+        raise ConfigError("optim_wrapper.type='AmpOptimWrapper' needs a GPU and none is "
+                          "visible here; use --amp instead (AutoAmpOptimWrapper: bfloat16 "
+                          'on the CPU)')

@@ -12,14 +12,16 @@ log line. Anything else that does not match is a :class:`CheckpointError` naming
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+import os.path as osp
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
-from .checked_checkpoint import CheckpointError, load_local_checkpoint
+from .checked_checkpoint import (CheckpointError, check_checkpoint_fits, check_checkpoint_for,
+                                 fit_problems, model_state_of)
 
 # parameters whose shape follows the number of classes, by detector part
 CLASS_DEPENDENT_PREFIXES = ('bbox_head.cls_branches.', 'dn_query_generator.label_embedding.')
@@ -30,36 +32,33 @@ def class_dependent_keys(state_dict: Dict[str, torch.Tensor],
     return [k for k in state_dict if k.startswith(tuple(prefixes))]
 
 
-def _state_dict_of(checkpoint, path: str) -> Dict[str, torch.Tensor]:
-    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise CheckpointError(f'--load-from {path}: not a model checkpoint (no state dict of '
-                              'tensors in it)')
-    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+def _plan(model: torch.nn.Module, path: str):
+    """(state dict to load, re-initialised keys) for fine-tuning ``model`` from ``path``;
+    :class:`CheckpointError` for anything else that does not fit."""
+    state = model_state_of(check_checkpoint_for(path, '--load-from'))
+    own = model.state_dict()
+    classwise = set(class_dependent_keys(own))
+    problems = fit_problems(model, state)
+    reinit = [k for k, _ in problems if k in classwise and k in state and k in own]
+    others = [text for k, text in problems if k not in reinit]
+    if others:
+        more = f' (and {len(others) - 1} more)' if len(others) > 1 else ''
+        raise CheckpointError(f'--load-from {path}: does not fit this model: {others[0]}'
+                              f'{more}; is it a checkpoint of this config\'s detector?')
+    return state, reinit
+
+
+def check_fine_tuning(model: torch.nn.Module, path: str) -> None:
+    """The checks of :func:`load_for_fine_tuning` without loading (``tools/train.py`` runs
+    them before training starts)."""
+    _plan(model, path)
 
 
 def load_for_fine_tuning(model: torch.nn.Module, path: str) -> str:
     """Load ``path`` into ``model`` by the rule of the module docstring; returns the log
     line (tensors loaded, those re-initialised)."""
-    state = _state_dict_of(load_local_checkpoint(path, map_location='cpu'), path)
+    state, reinit = _plan(model, path)
     own = model.state_dict()
-    classwise = set(class_dependent_keys(own))
-    reinit, problems = [], []
-    for key, value in own.items():
-        if key not in state:
-            problems.append(f'{key} is not in the checkpoint')
-        elif state[key].shape != value.shape:
-            if key in classwise:
-                reinit.append(key)
-            else:
-                problems.append(f'{key} has shape {tuple(state[key].shape)} there, '
-                                f'{tuple(value.shape)} in this model')
-    problems += [f'{key} is in the checkpoint, not in this model'
-                 for key in state if key not in own]
-    if problems:
-        more = f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''
-        raise CheckpointError(f'--load-from {path}: does not fit this model: {problems[0]}'
-                              f'{more}; is it a checkpoint of this config\'s detector?')
     model.load_state_dict({k: v for k, v in state.items() if k not in reinit}, strict=False)
     line = f'fine-tuning from {path}: {len(own) - len(reinit)} of {len(own)} tensors loaded'
     if reinit:
@@ -96,3 +95,27 @@ def enable_fine_tuning(cfg, checkpoint: str) -> None:
     hooks = [h for h in (cfg.get('custom_hooks', None) or [])
              if h.get('type') != 'FineTuneLoadHook']
     cfg.custom_hooks = hooks + [dict(type='FineTuneLoadHook', checkpoint=checkpoint)]
+
+
+def check_run_checkpoints(runner, load_from: Optional[str] = None,
+                          test_checkpoint: Optional[str] = None) -> None:
+    """Before a run starts: the checkpoint it resumes from (``runner``'s resume setting),
+    fine-tunes from (``load_from``) or tests (``test_checkpoint``) must fit its model."""
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    resume = runner._resume  # mmengine's: True, with load_from a path or None (auto)
+    if resume:
+        path = runner._load_from or _latest(runner.work_dir)
+        if path:
+            check_checkpoint_fits(model, path, '--resume')
+    if load_from:
+        check_fine_tuning(model, load_from)
+    if test_checkpoint:
+        check_checkpoint_fits(model, test_checkpoint, 'test')
+
+
+def _latest(work_dir: str) -> Optional[str]:
+    pointer = osp.join(work_dir, 'last_checkpoint')
+    if not osp.isfile(pointer):
+        return None
+    with open(pointer) as f:
+        return f.read().strip() or None

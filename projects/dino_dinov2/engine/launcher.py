@@ -27,6 +27,8 @@ from typing import List, Mapping, MutableMapping, Optional
 import torch
 import torch.distributed as torch_dist
 
+from ..errors import ConfigError
+
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi', 'auto')
 DEFAULT_PORT = 29500
 # SLURM jobs sharing a node must not share a rendezvous port: the port is derived from the
@@ -67,16 +69,16 @@ def _split_top_level(text: str, nodelist: str) -> List[str]:
         if ch == '[':
             depth += 1
             if depth > 1:
-                raise ValueError(f'bad SLURM node list {nodelist!r}: nested "["')
+                raise LaunchError(f'bad SLURM node list {nodelist!r}: nested "["')
         elif ch == ']':
             depth -= 1
             if depth < 0:
-                raise ValueError(f'bad SLURM node list {nodelist!r}: "]" without "["')
+                raise LaunchError(f'bad SLURM node list {nodelist!r}: "]" without "["')
         elif ch == ',' and depth == 0:
             parts.append(text[start:i])
             start = i + 1
     if depth != 0:
-        raise ValueError(f'bad SLURM node list {nodelist!r}: "[" without "]"')
+        raise LaunchError(f'bad SLURM node list {nodelist!r}: "[" without "]"')
     parts.append(text[start:])
     return parts
 
@@ -85,12 +87,12 @@ def _expand_range(item: str, nodelist: str) -> List[str]:
     """'01-03' -> ['01', '02', '03'] (zero padding kept); '7' -> ['7']."""
     m = re.fullmatch(r'(\d+)(?:-(\d+))?', item.strip())
     if not m:
-        raise ValueError(f'bad SLURM node list {nodelist!r}: range {item!r} is not N or N-M')
+        raise LaunchError(f'bad SLURM node list {nodelist!r}: range {item!r} is not N or N-M')
     lo, hi = m.group(1), m.group(2)
     if hi is None:
         return [lo]
     if int(hi) < int(lo):
-        raise ValueError(f'bad SLURM node list {nodelist!r}: range {item!r} runs backwards')
+        raise LaunchError(f'bad SLURM node list {nodelist!r}: range {item!r} runs backwards')
     width = len(lo) if lo.startswith('0') else 0
     return [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
 
@@ -116,13 +118,17 @@ def expand_nodelist(nodelist: str) -> List[str]:
     """
     text = nodelist.strip()
     if not text:
-        raise ValueError('bad SLURM node list \'\': empty')
+        raise LaunchError('bad SLURM node list \'\': empty')
     hosts: List[str] = []
     for expr in _split_top_level(text, nodelist):
         if not expr:
-            raise ValueError(f'bad SLURM node list {nodelist!r}: empty host between commas')
+            raise LaunchError(f'bad SLURM node list {nodelist!r}: empty host between commas')
         hosts += _expand_host(expr, nodelist)
     return hosts
+
+
+class LaunchError(ConfigError, RuntimeError):
+    """A launcher variable or option that cannot start the job as given."""
 
 
 # --- detection ---------------------------------------------------------------------------
@@ -138,7 +144,9 @@ def _int_var(env: Mapping[str, str], key: str) -> int:
     try:
         return int(env[key])
     except ValueError:
-        raise ValueError(f'{key}={env[key]!r} is not an integer') from None
+        raise LaunchError(f'{key}={env[key]!r} is not an integer: the launcher (torchrun, '
+                          'srun) sets it; unset it, or start the job with tools/dist_train.sh '
+                          'or tools/slurm_train.sh') from None
 
 
 def in_slurm_step(env: Mapping[str, str] = os.environ) -> bool:
@@ -173,8 +181,8 @@ def slurm_dist_env(env: Mapping[str, str] = os.environ) -> dict:
     nodelist = _slurm_nodelist(env)
     if missing or nodelist is None:
         missing += [] if nodelist else ['SLURM_STEP_NODELIST/SLURM_JOB_NODELIST']
-        raise RuntimeError(f'--launcher slurm: not inside a SLURM job step (missing '
-                           f'{", ".join(missing)}); start it with srun')
+        raise LaunchError(f'--launcher slurm: not inside a SLURM job step (missing '
+                          f'{", ".join(missing)}); start it with srun')
     out = {
         'RANK': str(_int_var(env, 'SLURM_PROCID')),
         'WORLD_SIZE': str(_int_var(env, 'SLURM_NTASKS')),
@@ -193,7 +201,7 @@ def slurm_dist_env(env: Mapping[str, str] = os.environ) -> dict:
 def resolve_launcher(launcher: str, env: Mapping[str, str] = os.environ) -> str:
     """``auto`` -> the detected launcher; anything else is checked and returned."""
     if launcher not in LAUNCHERS:
-        raise ValueError(f'--launcher {launcher!r}: choose one of {", ".join(LAUNCHERS)}')
+        raise LaunchError(f'--launcher {launcher!r}: choose one of {", ".join(LAUNCHERS)}')
     return detect_launcher(env) if launcher == 'auto' else launcher
 
 
@@ -219,13 +227,20 @@ def init_distributed(launcher: str, backend: str = 'nccl', timeout_s: Optional[f
         missing = [k for k in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')
                    if k not in env]
         if missing:
-            raise RuntimeError(f'--launcher pytorch: {", ".join(missing)} not set; start '
-                               'it with torchrun (tools/dist_train.sh)')
+            raise LaunchError(f'--launcher pytorch: {", ".join(missing)} not set; start '
+                              'it with torchrun (tools/dist_train.sh)')
     else:
-        raise ValueError(f'--launcher {launcher!r}: choose one of {", ".join(LAUNCHERS)}')
+        raise LaunchError(f'--launcher {launcher!r}: choose one of {", ".join(LAUNCHERS)}')
     env.setdefault('LOCAL_RANK', '0')
-    rank, world_size = int(env['RANK']), int(env['WORLD_SIZE'])
-    local_rank = int(env['LOCAL_RANK'])
+    rank, world_size = _int_var(env, 'RANK'), _int_var(env, 'WORLD_SIZE')
+    local_rank = _int_var(env, 'LOCAL_RANK')
+    port = _int_var(env, 'MASTER_PORT')
+    if world_size < 1 or not 0 <= rank < world_size or local_rank < 0:
+        raise LaunchError(f'RANK={rank}, WORLD_SIZE={world_size}, LOCAL_RANK={local_rank}: '
+                          'need WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE; the launcher '
+                          '(torchrun, srun) sets these, not the user')
+    if not 0 < port < 65536:
+        raise LaunchError(f'MASTER_PORT={port} is not a TCP port (1-65535)')
 
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
@@ -239,7 +254,7 @@ def init_distributed(launcher: str, backend: str = 'nccl', timeout_s: Optional[f
                                       world_size=world_size, **kwargs)
     return LaunchInfo(launcher, rank=rank, local_rank=local_rank, world_size=world_size,
                       master_addr=env.get('MASTER_ADDR'),
-                      master_port=int(env['MASTER_PORT']), backend=backend)
+                      master_port=port, backend=backend)
 
 
 def setup_launcher(cfg, launcher: str = 'auto') -> LaunchInfo:

@@ -22,6 +22,8 @@ from typing import Optional
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
+from ..errors import ConfigError
+
 SCALING_RULES = ('linear', 'sqrt')
 DEFAULT_BASE_BATCH = 16
 
@@ -29,12 +31,12 @@ DEFAULT_BASE_BATCH = 16
 def lr_scale_factor(total_batch: int, base_batch: int, rule: Optional[str]) -> float:
     """lr multiplier for ``total_batch`` against ``base_batch``: ratio, sqrt(ratio) or 1."""
     if total_batch <= 0 or base_batch <= 0:
-        raise ValueError(f'batch sizes must be positive, got total {total_batch} and base '
-                         f'{base_batch}')
+        raise ConfigError(f'batch sizes must be positive, got total {total_batch} and base '
+                          f'{base_batch}')
     if rule is None:
         return 1.0
     if rule not in SCALING_RULES:
-        raise ValueError(f'--auto-scale-lr {rule!r}: choose one of {", ".join(SCALING_RULES)}')
+        raise ConfigError(f'--auto-scale-lr {rule!r}: choose one of {", ".join(SCALING_RULES)}')
     ratio = total_batch / base_batch
     return ratio if rule == 'linear' else math.sqrt(ratio)
 
@@ -88,7 +90,7 @@ def apply_batch_and_lr(cfg, batch_size: Optional[int] = None, lr: Optional[float
     """
     if batch_size is not None:
         if batch_size <= 0:
-            raise ValueError(f'--batch-size must be positive, got {batch_size}')
+            raise ConfigError(f'--batch-size must be positive, got {batch_size}')
         cfg.train_dataloader.batch_size = batch_size
     auto = cfg.get('auto_scale_lr', None) or {}
     if rule is None and auto.get('enable', False):
@@ -96,13 +98,13 @@ def apply_batch_and_lr(cfg, batch_size: Optional[int] = None, lr: Optional[float
     optimizer = cfg.get('optim_wrapper', {}).get('optimizer', None)
     if optimizer is None or 'lr' not in optimizer:
         if lr is not None or rule is not None:
-            raise KeyError('--lr/--auto-scale-lr need optim_wrapper.optimizer.lr in the config')
+            raise ConfigError('--lr/--auto-scale-lr need optim_wrapper.optimizer.lr in the config')
         base_lr = float('nan')
     else:
         base_lr = float(optimizer.lr)
     if lr is not None:
         if lr <= 0:
-            raise ValueError(f'--lr must be positive, got {lr}')
+            raise ConfigError(f'--lr must be positive, got {lr}')
         base_lr = float(lr)
     summary = BatchLr(batch_per_process=int(cfg.train_dataloader.batch_size),
                       world_size=int(world_size),

@@ -28,10 +28,12 @@ import torch
 from mmengine.dist import all_reduce, is_distributed
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
+
+from ..errors import UserError
 from mmengine.runner import EpochBasedTrainLoop
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The training loss became NaN or Inf; the run was stopped without saving."""
 
 

@@ -44,6 +44,7 @@ from mmengine.registry import HOOKS
 from mmengine.runner import EpochBasedTrainLoop
 
 from .atomic_checkpoint import write_last_checkpoint
+from ..errors import ConfigError
 from .loops import ResumableIterBasedTrainLoop, SkipFirstBatches
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: a temporary failure; run it again (with --resume)
@@ -96,7 +97,7 @@ class PreemptionHook(Hook):
         self.signals = []
         for name in signals:
             if not hasattr(signal, name):
-                raise ValueError(f'PreemptionHook: unknown signal {name!r}')
+                raise ConfigError(f'PreemptionHook: unknown signal {name!r}')
             self.signals.append(getattr(signal, name))
         self.exit_code = int(exit_code)
         self.filename_tmpl = filename_tmpl

@@ -23,6 +23,8 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+from ..errors import ConfigError
+
 # --cfg-options keys (prefixes) that make the schedule the user's own
 SCHEDULE_KEYS = ('train_cfg', 'param_scheduler', 'default_hooks.checkpoint')
 # iteration counts of mmengine's parameter schedulers (by_epoch=False)
@@ -84,8 +86,8 @@ def scale_schedule(cfg, total_batch: int, base_batch: int, fixed: bool = False) 
     says what the schedule is and why. ``fixed``: the user set the schedule; keep it.
     """
     if total_batch <= 0 or base_batch <= 0:
-        raise ValueError(f'batch sizes must be positive, got total {total_batch} and base '
-                         f'{base_batch}')
+        raise ConfigError(f'batch sizes must be positive, got total {total_batch} and base '
+                          f'{base_batch}')
     if not is_iter_based(cfg):
         return (f'schedule: {describe_schedule(cfg)} (epochs are passes over the data: '
                 f'the same at any total batch)')
@@ -136,9 +138,9 @@ def set_epochs(cfg, epochs: float, images: int, total_batch: int) -> str:
     checkpoint at least once per epoch. Returns the log line.
     """
     if epochs <= 0:
-        raise ValueError(f'--epochs must be positive, got {epochs}')
+        raise ConfigError(f'--epochs must be positive, got {epochs}')
     if images <= 0:
-        raise ValueError('the training set has no image with a box to train on')
+        raise ConfigError('the training set has no image with a box to train on')
     train_cfg = cfg.train_cfg
     if is_iter_based(cfg):
         per_epoch = math.ceil(images / total_batch)
@@ -184,13 +186,13 @@ def schedule_for_run(cfg, batch_lr, epochs: Optional[float] = None, dataset=None
     conflicts with ``--epochs``.
     """
     if epochs is not None and user_schedule:
-        raise ValueError('--epochs and --cfg-options train_cfg/param_scheduler/'
-                         'default_hooks.checkpoint both set the schedule: give one of them')
+        raise ConfigError('--epochs and --cfg-options train_cfg/param_scheduler/'
+                          'default_hooks.checkpoint both set the schedule: give one of them')
     if epochs is None and dataset is not None and not user_schedule:
         epochs = cfg.get('max_epochs', None) or cfg.train_cfg.get('max_epochs', None)
         if epochs is None:
-            raise ValueError('this config has no max_epochs to train on a new dataset: '
-                             'give --epochs N')
+            raise ConfigError('this config has no max_epochs to train on a new dataset: '
+                              'give --epochs N')
     if epochs is not None:
         if dataset is not None:
             images = dataset.trainable_images

@@ -32,6 +32,8 @@ from mmengine.logging import MessageHub, print_log
 from mmengine.registry import VISBACKENDS
 from mmengine.visualization import WandbVisBackend
 
+from ..errors import ConfigError
+
 WANDB_MODES = ('online', 'offline')
 RUN_ID_FILE = 'wandb_run_id'
 STEP_METRIC = 'iter'
@@ -146,7 +148,7 @@ def wandb_init_kwargs(project: Optional[str] = None, group: Optional[str] = None
                       name: Optional[str] = None) -> dict:
     """``wandb.init`` arguments from the command-line flags (unset flags are left out)."""
     if mode is not None and mode not in WANDB_MODES:
-        raise ValueError(f'--wandb-mode {mode!r}: choose one of {", ".join(WANDB_MODES)}')
+        raise ConfigError(f'--wandb-mode {mode!r}: choose one of {", ".join(WANDB_MODES)}')
     kwargs = dict(project=project, group=group, job_type=job_type, entity=entity, mode=mode,
                   name=name)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
@@ -181,8 +183,8 @@ def enable_wandb(cfg, project: Optional[str] = 'dino-dinov2', group: Optional[st
     backend = dict(type='SafeWandbVisBackend', init_kwargs=init_kwargs,
                    run_id_file=osp.join(cfg.work_dir, RUN_ID_FILE))
     if 'visualizer' not in cfg or cfg.visualizer is None:
-        raise KeyError('--wandb needs a visualizer in the config (default_runtime.py has '
-                       'one)')
+        raise ConfigError('--wandb needs a visualizer in the config (default_runtime.py has '
+                          'one)')
     backends = list(cfg.visualizer.get('vis_backends', None) or [])
     backends = [b for b in backends if b.get('type') not in ('WandbVisBackend',
                                                               'SafeWandbVisBackend')]

@@ -24,9 +24,15 @@ from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_xyxy_to_cxcywh
 from mmengine.structures import InstanceData
 from torch import Tensor
 
+from ..errors import ConfigError
+
 from .batch_hungarian_assigner import BatchHungarianAssigner
 
 MATCHING_MODES = ('step', 'layer')
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """A config that combines types that do not go together."""
 
 
 def _key(tensors: Sequence[Tensor]) -> tuple:
@@ -65,14 +71,14 @@ class BatchMatchingDINOHead(DINOHead):
 
     def __init__(self, *args, matching: str = 'step', **kwargs) -> None:
         if matching not in MATCHING_MODES:
-            raise ValueError(f'BatchMatchingDINOHead: matching must be one of '
-                             f'{MATCHING_MODES}, got {matching!r}')
+            raise ConfigError(f'BatchMatchingDINOHead: matching must be one of '
+                              f'{MATCHING_MODES}, got {matching!r}')
         super().__init__(*args, **kwargs)
         self.matching = matching
         self._pending: Dict[tuple, list] = {}
         if self.train_cfg is not None and not isinstance(
                 getattr(self, 'assigner', None), BatchHungarianAssigner):
-            raise TypeError(
+            raise ConfigTypeError(
                 'BatchMatchingDINOHead needs train_cfg.assigner.type='
                 f"'BatchHungarianAssigner', got {type(self.assigner).__name__}; use "
                 "bbox_head.type='DINOHead' for the stock per-image matching")

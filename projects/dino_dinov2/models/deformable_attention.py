@@ -31,6 +31,8 @@ from mmcv.ops.multi_scale_deform_attn import (MultiScaleDeformableAttnFunction,
                                               multi_scale_deformable_attn_pytorch)
 from mmengine.logging import print_log
 
+from ..errors import ConfigError
+
 from .triton_deformable_attention import HAS_TRITON, msda_triton
 
 IMPLS = ('auto', 'triton', 'mmcv', 'pytorch')
@@ -49,7 +51,7 @@ def mmcv_has_cuda_ops() -> bool:
 def resolve_impl(impl: str, device: torch.device) -> str:
     """The implementation that runs for ``impl`` on ``device`` (see module docstring)."""
     if impl not in IMPLS:
-        raise ValueError(f'deform_attn_impl must be one of {IMPLS}, got {impl!r}')
+        raise ConfigError(f'deform_attn_impl must be one of {IMPLS}, got {impl!r}')
     if impl == 'auto':
         if device.type == 'cuda':
             if HAS_TRITON:

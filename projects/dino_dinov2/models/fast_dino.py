@@ -18,6 +18,8 @@ from mmdet.models.detectors import DINO
 from mmdet.registry import MODELS
 from mmengine.logging import print_log
 
+from ..errors import ConfigError
+
 from .activation_checkpoint import checkpoint_layers
 from .deformable_attention import IMPLS as DEFORM_ATTN_IMPLS
 from .deformable_attention import use_deformable_attention
@@ -42,8 +44,8 @@ class FastDINO(DINO):
                  checkpoint_decoder: bool = False,
                  **kwargs) -> None:
         if deform_attn_impl not in DEFORM_ATTN_IMPLS:
-            raise ValueError(f'FastDINO: deform_attn_impl must be one of '
-                             f'{DEFORM_ATTN_IMPLS}, got {deform_attn_impl!r}')
+            raise ConfigError(f'FastDINO: deform_attn_impl must be one of '
+                              f'{DEFORM_ATTN_IMPLS}, got {deform_attn_impl!r}')
         super().__init__(*args, **kwargs)
         self.deform_attn_impl = deform_attn_impl
         self.checkpoint_encoder = checkpoint_encoder
@@ -51,7 +53,7 @@ class FastDINO(DINO):
         # the encoder's self-attention and the decoder's cross-attention
         if not (use_deformable_attention(self.encoder, deform_attn_impl)
                 and use_deformable_attention(self.decoder, deform_attn_impl)):
-            raise ValueError('FastDINO: no deformable attention in the encoder or decoder')
+            raise ConfigError('FastDINO: no deformable attention in the encoder or decoder')
         self._check_max_per_img()
         if checkpoint_encoder:
             checkpoint_layers(self.encoder.layers)

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from mmdet.registry import MODELS
 from mmengine.model import BaseModule
 
+from ..errors import ConfigError
+
 
 @MODELS.register_module()
 class LN2d(nn.Module):
@@ -46,8 +48,8 @@ def _scale_stage(in_channels: int, scale: float) -> Tuple[nn.Module, int]:
         return nn.Identity(), in_channels
     if scale == 0.5:
         return nn.MaxPool2d(kernel_size=2, stride=2), in_channels
-    raise ValueError(f'SimpleFeaturePyramid: scale factor {scale} not supported '
-                     '(use 4.0, 2.0, 1.0 or 0.5)')
+    raise ConfigError(f'SimpleFeaturePyramid: scale factor {scale} not supported '
+                      '(use 4.0, 2.0, 1.0 or 0.5)')
 
 
 @MODELS.register_module()

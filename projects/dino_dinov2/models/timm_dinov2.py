@@ -21,6 +21,8 @@ import torch.nn as nn
 from mmdet.registry import MODELS
 from mmengine.model import BaseModule
 
+from ..errors import ConfigError, UserError
+
 # DINOv2 ViTs timm ships with pretrained weights (LVD-142M); any other timm ViT name also
 # works (e.g. for the tiny from-scratch model of the synthetic config).
 DINOV2_MODELS = (
@@ -49,7 +51,11 @@ DINOV3_MODELS = (
 _NESTED_KEYS = ('model', 'state_dict', 'teacher', 'student', 'module')
 
 
-class WeightFileError(ValueError):
+class CompileConfigError(ConfigError, TypeError):
+    """``compile`` is neither a bool nor a dict of torch.compile arguments."""
+
+
+class WeightFileError(UserError, ValueError):
     """A backbone weight file that is missing, unreadable or does not match the model."""
 
 
@@ -59,8 +65,12 @@ def read_state_dict(path: str) -> dict:
     Accepts a plain state dict or one nested under ``model``/``state_dict``/``teacher``
     (the original DINOv2 training checkpoints), and ``backbone.``/``module.`` prefixes.
     """
+    if os.path.isdir(path):
+        raise WeightFileError(f'backbone weight file {path} is a folder: name the file')
     if not os.path.isfile(path):
         raise WeightFileError(f'backbone weight file not found: {path}')
+    if os.path.getsize(path) == 0:
+        raise WeightFileError(f'backbone weight file {path} is empty (0 bytes)')
     try:
         if path.endswith('.safetensors'):
             from safetensors.torch import load_file
@@ -71,9 +81,18 @@ def read_state_dict(path: str) -> dict:
         raise WeightFileError(
             f'{path} is not a readable weight file ({type(e).__name__}: '
             f'{str(e).splitlines()[0] if str(e) else ""})') from None
+    if isinstance(obj, dict) and isinstance(obj.get('model'), dict) and any(
+            k in obj for k in ('__author__', 'iteration', 'trainer')):
+        raise WeightFileError(f'{path} is a detectron2/detrex checkpoint: its keys are '
+                              "detectron2's; model.backbone.pretrained takes backbone weights "
+                              "in timm's or Meta's layout")
     for key in _NESTED_KEYS:
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
+    if isinstance(obj, dict) and any(str(k).startswith('bbox_head.') for k in obj):
+        raise WeightFileError(f'{path} holds a whole detector, not backbone weights: '
+                              f'fine-tune from it with --load-from {path} (and '
+                              'model.backbone.pretrained=False)')
     if not isinstance(obj, dict) or not obj or not all(
             isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightFileError(f'{path} holds no tensor state dict')
@@ -235,8 +254,8 @@ class TimmDinov2(BaseModule):
         elif compile is False or compile is None:
             compile = None
         elif not isinstance(compile, dict):
-            raise TypeError(f'TimmDinov2: compile must be a bool or a dict of '
-                            f'torch.compile arguments, got {compile!r}')
+            raise CompileConfigError(f'TimmDinov2: compile must be a bool or a dict of '
+                                     f'torch.compile arguments, got {compile!r}')
         self.compile_cfg = compile
         self._compiled_forward: Optional[Callable] = None
         if frozen:

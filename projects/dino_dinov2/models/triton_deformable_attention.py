@@ -29,6 +29,8 @@ import os
 
 import torch
 
+from ..errors import ConfigError
+
 try:  # Triton comes with torch's CUDA builds; a CPU-only torch may lack it
     import triton
     import triton.language as tl
@@ -36,6 +38,10 @@ try:  # Triton comes with torch's CUDA builds; a CPU-only torch may lack it
 except ImportError:  # pragma: no cover - depends on the install
     triton = tl = None
     HAS_TRITON = False
+
+
+class TritonUnavailableError(ConfigError, RuntimeError):
+    """``deform_attn_impl='triton'`` where the kernels cannot run."""
 
 
 def interpreting() -> bool:
@@ -225,11 +231,13 @@ def msda_triton(value, spatial_shapes, level_start_index, sampling_locations,
                 attention_weights):
     """Triton multi-scale deformable attention (see :class:`TritonMSDAFunction`)."""
     if not HAS_TRITON:
-        raise RuntimeError('deformable attention: Triton is not installed (it comes with '
-                           "torch's CUDA builds); use deform_attn_impl='pytorch' or 'mmcv'")
+        raise TritonUnavailableError(
+            "deformable attention: Triton is not installed (it comes with torch's CUDA "
+            "builds); use deform_attn_impl='pytorch' or 'mmcv'")
     if not triton_runs_on(value.device):
-        raise RuntimeError(f'deformable attention: the Triton kernels run on CUDA tensors, '
-                           f'got {value.device} (set TRITON_INTERPRET=1 before Triton is '
-                           'imported to run them on the CPU, slowly)')
+        raise TritonUnavailableError(
+            f'deformable attention: the Triton kernels run on CUDA tensors, got '
+            f'{value.device} (set TRITON_INTERPRET=1 before Triton is imported to run them '
+            'on the CPU, slowly)')
     return TritonMSDAFunction.apply(value, spatial_shapes, level_start_index,
                                     sampling_locations, attention_weights)

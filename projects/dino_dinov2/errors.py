@@ -1,0 +1,16 @@
+"""The project's error base: an input the user must fix.
+
+Every error raised for bad input (data, config, launcher environment, weights,
+checkpoints, a NaN loss) derives from :class:`UserError`; the tools print it as one line and
+exit with status 2 (``engine/user_errors.py``). Each also derives from the builtin type
+callers expect (``ValueError``, ``RuntimeError``).
+"""
+
+
+class UserError(Exception):
+    """Bad input: the message names the file, key or value at fault and what to do."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config file or option that names an unknown key, a wrong type or value, or a
+    missing path."""
