@@ -64,6 +64,11 @@ def parse_args(argv=None):
                        help='continue this W&B run (default with --resume: the run the '
                        'work dir recorded)')
     args = parser.parse_args(argv)
+    for flag in ('batch_size', 'lr', 'epochs'):  # before any file is read
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            from projects.dino_dinov2.errors import ConfigError
+            raise ConfigError(f"--{flag.replace('_', '-')} must be positive, got {value}")
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     return args

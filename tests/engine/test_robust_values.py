@@ -74,11 +74,17 @@ def test_zero_and_minus_one(config, key, v, tmp_path, monkeypatch, capsys):
     ('model.backbone.model_name', 'vit_small_patch14_dinov3', 'did you mean'),
 ])
 def test_nan_words_and_unknown_names(key, value, says, tmp_path, monkeypatch, capsys):
+    """With the data in place: a name the registry or timm lacks is met at the model's
+    build, after the data paths are checked."""
     monkeypatch.setenv('LOCAL_RANK', '0')
+    cfg = engine.load_config(SYNTHETIC_CONFIG)
+    data = str(tmp_path / 'data')
+    make_dataset_for(cfg, data)
     with pytest.raises(SystemExit) as e:
         with exit_on_user_error():
-            load_tool('train').main([SYNTHETIC_CONFIG, '--work-dir', str(tmp_path),
-                                     '--cfg-options', f'{key}={value}'])
+            load_tool('train').main([SYNTHETIC_CONFIG, '--work-dir', str(tmp_path / 'work'),
+                                     '--cfg-options', f'{key}={value}',
+                                     *as_argv(data_options(cfg, data))])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and says in err[-1], err[-3:]
 

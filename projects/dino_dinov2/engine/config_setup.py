@@ -21,6 +21,7 @@ from ..evaluation import per_class_rows, per_class_table
 from ..errors import ConfigError
 from .checked_checkpoint import CheckpointError, check_checkpoint_file
 from .config_check import ConfigFileNotFoundError, check_cfg_options, check_values
+from .config_text import TextCachedConfig
 
 
 def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
@@ -29,10 +30,11 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
     Each option is checked first: an unknown key or a wrong type is a ``ConfigError``
     naming the key (mmengine's merge would add any key silently; see config_check.py);
     then every numeric setting of the result against its range (``check_values``).
+    The result formats its text once per content (``TextCachedConfig``).
     """
     if not osp.isfile(path):
         raise ConfigFileNotFoundError(f'config file not found: {path}')
-    cfg = Config.fromfile(path)
+    cfg = TextCachedConfig.of(Config.fromfile(path))
     if cfg_options:
         check_cfg_options(cfg, cfg_options, source=path)
         cfg.merge_from_dict(cfg_options)

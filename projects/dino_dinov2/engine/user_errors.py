@@ -10,9 +10,9 @@ The tools run their ``main`` inside :func:`exit_on_user_error`:
 - anything else is a bug: ``error: internal error (...)`` saying where the traceback is,
   status **1**.
 
-The full traceback is never lost: it goes to the run's log file, or, before a run has
-one, to a file in the temporary folder that the last line names. ``DINO_DEBUG=1`` prints
-it on the terminal as well.
+The full traceback is never lost: it goes to the run's log file, or, for a bug before a
+run has one, to a file in the temporary folder that the last line names. ``DINO_DEBUG=1``
+prints it on the terminal as well.
 """
 from __future__ import annotations
 
@@ -58,9 +58,11 @@ def _log_files():
     return logger, [h for h in logger.handlers if isinstance(h, logging.FileHandler)]
 
 
-def save_traceback(error: BaseException, message: str) -> Optional[str]:
+def save_traceback(error: BaseException, message: str, temp_file: bool = True
+                   ) -> Optional[str]:
     """Write ``message`` and the traceback to the run's log file (or, before the run has
-    one, to a file in the temporary folder); return where it went."""
+    one and with ``temp_file``, to a file in the temporary folder); return where it
+    went."""
     text = ''.join(traceback.format_exception(type(error), error, error.__traceback__))
     try:
         logger, handlers = _log_files()
@@ -72,6 +74,8 @@ def save_traceback(error: BaseException, message: str) -> Optional[str]:
         for handler in handlers:
             handler.handle(record)
         return handlers[0].baseFilename
+    if not temp_file:
+        return None
     try:
         fd, path = tempfile.mkstemp(prefix=f'dino-dinov2-{time.strftime("%Y%m%d_%H%M%S")}-',
                                     suffix='.log')
@@ -89,7 +93,9 @@ def exit_on_user_error(code: int = USER_ERROR_EXIT_CODE):
         yield
     except USER_ERRORS as e:
         message = one_line(e)
-        save_traceback(e, f'error: {message}')
+        # the run's log keeps it; before there is one the line says it all (a temp file
+        # per mistyped command would only pile up: DINO_DEBUG=1 prints the traceback)
+        save_traceback(e, f'error: {message}', temp_file=False)
         if _debug():
             traceback.print_exc()
         print(f'error: {message}', file=sys.stderr, flush=True)
