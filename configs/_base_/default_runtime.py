@@ -1,7 +1,7 @@
 # Runtime shared by every dino-dinov2 config (mmdet's default_runtime + the plugin import).
 # Checkpoints and the last_checkpoint pointer are written atomically (a kill mid-write
 # leaves the previous ones loadable); a NaN/Inf loss stops the run before anything is
-# saved (docs/robustness.md).
+# saved (docs/robustness.md); a SIGTERM/SIGUSR1 writes a checkpoint and exits 75.
 custom_imports = dict(imports=['projects.dino_dinov2'], allow_failed_imports=False)
 default_scope = 'mmdet'
 
@@ -15,6 +15,9 @@ default_hooks = dict(
     checkpoint=dict(type='AtomicCheckpointHook', by_epoch=False, interval=2500,
                     max_keep_ckpts=3),
     nan_guard=dict(type='NanGuardHook'),
+    # SIGTERM/SIGUSR1: checkpoint at this iteration, exit 75 (docs/launching.md); here, not
+    # added by tools/train.py, so a run of mmdet's own tools/train.py is preemption-safe too
+    preemption=dict(type='PreemptionHook'),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='DetVisualizationHook'))
 

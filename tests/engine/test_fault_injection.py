@@ -5,8 +5,8 @@ One run of tools/train.py on 8 images, batch 2, 3 epochs (12 iterations), a chec
 every 2 iterations, ``max_keep_ckpts=1`` (the setting where mmengine's own hook deletes
 the only good checkpoint before the new one is written). Each process is SIGKILLed:
 
-1. in the middle of writing ``iter_4.pth`` (the fault-injection switch of
-   ``engine/atomic_checkpoint.py`` makes the writer pause half-way);
+1. in the middle of writing ``iter_4.pth`` (``fault_train.py`` beside this file runs
+   tools/train.py with one write paused half-way);
 2. after resuming, in the middle of writing the ``last_checkpoint`` pointer;
 3. after resuming, once it logged an iteration drawn by a seeded RNG (wherever it is);
 4. the last ``--resume`` runs to the end.
@@ -22,18 +22,20 @@ import time
 from conftest import REPO, SYNTHETIC_CONFIG, clean_env
 from launch_helpers import tiny_run_options, wait_for_iteration
 from projects.dino_dinov2.engine import check_checkpoint_file, load_local_checkpoint
-from projects.dino_dinov2.engine.atomic_checkpoint import FAULT_ENV
+
+FAULT_TRAIN = osp.join(REPO, 'tests', 'engine', 'fault_train.py')
 
 ITERS = 12
 
 
 def _start(work_dir, data_root, log_path, resume=False, fault=None):
-    cmd = [sys.executable, 'tools/train.py', SYNTHETIC_CONFIG, '--work-dir', work_dir,
+    pause = [FAULT_TRAIN, *fault.split('@')] if fault else []  # '<seconds>@<n-th write>'
+    cmd = [sys.executable, *pause, 'tools/train.py', SYNTHETIC_CONFIG, '--work-dir', work_dir,
            '--seed', '0', '--batch-size', '2', *(['--resume'] if resume else []),
            '--cfg-options', *tiny_run_options(data_root, epochs=3),
            'default_hooks.checkpoint.by_epoch=False', 'default_hooks.checkpoint.interval=2',
            'default_hooks.checkpoint.max_keep_ckpts=1']
-    env = clean_env({'OMP_NUM_THREADS': '1', **({FAULT_ENV: fault} if fault else {})})
+    env = clean_env({'OMP_NUM_THREADS': '1'})
     log = open(log_path, 'w')
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     proc.log_file, proc.log_path = log, log_path

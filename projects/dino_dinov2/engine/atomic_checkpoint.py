@@ -18,12 +18,6 @@ that takes the CheckpointHook's ``backend_args`` (its own saves, the best checkp
 the preemption hook's). :class:`AtomicCheckpointHook` is mmengine's ``CheckpointHook``
 that picks that backend by default, writes the pointer the same way, and deletes the
 checkpoints beyond ``max_keep_ckpts`` only after the new one and the pointer are on disk.
-
-Fault injection for tests: with ``DINO_DINOV2_FAULT_SLEEP_IN_WRITE=<seconds>[@<n>]`` in
-the environment, an atomic write (every one, or only the n-th of the process, counting
-from 1; a checkpoint and then its pointer are two writes) writes half of the data to its
-temporary file, flushes it and sleeps that long before the rest, so a test can kill the
-process mid-write deterministically.
 """
 from __future__ import annotations
 
@@ -31,7 +25,6 @@ import glob
 import itertools
 import os
 import os.path as osp
-import time
 from typing import Optional, Union
 
 from mmengine.dist import is_main_process
@@ -41,20 +34,14 @@ from mmengine.registry import HOOKS
 
 from .checked_checkpoint import CheckpointError
 
-FAULT_ENV = 'DINO_DINOV2_FAULT_SLEEP_IN_WRITE'
 TMP_MARK = '.tmp-'  # temporary files: .<name>.tmp-<pid>-<n>
 _counter = itertools.count(1)
 
 
-def _fault_delay(write_number: int) -> float:
-    """Seconds to sleep in this write (``FAULT_ENV``), 0 normally."""
-    spec = os.environ.get(FAULT_ENV, '')
-    if not spec:
-        return 0.0
-    seconds, _, nth = spec.partition('@')
-    if nth and int(nth) != write_number:
-        return 0.0
-    return float(seconds)
+def _write_data(f, data: bytes) -> None:
+    """The write of the data into the temporary file (the fault-injection tests pause in
+    it: tests/engine/fault_train.py)."""
+    f.write(data)
 
 
 def _fsync_dir(folder: str) -> None:
@@ -87,15 +74,7 @@ def atomic_write(data: Union[bytes, str], path: str, encoding: str = 'utf-8') ->
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, 'wb') as f:
-            delay = _fault_delay(number)
-            if delay > 0:
-                half = len(data) // 2
-                f.write(data[:half])
-                f.flush()
-                time.sleep(delay)
-                f.write(data[half:])
-            else:
-                f.write(data)
+            _write_data(f, data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

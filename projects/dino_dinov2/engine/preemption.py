@@ -247,9 +247,11 @@ class PreemptionHook(Hook):
 
 
 def enable_preemption(cfg, **kwargs) -> None:
-    """Add a :class:`PreemptionHook` to ``cfg.custom_hooks`` unless one is there."""
+    """Add a :class:`PreemptionHook` to ``cfg.custom_hooks`` unless the config has one
+    (``default_hooks.preemption`` in ``configs/_base_/default_runtime.py``)."""
     hooks = list(cfg.get('custom_hooks', None) or [])
-    if not any(h.get('type') == 'PreemptionHook' for h in hooks):
+    declared = [h for h in hooks] + list((cfg.get('default_hooks', None) or {}).values())
+    if not any(h and h.get('type') == 'PreemptionHook' for h in declared):
         hooks.append(dict(type='PreemptionHook', **kwargs))
     cfg.custom_hooks = hooks
 
