@@ -8,14 +8,14 @@
 # 2. gpu_tests:   the GPU-only tests: compiled Triton kernels and mmcv's CUDA kernel
 #                 against the PyTorch path, a detector step, fewer host syncs
 # 3. deform_attn: the deformable-attention implementations side by side
-# 4. vit_s/vit_b: training steps of the fast path against the original-equivalent mode,
+# 4. vit_b/vit_s: training steps of the fast path against the original-equivalent mode,
 #                 bf16 and full precision, batch 2 and 8 (median of ITERS after WARMUP)
 # 5. train/test:  configs/dino_dinov2_s_12ep.py trained for TRAIN_ITERS iterations with
 #                 --amp on a synthetic dataset of 640 px images, validated, then tested
 #
 # Each step has its own time limit and log (OUT_DIR/<step>.log); a failing step does not
 # stop the next. Variables: ITERS (10), WARMUP (3), TRAIN_ITERS (40), PYTHON (python),
-# STEPS (all: "env gpu_tests deform_attn vit_s vit_b train").
+# STEPS (all: "env gpu_tests deform_attn vit_b vit_s train").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-work_dirs/gpu_tables}
@@ -23,7 +23,7 @@ ITERS=${ITERS:-10}
 WARMUP=${WARMUP:-3}
 TRAIN_ITERS=${TRAIN_ITERS:-40}
 PYTHON=${PYTHON:-python}
-STEPS=${STEPS:-env gpu_tests deform_attn vit_s vit_b train}
+STEPS=${STEPS:-env gpu_tests deform_attn vit_b vit_s train}
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1
 
@@ -78,12 +78,12 @@ train_and_test() {
 export OUT_DIR ITERS WARMUP TRAIN_ITERS PYTHON PYTHONUNBUFFERED
 export -f env_report step_config train_and_test
 step env 60 env_report
-step gpu_tests 180 "$PYTHON" -m pytest -q -p no:cacheprovider \
+step gpu_tests 150 "$PYTHON" -m pytest -q -p no:cacheprovider \
     tests/models/test_fast_deformable_attention.py \
     tests/models/test_triton_deformable_attention.py tests/models/test_fast_matching.py
-step deform_attn 120 "$PYTHON" tools/benchmark.py --deform-attn --precision full mixed \
+step deform_attn 100 "$PYTHON" tools/benchmark.py --deform-attn --precision full mixed \
     --iters 20 --warmup 5 --out-dir "$OUT_DIR/deform_attn"
-step vit_s 240 step_config vit_s s
-step vit_b 300 step_config vit_b b
-step train 240 train_and_test
+step vit_b 240 step_config vit_b b
+step vit_s 200 step_config vit_s s
+step train 200 train_and_test
 echo "== done: $OUT_DIR"
