@@ -80,7 +80,8 @@ export -f env_report step_config train_and_test
 step env 60 env_report
 step gpu_tests 150 "$PYTHON" -m pytest -q -p no:cacheprovider \
     tests/models/test_fast_deformable_attention.py \
-    tests/models/test_triton_deformable_attention.py tests/models/test_fast_matching.py
+    tests/models/test_triton_deformable_attention.py tests/models/test_fast_matching.py \
+    tests/models/test_focal_loss.py
 step deform_attn 100 "$PYTHON" tools/benchmark.py --deform-attn --precision full mixed \
     --iters 20 --warmup 5 --out-dir "$OUT_DIR/deform_attn"
 step vit_b 240 step_config vit_b b

@@ -90,8 +90,11 @@ def test_reference_under_bf16_autocast_close_to_float32():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU: CUDA kernel')
 @pytest.mark.parametrize('amp', [False, True])
 def test_cuda_kernel_matches_reference_on_gpu(amp):
-    """The fast path on a GPU: mmcv's kernel (float32 inside bf16 autocast)."""
-    stock, ref = _modules(True)
+    """mmcv's kernel through the switch (float32 inside bf16 autocast: mmcv's own module
+    has no bfloat16 kernel) against the reference path."""
+    _, ref = _modules(True)
+    stock = copy.deepcopy(ref)
+    use_deformable_attention(stock, 'mmcv')
     stock, ref = stock.cuda(), ref.cuda()
     inputs = _inputs(True, 4, device='cuda')
     out_k, g_k = _run(stock, inputs, autocast_device='cuda' if amp else None)

@@ -58,7 +58,8 @@ model = dict(
         type='BatchMatchingDINOHead',  # DINOHead; all layers' matching in one batch
         num_classes=80,
         sync_cls_avg_factor=True,
-        loss_cls=dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
+        # mmdet's FocalLoss in float32 under AMP (mmcv's CUDA kernel has no bfloat16)
+        loss_cls=dict(type='Float32FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
                       loss_weight=1.0),
         loss_bbox=dict(type='L1Loss', loss_weight=5.0),
         loss_iou=dict(type='GIoULoss', loss_weight=2.0)),
