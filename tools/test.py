@@ -46,6 +46,9 @@ def main(argv=None):
 
     cfg = engine.load_config(args.config, args.cfg_options)
     engine.set_work_dir(cfg, args.work_dir, args.config)
+    skipped = engine.skip_backbone_download(cfg)  # the checkpoint holds those weights
+    if skipped:
+        engine.log_at_start(cfg, skipped)
     files = engine.dataset_files(args)
     if files is not None:  # --data-root ...: its test split (else val), its classes
         line, _ = engine.use_dataset(cfg, args.data_root, files, test=True)

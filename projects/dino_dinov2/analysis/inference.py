@@ -42,13 +42,11 @@ def load_detector(config: str, checkpoint: str, device: Optional[str] = None,
     import projects.dino_dinov2  # noqa: F401  (registers modules; safe checkpoint loading)
     from mmdet.apis import init_detector
 
-    from projects.dino_dinov2.engine import load_config
+    from projects.dino_dinov2.engine import load_config, skip_backbone_download
     if not osp.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
     cfg = load_config(config, cfg_options)
-    backbone = cfg.model.get('backbone', {})
-    if backbone.get('pretrained', None):
-        backbone['pretrained'] = False
+    skip_backbone_download(cfg)
     device = device or ('cuda:0' if torch.cuda.is_available() else 'cpu')
     return init_detector(cfg, checkpoint, device=device)
 

@@ -7,7 +7,7 @@ from .checked_checkpoint import (CheckpointError, check_checkpoint_file, check_c
 from .config_check import ConfigError, check_cfg_options, check_data_paths
 from .config_setup import (enable_amp, enable_visualization, load_config, print_metrics,
                            set_resume, set_work_dir, use_dataset, check_device,
-                           check_config_device,
+                           check_config_device, skip_backbone_download,
                            add_dataset_arguments, dataset_files, count_train_images)
 from .fine_tune import (FineTuneLoadHook, check_fine_tuning, check_run_checkpoints,
                         class_dependent_keys, enable_fine_tuning, load_for_fine_tuning)
@@ -30,7 +30,7 @@ register_checked_loader()
 
 __all__ = [
     'AutoAmpOptimWrapper', 'preferred_amp_dtype', 'enable_amp', 'enable_visualization',
-    'load_config', 'print_metrics',
+    'load_config', 'print_metrics', 'skip_backbone_download',
     'set_resume', 'set_work_dir', 'register_safe_globals', 'safe_globals',
     'LaunchInfo', 'detect_launcher', 'expand_nodelist', 'init_distributed', 'setup_launcher',
     'slurm_dist_env', 'BatchLr', 'BatchLrLoggerHook', 'apply_batch_and_lr', 'log_batch_and_lr',

@@ -49,6 +49,18 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
     return cfg
 
 
+def skip_backbone_download(cfg: Config) -> Optional[str]:
+    """The backbone's pretrained weights off where a whole-detector checkpoint is loaded
+    over them (tools/test.py, inference): no download, no file read for nothing, and a
+    machine without internet evaluates. Returns the log line, or None if they were off."""
+    backbone = cfg.model.get('backbone', None) or {}
+    if not backbone.get('pretrained', None):
+        return None
+    backbone['pretrained'] = False
+    return ('model.backbone.pretrained: not loaded (the checkpoint holds the backbone\'s '
+            'weights)')
+
+
 def set_work_dir(cfg: Config, work_dir: Optional[str], config_path: str) -> None:
     """``--work-dir`` > ``work_dir`` in the config > ``./work_dirs/<config name>``; the
     folder is created and must take files (a ``ConfigError`` now, not a traceback when
