@@ -78,6 +78,32 @@ def init_weights_quietly(model):
     return model
 
 
+def _manager_classes():
+    from mmengine.utils import ManagerMixin
+    found, todo = [], [ManagerMixin]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+@pytest.fixture(autouse=True)
+def fresh_mmengine_instances():
+    """mmengine keeps one logger, message hub and visualizer per experiment name (config
+    name + the second the Runner started): a Runner started in the same second as one of
+    an earlier test would get that test's logger, whose stream capsys has closed. The
+    instances a test creates are dropped (their log files closed) when it ends."""
+    before = {cls: set(cls._instance_dict) for cls in _manager_classes()}
+    yield
+    for cls in _manager_classes():
+        for name in set(cls._instance_dict) - before.get(cls, set()):
+            instance = cls._instance_dict.pop(name)
+            for handler in list(getattr(instance, 'handlers', [])):
+                if isinstance(handler, logging.FileHandler):
+                    handler.close()
+
+
 @pytest.fixture
 def one_torch_thread():
     """One torch thread per test. Where the 2 cores are shared, OpenMP threads spin-wait
