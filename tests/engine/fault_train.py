@@ -11,13 +11,13 @@ import time
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, REPO)
 
-from projects.dino_dinov2.engine import atomic_checkpoint  # noqa: E402
+from projects.dino_dinov2.engine import checkpoint  # noqa: E402
 
 
 def main():
     seconds, nth, tool, *args = sys.argv[1:]
     count = itertools.count(1)
-    write = atomic_checkpoint._write_data
+    write = checkpoint._write_data
 
     def paused(f, data):
         if next(count) != int(nth):
@@ -28,7 +28,7 @@ def main():
         time.sleep(float(seconds))
         f.write(data[half:])
 
-    atomic_checkpoint._write_data = paused
+    checkpoint._write_data = paused
     sys.argv = [tool, *args]
     runpy.run_path(tool, run_name='__main__')
 

@@ -12,8 +12,8 @@ import torch
 from conftest import REPO, SYNTHETIC_CONFIG, clean_env
 from launch_helpers import read_scalars, tiny_run_options, wait_for_iteration
 from projects.dino_dinov2.engine import PREEMPTED_EXIT_CODE, PreemptionHook
-from projects.dino_dinov2.engine.preemption import (SkipFirstBatches, get_rng_state,
-                                                    set_rng_state)
+from projects.dino_dinov2.engine.hooks.preemption_hook import (
+    SkipFirstBatches, get_rng_state, set_rng_state)
 
 LOSS_KEYS = ('loss', 'loss_cls', 'loss_bbox', 'loss_iou', 'dn_loss_cls', 'enc_loss_cls')
 ITERS = 8  # 2 epochs of 4 iterations

@@ -16,7 +16,7 @@ from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint
 
 from projects.dino_dinov2.engine import (CheckpointError, atomic_write, check_checkpoint_file,
                                          load_local_checkpoint, set_resume)
-from projects.dino_dinov2.engine.atomic_checkpoint import remove_stale_temp_files
+from projects.dino_dinov2.engine.checkpoint import remove_stale_temp_files
 
 
 def _mmengine_like_checkpoint(path):
@@ -100,7 +100,7 @@ def test_arbitrary_pickled_object_is_refused(tmp_path):
         f'refused to load {path}: it holds a pickled object outside the allow-list '
         '(Unsupported global: GLOBAL posix.mkdir); checkpoints are read with '
         'torch.load(weights_only=True) and only the classes MMEngine saves are allowed '
-        '(engine/safe_checkpoint.py)')
+        '(engine/checkpoint.py)')
     assert not osp.exists(marker)
     # the allow-list's getattr reaches HistoryBuffer's statistics methods, nothing else
     torch.save({'x': GetAttr()}, path)

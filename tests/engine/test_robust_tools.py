@@ -161,7 +161,7 @@ def test_resume_from_checkpoint_with_pickled_object(tiny_synthetic_data, tmp_pat
     assert line == (f'error: refused to load {evil}: it holds a pickled object outside the '
                     'allow-list (Unsupported global: GLOBAL posix.mkdir); checkpoints are '
                     'read with torch.load(weights_only=True) and only the classes MMEngine '
-                    'saves are allowed (engine/safe_checkpoint.py)')
+                    'saves are allowed (engine/checkpoint.py)')
     assert not marker.exists() and 'Epoch(train)' not in out
 
 

@@ -1,27 +1,26 @@
 from .amp import AutoAmpOptimWrapper, preferred_amp_dtype
-from .atomic_checkpoint import (AtomicCheckpointHook, AtomicLocalBackend, atomic_write,
-                                write_last_checkpoint)
-from .checked_checkpoint import (CheckpointError, check_checkpoint_file, check_checkpoint_fits,
-                                 check_checkpoint_for, checkpoint_kind,
-                                 load_local_checkpoint, register_checked_loader)
+from .checkpoint import (AtomicLocalBackend, CheckpointError, atomic_write,
+                         check_checkpoint_file, check_checkpoint_fits, check_checkpoint_for,
+                         checkpoint_kind, load_local_checkpoint, read_last_checkpoint,
+                         register_checked_loader, register_safe_globals, safe_globals,
+                         write_last_checkpoint)
 from .config_check import ConfigError, check_cfg_options, check_data_paths
-from .config_setup import (enable_amp, enable_visualization, load_config, print_metrics,
-                           set_resume, set_work_dir, use_dataset, check_device,
-                           check_config_device, skip_backbone_download,
+from .config_setup import (enable_amp, enable_preemption, enable_visualization, load_config,
+                           log_at_start, print_metrics, set_resume, set_work_dir, use_dataset,
+                           check_device, check_config_device, skip_backbone_download,
                            add_dataset_arguments, dataset_files, count_train_images)
-from .fine_tune import (FineTuneLoadHook, check_fine_tuning, check_run_checkpoints,
-                        class_dependent_keys, enable_fine_tuning, load_for_fine_tuning)
+from .fine_tune import (check_fine_tuning, check_run_checkpoints, class_dependent_keys,
+                        enable_fine_tuning, load_for_fine_tuning)
+from .hooks import (PREEMPTED_EXIT_CODE, AtomicCheckpointHook, BatchLrLoggerHook,
+                    FineTuneLoadHook, NanGuardHook, NonFiniteLossError, PreemptionHook,
+                    RunInfoHook)
 from .launcher import (LaunchError, LaunchInfo, detect_launcher, expand_nodelist, init_distributed,
                        setup_launcher, slurm_dist_env)
 from .loops import ResumableIterBasedTrainLoop, SkipFirstBatches, release_dataloader_workers
-from .lr_scaling import (BatchLr, BatchLrLoggerHook, apply_batch_and_lr, loader_batch_size,
-                         log_batch_and_lr, lr_scale_factor)
-from .nan_guard import NanGuardHook, NonFiniteLossError
-from .preemption import PREEMPTED_EXIT_CODE, PreemptionHook, enable_preemption
-from .run_info import RunInfoHook, log_at_start
+from .lr_scaling import (BatchLr, apply_batch_and_lr, loader_batch_size, log_batch_and_lr,
+                         lr_scale_factor)
 from .schedule import (describe_schedule, scale_schedule, schedule_for_run, set_epochs,
                        sets_schedule)
-from .safe_checkpoint import register_safe_globals, safe_globals
 from .user_errors import USER_ERRORS, exit_on_user_error
 from .wandb_setup import SafeWandbVisBackend, enable_wandb
 
@@ -48,5 +47,6 @@ __all__ = [
     'load_local_checkpoint', 'register_checked_loader', 'ConfigError', 'check_cfg_options',
     'check_data_paths', 'NanGuardHook', 'NonFiniteLossError', 'USER_ERRORS',
     'exit_on_user_error', 'check_checkpoint_fits', 'check_checkpoint_for', 'checkpoint_kind',
+    'read_last_checkpoint',
     'LaunchError', 'check_device', 'check_config_device'
 ]

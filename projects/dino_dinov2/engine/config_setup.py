@@ -19,7 +19,7 @@ from ..datasets.errors import DatasetError
 from ..datasets.layout import find_layout
 from ..evaluation import per_class_rows, per_class_table
 from ..errors import ConfigError
-from .checked_checkpoint import CheckpointError, check_checkpoint_file
+from .checkpoint import CheckpointError, check_checkpoint_file, read_last_checkpoint
 from .config_check import ConfigFileNotFoundError, check_cfg_options, check_values
 from .config_text import TextCachedConfig
 
@@ -112,10 +112,9 @@ def set_resume(cfg: Config, resume: Optional[str]) -> None:
         cfg.resume = True
         cfg.load_from = None
         work_dir = cfg.get('work_dir', None)
+        latest = read_last_checkpoint(work_dir) if work_dir else None
         pointer = osp.join(work_dir, 'last_checkpoint') if work_dir else ''
-        if pointer and osp.isfile(pointer):
-            with open(pointer) as f:
-                latest = f.read().strip()
+        if latest is not None:
             if not latest:
                 raise CheckpointError(f'{pointer} is empty: pass the checkpoint to resume '
                                       'from, --resume PATH')
@@ -288,3 +287,26 @@ def check_config_device(cfg: Config) -> None:
         raise ConfigError("optim_wrapper.type='AmpOptimWrapper' needs a GPU and none is "
                           "visible here; use --amp instead (AutoAmpOptimWrapper: bfloat16 "
                           'on the CPU)')
+
+
+def log_at_start(cfg, line: str) -> None:
+    """Print ``line`` now and have the run's log say it (a :class:`RunInfoHook`)."""
+    print(line, flush=True)
+    hooks = list(cfg.get('custom_hooks', None) or [])
+    for hook in hooks:
+        if hook.get('type') == 'RunInfoHook':
+            hook['lines'] = list(hook.get('lines', [])) + [line]
+            break
+    else:
+        hooks.append(dict(type='RunInfoHook', lines=[line]))
+    cfg.custom_hooks = hooks
+
+
+def enable_preemption(cfg, **kwargs) -> None:
+    """Add a :class:`PreemptionHook` to ``cfg.custom_hooks`` unless the config has one
+    (``default_hooks.preemption`` in ``configs/_base_/default_runtime.py``)."""
+    hooks = list(cfg.get('custom_hooks', None) or [])
+    declared = [h for h in hooks] + list((cfg.get('default_hooks', None) or {}).values())
+    if not any(h and h.get('type') == 'PreemptionHook' for h in declared):
+        hooks.append(dict(type='PreemptionHook', **kwargs))
+    cfg.custom_hooks = hooks

@@ -12,16 +12,13 @@ log line. Anything else that does not match is a :class:`CheckpointError` naming
 """
 from __future__ import annotations
 
-import os.path as osp
 from typing import Dict, List, Optional, Sequence
 
 import torch
-from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
-from mmengine.registry import HOOKS
 
-from .checked_checkpoint import (CheckpointError, check_checkpoint_fits, check_checkpoint_for,
-                                 fit_problems, model_state_of)
+from .checkpoint import (CheckpointError, check_checkpoint_fits, check_checkpoint_for,
+                         fit_problems, model_state_of, read_last_checkpoint)
 
 # parameters whose shape follows the number of classes, by detector part
 CLASS_DEPENDENT_PREFIXES = ('bbox_head.cls_branches.', 'dn_query_generator.label_embedding.')
@@ -68,26 +65,6 @@ def load_for_fine_tuning(model: torch.nn.Module, path: str) -> str:
     return line
 
 
-@HOOKS.register_module()
-class FineTuneLoadHook(Hook):
-    """Load ``checkpoint`` into the model before the first iteration (not when resuming).
-
-    Runs after the Runner initialised the weights, so the re-initialised tensors hold a
-    fresh initialisation.
-    """
-    priority = 'VERY_HIGH'
-
-    def __init__(self, checkpoint: str) -> None:
-        self.checkpoint = checkpoint
-
-    def before_train(self, runner) -> None:
-        if getattr(runner, '_resume', False) or runner.iter > 0:
-            runner.logger.info(f'FineTuneLoadHook: resuming; {self.checkpoint} not loaded')
-            return
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        runner.logger.info(load_for_fine_tuning(model, self.checkpoint))
-
-
 def enable_fine_tuning(cfg, checkpoint: str) -> None:
     """``--load-from CKPT``: a :class:`FineTuneLoadHook` instead of mmengine's non-strict
     ``load_from``."""
@@ -114,8 +91,4 @@ def check_run_checkpoints(runner, load_from: Optional[str] = None,
 
 
 def _latest(work_dir: str) -> Optional[str]:
-    pointer = osp.join(work_dir, 'last_checkpoint')
-    if not osp.isfile(pointer):
-        return None
-    with open(pointer) as f:
-        return f.read().strip() or None
+    return read_last_checkpoint(work_dir) or None

@@ -186,7 +186,7 @@ def enable_wandb(cfg, project: Optional[str] = 'dino-dinov2', group: Optional[st
         raise ConfigError('--wandb needs a visualizer in the config (default_runtime.py has '
                           'one)')
     backends = list(cfg.visualizer.get('vis_backends', None) or [])
-    backends = [b for b in backends if b.get('type') not in ('WandbVisBackend',
-                                                              'SafeWandbVisBackend')]
+    backends = [b for b in backends
+                if b.get('type') not in ('WandbVisBackend', 'SafeWandbVisBackend')]
     cfg.visualizer.vis_backends = backends + [backend]
     return init_kwargs

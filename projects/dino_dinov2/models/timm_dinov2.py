@@ -22,6 +22,7 @@ from mmdet.registry import MODELS
 from mmengine.model import BaseModule
 
 from ..errors import ConfigError, UserError
+from ..engine.checkpoint import checkpoint_kind
 
 # DINOv2 ViTs timm ships with pretrained weights (LVD-142M); any other timm ViT name also
 # works (e.g. for the tiny from-scratch model of the synthetic config).
@@ -60,7 +61,8 @@ class WeightFileError(UserError, ValueError):
 
 
 def read_state_dict(path: str) -> dict:
-    """Read a tensor state dict from ``path`` (``torch.load(weights_only=True)``).
+    """Read a tensor state dict from ``path`` (``torch.load(weights_only=True)``, with the
+    allow-list and the file classification of ``engine/checkpoint.py``).
 
     Accepts a plain state dict or one nested under ``model``/``state_dict``/``teacher``
     (the original DINOv2 training checkpoints), and ``backbone.``/``module.`` prefixes.
@@ -81,15 +83,15 @@ def read_state_dict(path: str) -> dict:
         raise WeightFileError(
             f'{path} is not a readable weight file ({type(e).__name__}: '
             f'{str(e).splitlines()[0] if str(e) else ""})') from None
-    if isinstance(obj, dict) and isinstance(obj.get('model'), dict) and any(
-            k in obj for k in ('__author__', 'iteration', 'trainer')):
+    kind = checkpoint_kind(obj)  # the classification every checkpoint flag uses
+    if kind == 'detectron2':
         raise WeightFileError(f'{path} is a detectron2/detrex checkpoint: its keys are '
                               "detectron2's; model.backbone.pretrained takes backbone weights "
                               "in timm's or Meta's layout")
     for key in _NESTED_KEYS:
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
-    if isinstance(obj, dict) and any(str(k).startswith('bbox_head.') for k in obj):
+    if kind in ('training', 'detector'):
         raise WeightFileError(f'{path} holds a whole detector, not backbone weights: '
                               f'fine-tune from it with --load-from {path} (and '
                               'model.backbone.pretrained=False)')

@@ -24,16 +24,3 @@ class RunInfoHook(Hook):
     def before_run(self, runner) -> None:
         for line in self.lines:
             runner.logger.info(line)
-
-
-def log_at_start(cfg, line: str) -> None:
-    """Print ``line`` now and have the run's log say it (a :class:`RunInfoHook`)."""
-    print(line, flush=True)
-    hooks = list(cfg.get('custom_hooks', None) or [])
-    for hook in hooks:
-        if hook.get('type') == 'RunInfoHook':
-            hook['lines'] = list(hook.get('lines', [])) + [line]
-            break
-    else:
-        hooks.append(dict(type='RunInfoHook', lines=[line]))
-    cfg.custom_hooks = hooks

@@ -43,9 +43,9 @@ from mmengine.hooks import CheckpointHook, Hook
 from mmengine.registry import HOOKS
 from mmengine.runner import EpochBasedTrainLoop
 
-from .atomic_checkpoint import write_last_checkpoint
-from ..errors import ConfigError
-from .loops import ResumableIterBasedTrainLoop, SkipFirstBatches
+from ..checkpoint import write_last_checkpoint
+from ...errors import ConfigError
+from ..loops import ResumableIterBasedTrainLoop, SkipFirstBatches
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: a temporary failure; run it again (with --resume)
 CHECKPOINT_KEY = 'preemption'
@@ -246,15 +246,5 @@ class PreemptionHook(Hook):
             self._wrapped = None
 
 
-def enable_preemption(cfg, **kwargs) -> None:
-    """Add a :class:`PreemptionHook` to ``cfg.custom_hooks`` unless the config has one
-    (``default_hooks.preemption`` in ``configs/_base_/default_runtime.py``)."""
-    hooks = list(cfg.get('custom_hooks', None) or [])
-    declared = [h for h in hooks] + list((cfg.get('default_hooks', None) or {}).values())
-    if not any(h and h.get('type') == 'PreemptionHook' for h in declared):
-        hooks.append(dict(type='PreemptionHook', **kwargs))
-    cfg.custom_hooks = hooks
-
-
-__all__ = ['PREEMPTED_EXIT_CODE', 'PreemptionHook', 'SkipFirstBatches', 'enable_preemption',
-           'get_rng_state', 'set_rng_state']
+__all__ = ['PREEMPTED_EXIT_CODE', 'PreemptionHook', 'SkipFirstBatches', 'get_rng_state',
+           'set_rng_state']

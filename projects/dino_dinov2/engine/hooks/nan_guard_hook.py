@@ -21,7 +21,6 @@ All ranks agree (an all-reduce of the flag), so they stop at the same iteration.
 from __future__ import annotations
 
 import math
-import os.path as osp
 from typing import Optional
 
 import torch
@@ -29,7 +28,8 @@ from mmengine.dist import all_reduce, is_distributed
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
-from ..errors import UserError
+from ...errors import UserError
+from ..checkpoint import read_last_checkpoint
 from mmengine.runner import EpochBasedTrainLoop
 
 
@@ -112,10 +112,5 @@ class NanGuardHook(Hook):
 
     @staticmethod
     def _last_checkpoint(runner) -> Optional[str]:
-        pointer = osp.join(runner.work_dir, 'last_checkpoint')
-        if osp.isfile(pointer):
-            with open(pointer) as f:
-                path = f.read().strip()
-            if path:
-                return path
-        return runner.message_hub.get_info('last_ckpt', None)
+        return (read_last_checkpoint(runner.work_dir)
+                or runner.message_hub.get_info('last_ckpt', None))
