@@ -10,27 +10,18 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from mmengine.config import DictAction  # noqa: E402
-
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Test (and eval) a dino-dinov2 detector')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument('--work-dir', help='the directory to save the evaluation metrics')
     parser.add_argument('--out', help='dump predictions to a pickle file (.pkl)')
     parser.add_argument('--show', action='store_true', help='show prediction results')
     parser.add_argument('--show-dir', help='directory (inside the work dir) where painted '
                         'images are saved')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value (xxx=yyy format)')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi', 'auto'],
-                        default='auto', help='job launcher; auto: torchrun -> pytorch, a '
-                        'SLURM job step -> slurm, else one process (docs/launching.md)')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    from projects.dino_dinov2.engine.config_setup import add_dataset_arguments
-    add_dataset_arguments(parser)
+    from projects.dino_dinov2.engine.config_setup import add_common_arguments
+    add_common_arguments(parser, 'the directory to save the evaluation metrics')
     args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)

@@ -11,13 +11,10 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from mmengine.config import DictAction  # noqa: E402
-
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train a dino-dinov2 detector')
     parser.add_argument('config', help='train config file path')
-    parser.add_argument('--work-dir', help='the dir to save logs and models')
     parser.add_argument('--amp', action='store_true',
                         help='mixed precision (bfloat16 where supported, else float16)')
     parser.add_argument('--auto-scale-lr', nargs='?', const='linear',
@@ -27,13 +24,6 @@ def parse_args(argv=None):
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from PATH, or from the latest checkpoint in the work '
                              'dir when no PATH is given')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value (xxx=yyy format)')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi', 'auto'],
-                        default='auto', help='job launcher; auto: torchrun -> pytorch, a '
-                        'SLURM job step -> slurm, else one process (docs/launching.md)')
-    # torchrun passes --local-rank (torch >= 2.0), older launchers --local_rank
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     parser.add_argument('--batch-size', '--batch_size', type=int,
                         help='images per process (GPU); total batch = this x processes')
     parser.add_argument('--lr', type=float, help="the head's base lr (the backbone's "
@@ -49,8 +39,8 @@ def parse_args(argv=None):
     parser.add_argument('--seed', type=int, help='random seed')
     parser.add_argument('--deterministic', action='store_true',
                         help='deterministic mode (cuDNN), for reproducible runs')
-    from projects.dino_dinov2.engine.config_setup import add_dataset_arguments
-    add_dataset_arguments(parser)
+    from projects.dino_dinov2.engine.config_setup import add_common_arguments
+    add_common_arguments(parser, 'the dir to save logs and models')
     wandb = parser.add_argument_group('Weights & Biases')
     wandb.add_argument('--wandb', action='store_true', help='log to Weights & Biases')
     wandb.add_argument('--wandb-project', '--wandb_project', default='dino-dinov2')

@@ -17,7 +17,6 @@ CLASSES = ('circle', 'square', 'triangle')
 W, H = 40, 30
 
 
-
 def _ann(ann_id, image_id, bbox, category_id=1):
     return dict(id=ann_id, image_id=image_id, category_id=category_id, bbox=bbox,
                 area=abs(bbox[2] * bbox[3]), iscrowd=0)

@@ -9,7 +9,6 @@ from conftest import captured_log
 from projects.dino_dinov2.datasets import CheckedLoadImageFromFile, ImageFileError
 
 
-
 def _load(path, **kwargs):
     return CheckedLoadImageFromFile(**kwargs).transform({'img_path': str(path)})
 

@@ -10,8 +10,8 @@ def test_default_levels_and_strides():
     assert neck.strides == (8, 16, 32, 64)
     # a stride-16 map of a 100 x 148 image (padded to 112 x 160)
     outs = neck((torch.randn(2, 384, 7, 10), ))
-    assert [tuple(o.shape) for o in outs] == [(2, 256, 14, 20), (2, 256, 7, 10),
-                                             (2, 256, 3, 5), (2, 256, 2, 3)]
+    assert [tuple(o.shape) for o in outs] == [
+        (2, 256, 14, 20), (2, 256, 7, 10), (2, 256, 3, 5), (2, 256, 2, 3)]
 
 
 def test_configurable_scales():

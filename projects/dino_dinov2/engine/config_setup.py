@@ -224,6 +224,21 @@ def use_dataset(cfg: Config, data_root: Optional[str] = None,
 SPLITS = ('train', 'val', 'test')
 
 
+def add_common_arguments(parser, work_dir_help: str) -> None:
+    """The flags tools/train.py and tools/test.py share, as mmdet's tools spell them:
+    ``--work-dir``, ``--cfg-options``, ``--launcher``, ``--local_rank``/``--local-rank``
+    (torchrun passes the dash form), and the own-dataset flags."""
+    from mmengine.config import DictAction
+    parser.add_argument('--work-dir', help=work_dir_help)
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value (xxx=yyy format)')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi', 'auto'],
+                        default='auto', help='job launcher; auto: torchrun -> pytorch, a '
+                        'SLURM job step -> slurm, else one process (docs/launching.md)')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    add_dataset_arguments(parser)
+
+
 def add_dataset_arguments(parser) -> None:
     """The flags that point a config at the user's own COCO-format data (tools/train.py
     and tools/test.py)."""
