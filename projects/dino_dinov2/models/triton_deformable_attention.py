@@ -67,6 +67,21 @@ if HAS_TRITON:
         return tl.load(value_ptr + offsets, mask=mask, other=0.0).to(tl.float32), offsets, mask
 
     @triton.jit
+    def _sample_point(loc_ptr, attn_ptr, sample, qmask, w_l, h_l):
+        """A sample's attention weight, its top-left pixel (x0, y0) on the level and the
+        fractions (fx, fy) towards the next pixel, all float32 but the pixel."""
+        lx = tl.load(loc_ptr + 2 * sample, mask=qmask, other=0.0).to(tl.float32)
+        ly = tl.load(loc_ptr + 2 * sample + 1, mask=qmask, other=0.0).to(tl.float32)
+        w = tl.load(attn_ptr + sample, mask=qmask, other=0.0).to(tl.float32)
+        # grid_sample's own arithmetic (grid = 2 loc - 1, then align_corners=False
+        # unnormalisation), so samples on pixel boundaries fall on the same side
+        x = ((2.0 * lx - 1.0 + 1.0) * w_l - 1.0) / 2.0
+        y = ((2.0 * ly - 1.0 + 1.0) * h_l - 1.0) / 2.0
+        x0f = tl.floor(x)
+        y0f = tl.floor(y)
+        return w, x0f.to(tl.int32), y0f.to(tl.int32), x - x0f, y - y0f
+
+    @triton.jit
     def _msda_forward_kernel(value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, out_ptr,
                              S, Q, H, L, P, D,
                              BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -85,19 +100,7 @@ if HAS_TRITON:
             start = tl.load(starts_ptr + lvl)
             for p in range(P):
                 sample = (((b * Q + q) * H + h) * L + lvl) * P + p  # (B, Q, H, L, P)
-                lx = tl.load(loc_ptr + 2 * sample, mask=qmask, other=0.0).to(tl.float32)
-                ly = tl.load(loc_ptr + 2 * sample + 1, mask=qmask, other=0.0).to(tl.float32)
-                w = tl.load(attn_ptr + sample, mask=qmask, other=0.0).to(tl.float32)
-                # grid_sample's own arithmetic (grid = 2 loc - 1, then align_corners=False
-                # unnormalisation), so samples on pixel boundaries fall on the same side
-                x = ((2.0 * lx - 1.0 + 1.0) * w_l - 1.0) / 2.0
-                y = ((2.0 * ly - 1.0 + 1.0) * h_l - 1.0) / 2.0
-                x0f = tl.floor(x)
-                y0f = tl.floor(y)
-                fx = x - x0f
-                fy = y - y0f
-                x0 = x0f.to(tl.int32)
-                y0 = y0f.to(tl.int32)
+                w, x0, y0, fx, fy = _sample_point(loc_ptr, attn_ptr, sample, qmask, w_l, h_l)
                 v00, _, _ = _corner(value_ptr, b, h, x0, y0, w_l, h_l, start, S, H, D,
                                     qmask, d, dmask)
                 v01, _, _ = _corner(value_ptr, b, h, x0 + 1, y0, w_l, h_l, start, S, H, D,
@@ -134,19 +137,7 @@ if HAS_TRITON:
             start = tl.load(starts_ptr + lvl)
             for p in range(P):
                 sample = (((b * Q + q) * H + h) * L + lvl) * P + p
-                lx = tl.load(loc_ptr + 2 * sample, mask=qmask, other=0.0).to(tl.float32)
-                ly = tl.load(loc_ptr + 2 * sample + 1, mask=qmask, other=0.0).to(tl.float32)
-                w = tl.load(attn_ptr + sample, mask=qmask, other=0.0).to(tl.float32)
-                # grid_sample's own arithmetic (grid = 2 loc - 1, then align_corners=False
-                # unnormalisation), so samples on pixel boundaries fall on the same side
-                x = ((2.0 * lx - 1.0 + 1.0) * w_l - 1.0) / 2.0
-                y = ((2.0 * ly - 1.0 + 1.0) * h_l - 1.0) / 2.0
-                x0f = tl.floor(x)
-                y0f = tl.floor(y)
-                fx = x - x0f
-                fy = y - y0f
-                x0 = x0f.to(tl.int32)
-                y0 = y0f.to(tl.int32)
+                w, x0, y0, fx, fy = _sample_point(loc_ptr, attn_ptr, sample, qmask, w_l, h_l)
                 v00, p00, m00 = _corner(value_ptr, b, h, x0, y0, w_l, h_l, start, S, H, D,
                                         qmask, d, dmask)
                 v01, p01, m01 = _corner(value_ptr, b, h, x0 + 1, y0, w_l, h_l, start, S, H,
