@@ -58,21 +58,22 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from projects.dino_dinov2.analysis import curves, forecast as fc
+    from projects.dino_dinov2.analysis import curve_fitting as fitting
+    from projects.dino_dinov2.analysis import log_readers as readers, reports
     try:
-        curve = fc.load_curve(args.curve, args.metric, args.run, args.iters_per_epoch,
-                              args.x_column, args.y_column)
+        curve = fitting.load_curve(args.curve, args.metric, args.run, args.iters_per_epoch,
+                                   args.x_column, args.y_column)
         ipe = args.iters_per_epoch
-        target = fc.to_curve_units(curve, args.target_iter, args.target_epochs, 'target',
-                                   ipe)
+        target = fitting.to_curve_units(curve, args.target_iter, args.target_epochs,
+                                        'target', ipe)
         drop = None if args.no_drop else (
-            fc.to_curve_units(curve, args.drop_at, args.drop_epoch, '--drop-at', ipe)
+            fitting.to_curve_units(curve, args.drop_at, args.drop_epoch, '--drop-at', ipe)
             or curve.lr_drop_at)
-        target_drop = fc.to_curve_units(curve, args.target_drop_at,
-                                        args.target_drop_epoch, '--target-drop-at', ipe)
-        result = fc.forecast_curve(
+        target_drop = fitting.to_curve_units(curve, args.target_drop_at,
+                                             args.target_drop_epoch, '--target-drop-at', ipe)
+        result = fitting.forecast_curve(
             curve.x, curve.y, target, drop_at=drop, target_drop_at=target_drop,
-            models=args.models or fc.DEFAULT_MODELS, holdout_fraction=args.holdout,
+            models=args.models or fitting.DEFAULT_FAMILIES, holdout_fraction=args.holdout,
             level=args.level, x_unit=curve.x_unit)
         result.meta.update(source=curve.source, run=curve.name, metric=curve.metric,
                            iters_per_epoch=ipe or curve.iters_per_epoch,
@@ -80,12 +81,12 @@ def main(argv=None):
         out_dir = args.out_dir or osp.join(
             args.curve if osp.isdir(args.curve) else osp.dirname(args.curve) or '.',
             'forecast')
-        paths = fc.write_report(result, out_dir, title=f'{curve.metric} forecast: '
-                                f'{curve.name}')
-    except (fc.ForecastError, curves.CurveDataError, OSError) as e:
+        paths = reports.write_report(result, out_dir, title=f'{curve.metric} forecast: '
+                                     f'{curve.name}')
+    except (fitting.ForecastError, readers.CurveDataError, OSError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    print(fc.summary_markdown(result, f'{curve.metric} forecast: {curve.name}'))
+    print(reports.summary_markdown(result, f'{curve.metric} forecast: {curve.name}'))
     for path in paths.values():
         print(f'wrote {path}')
     return 0

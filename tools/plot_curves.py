@@ -43,12 +43,12 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from projects.dino_dinov2.analysis import curves
+    from projects.dino_dinov2.analysis import log_readers as readers, reports
     try:
-        runs = curves.load_many(args.inputs, args.labels, args.iters_per_epoch)
-        written = curves.save_curves(runs, args.out_dir, metric=args.metric,
-                                     axis=args.x_axis, window=args.smooth)
-    except (curves.CurveDataError, OSError) as e:
+        runs = readers.load_many(args.inputs, args.labels, args.iters_per_epoch)
+        written = reports.save_curves(runs, args.out_dir, metric=args.metric,
+                                      axis=args.x_axis, window=args.smooth)
+    except (readers.CurveDataError, OSError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     for run in runs:

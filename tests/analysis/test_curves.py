@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from projects.dino_dinov2.analysis import curves
+from projects.dino_dinov2.analysis import log_readers as readers, reports
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -57,15 +57,15 @@ def test_plot_curves_cli_on_a_real_work_dir(synthetic_run, tmp_path):
 
 
 def test_figures_hold_the_logged_series(synthetic_run):
-    (run, ) = curves.load_runs(synthetic_run)
+    (run, ) = readers.load_runs(synthetic_run)
     train, val = read_scalars(synthetic_run)
-    fig = curves.plot_ap([run])
+    fig = reports.plot_ap([run])
     (line, ) = fig.axes[0].get_lines()
     np.testing.assert_allclose(line.get_xdata(), [1, 2])  # epochs
     np.testing.assert_allclose(line.get_ydata(), [100 * r['coco/bbox_mAP'] for r in val])
     assert fig.axes[0].get_xlabel() == 'epoch'
 
-    fig = curves.plot_loss([run], window=3)
+    fig = reports.plot_loss([run], window=3)
     lines = {ln.get_gid(): ln for ax in fig.axes for ln in ax.get_lines()}
     name = run.name
     raw, smoothed, lr = lines[f'raw:{name}'], lines[f'smoothed:{name}'], lines[f'lr:{name}']
@@ -92,7 +92,7 @@ def test_newest_run_of_a_work_dir_is_read(tmp_path):
     write('20240101_000000', 0.1)
     old = tmp_path / '20240101_000000' / 'vis_data' / 'scalars.json'
     os.utime(old, (time.time() + 100, time.time() + 100))  # newer mtime, older run
-    (run, ) = curves.load_runs(str(tmp_path))
+    (run, ) = readers.load_runs(str(tmp_path))
     assert run.metric('AP').values.tolist() == [50.0]
     assert run.name == tmp_path.name
 
@@ -109,14 +109,14 @@ def test_a_resumed_job_reads_as_one_curve(tmp_path):
         (d / 'scalars.json').write_text(''.join(json.dumps(r) + '\n' for r in rows))
     write('20240101_000001', range(1, 15), [1, 2, 3])
     write('20240101_000002', range(13, 25), [4, 5, 6])
-    (run, ) = curves.load_runs(str(tmp_path))
+    (run, ) = readers.load_runs(str(tmp_path))
     assert run.train['loss'].iters.tolist() == list(range(1, 25))
     first, second = run.train['loss'].values[:12], run.train['loss'].values[12:]
     np.testing.assert_allclose(first, [10.0 / i + 0.5 for i in range(1, 13)])  # run 1
     np.testing.assert_allclose(second, [10.0 / i for i in range(13, 25)])  # run 2
     assert run.metric('AP').epochs.tolist() == [1, 2, 3, 4, 5, 6]
     assert run.iters_per_epoch == 4 and len(run.sources) == 2
-    assert curves.find_scalars_json(str(tmp_path)).endswith(
+    assert readers.find_scalars_json(str(tmp_path)).endswith(
         osp.join('20240101_000002', 'vis_data', 'scalars.json'))
 
 
@@ -126,7 +126,7 @@ def test_scalars_json_with_hierarchy_keys_and_a_partial_last_line(tmp_path):
         json.dumps({'train/loss': 2.0, 'train/lr': 1e-4, 'epoch': 1, 'iter': 5, 'step': 5})
         + '\n' + json.dumps({'val/coco/bbox_mAP': 0.25, 'step': 1}) + '\n'
         + '{"train/loss": 1.')  # a live run writing its next line
-    (run, ) = curves.load_runs(str(path))
+    (run, ) = readers.load_runs(str(path))
     assert run.train['loss'].values.tolist() == [2.0]
     assert run.metric('AP').values.tolist() == [25.0]
     assert run.iters_per_epoch == 5
@@ -136,8 +136,8 @@ def test_iters_per_epoch_from_training_lines():
     # logged every 3 iterations and at each epoch's end (4 iterations per epoch)
     iters = [3, 4, 7, 8, 11, 12]
     epochs = [1, 1, 2, 2, 3, 3]
-    assert curves.infer_iters_per_epoch(iters, epochs) == 4
-    assert curves.infer_iters_per_epoch([5, 6], [1, 3]) is None  # inconsistent
+    assert readers.infer_iters_per_epoch(iters, epochs) == 4
+    assert readers.infer_iters_per_epoch([5, 6], [1, 3]) is None  # inconsistent
 
 
 # ---------------------------------------------------------------- W&B exports
@@ -158,7 +158,7 @@ def test_wandb_panel_export_with_two_runs_plots_two_legend_entries(tmp_path):
     write_csv(path, ['Step', 'vit_b - bbox/AP', 'vit_b - bbox/AP__MIN',
                      'vit_b - bbox/AP__MAX', 'vit_s - bbox/AP', 'vit_s - bbox/AP__MIN',
                      'vit_s - bbox/AP__MAX'], rows)
-    runs = curves.load_runs(str(path))
+    runs = readers.load_runs(str(path))
     assert [r.name for r in runs] == ['vit_b', 'vit_s']
     vit_b, vit_s = runs
     assert vit_b.metric('AP').iters.tolist() == list(range(2500, 30001, 2500))
@@ -166,10 +166,10 @@ def test_wandb_panel_export_with_two_runs_plots_two_legend_entries(tmp_path):
     assert len(vit_s.metric('AP')) == 11  # the empty cell is skipped, not zero
 
     out = tmp_path / 'plots'
-    written = curves.save_curves(runs, str(out))
+    written = reports.save_curves(runs, str(out))
     assert set(written) == {'bbox_ap', 'series'}  # no loss column: no loss.png
     assert png_shape(written['bbox_ap'])[0] > 300
-    fig = curves.plot_ap(runs)
+    fig = reports.plot_ap(runs)
     assert fig.axes[0].get_xlabel() == 'iteration'  # W&B steps are iterations
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ['vit_b', 'vit_s']
 
@@ -179,11 +179,11 @@ def test_wandb_history_export_and_iters_per_epoch(tmp_path):
     rows = [[s, '' if s % 2500 else 20 + s / 2500, 5.0 - s / 10000, 1e-4 if s < 8000 else 1e-5]
             for s in range(500, 10001, 500)]
     write_csv(path, ['_step', 'bbox/AP', 'total_loss', 'lr'], rows)
-    (run, ) = curves.load_runs(str(path), iters_per_epoch=2500)
+    (run, ) = readers.load_runs(str(path), iters_per_epoch=2500)
     assert run.metric('AP').epochs.tolist() == [1.0, 2.0, 3.0, 4.0]
     assert run.train['loss'].values[0] == pytest.approx(4.95)
     assert run.train['lr'].values[-1] == 1e-5
-    out = curves.save_curves([run], str(tmp_path / 'plots'), axis='epoch')
+    out = reports.save_curves([run], str(tmp_path / 'plots'), axis='epoch')
     assert {'bbox_ap', 'loss', 'series'} == set(out)
 
 
@@ -205,8 +205,8 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
     from tools.plot_curves import main
     bad = tmp_path / 'bad.csv'
     write_csv(bad, ['Step', 'bbox/AP'], [[1000, 30], [2000, 'n/a']])
-    with pytest.raises(curves.CurveDataError, match="'bbox/AP' row 3: not a number: 'n/a'"):
-        curves.load_runs(str(bad))
+    with pytest.raises(readers.CurveDataError, match="'bbox/AP' row 3: not a number: 'n/a'"):
+        readers.load_runs(str(bad))
     assert main([str(bad), '--out-dir', str(tmp_path / 'o')]) == 2
     assert capsys.readouterr().err.startswith('error: ')
     empty_dir = tmp_path / 'empty'
@@ -215,11 +215,11 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
     assert 'no */vis_data/scalars.json' in capsys.readouterr().err
     no_metric = tmp_path / 'other.csv'
     write_csv(no_metric, ['Step', 'accuracy'], [[1, 0.5]])
-    with pytest.raises(curves.CurveDataError, match='no AP'):
-        curves.load_runs(str(no_metric))
+    with pytest.raises(readers.CurveDataError, match='no AP'):
+        readers.load_runs(str(no_metric))
 
 
 def test_smooth_is_a_nan_aware_trailing_mean():
     v = [1.0, 2.0, np.nan, 4.0, 5.0]
-    np.testing.assert_allclose(curves.smooth(v, 2), [1.0, 1.5, 2.0, 4.0, 4.5])
-    np.testing.assert_allclose(curves.smooth(v, 1), v)
+    np.testing.assert_allclose(reports.smooth(v, 2), [1.0, 1.5, 2.0, 4.0, 4.5])
+    np.testing.assert_allclose(reports.smooth(v, 1), v)

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from projects.dino_dinov2.analysis import forecast as fc
+from projects.dino_dinov2.analysis import curve_fitting as fitting
 
 # The recipe's scale: an evaluation every 2,500 iterations over 12 epochs of 7,500.
 X = np.arange(1, 37) * 2500.0
@@ -19,11 +19,11 @@ TRUTH = {
 
 def noisy(family, seed, noise=0.2, x=X):
     rng = np.random.default_rng(seed)
-    return fc.MODELS[family].fn(x, *TRUTH[family]) + rng.normal(0, noise, len(x))
+    return fitting.CURVE_FAMILIES[family].fn(x, *TRUTH[family]) + rng.normal(0, noise, len(x))
 
 
 def test_power_law_parameters_come_back_within_tolerance():
-    fit = fc.fit_model(fc.MODELS['power-law'], X, noisy('power-law', 0))
+    fit = fitting.fit_model(fitting.CURVE_FAMILIES['power-law'], X, noisy('power-law', 0))
     a, b, c = fit.params
     assert abs(a - 60) < 1.0 and abs(c - 0.5) < 0.1 and abs(b / 800 - 1) < 0.4
     # ... and within the stated uncertainty: |error| < 3.5 standard errors
@@ -35,19 +35,19 @@ def test_power_law_parameters_come_back_within_tolerance():
 @pytest.mark.parametrize('family', ['logarithmic', 'log-linear', 'exponential'])
 def test_other_families_fit_their_own_data(family):
     truth = {'logarithmic': (6.0, -25.0)}.get(family) or TRUTH[family]
-    y = fc.MODELS[family].fn(X, *truth)  # noise-free: exact recovery
-    fit = fc.fit_model(fc.MODELS[family], X, y)
+    y = fitting.CURVE_FAMILIES[family].fn(X, *truth)  # noise-free: exact recovery
+    fit = fitting.fit_model(fitting.CURVE_FAMILIES[family], X, y)
     np.testing.assert_allclose(fit.params, truth, rtol=1e-3, atol=1e-9)
 
 
 def test_95_percent_band_covers_the_truth_about_95_percent_of_the_time():
-    model = fc.MODELS['power-law']
+    model = fitting.CURVE_FAMILIES['power-law']
     targets = np.array([45000.0, 375000.0])  # inside the data, and the 50-epoch target
     truth = model.fn(targets, *TRUTH['power-law'])
     hits = np.zeros(2)
     n = 100
     for seed in range(n):
-        r = fc.ModelResult(model, fc.fit_model(model, X, noisy('power-law', seed)))
+        r = fitting.ModelResult(model, fitting.fit_model(model, X, noisy('power-law', seed)))
         _, lo, hi = r.predict(targets, None, level=0.95)
         hits += (lo <= truth) & (truth <= hi)
     assert np.all(hits / n >= 0.88) and np.all(hits / n <= 0.995), hits / n
@@ -56,7 +56,7 @@ def test_95_percent_band_covers_the_truth_about_95_percent_of_the_time():
 @pytest.mark.parametrize('family', sorted(TRUTH))
 @pytest.mark.parametrize('seed', [0, 1, 2])
 def test_backtest_picks_the_generating_family(family, seed):
-    result = fc.forecast_curve(X, noisy(family, seed), target=375000)
+    result = fitting.forecast_curve(X, noisy(family, seed), target=375000)
     assert result.selected == family, {
         n: r.backtest_rmse for n, r in result.results.items()}
     # the backtest held out the tail: 30% of 36 points
@@ -72,10 +72,10 @@ def drop_curve(jump=3.0, drop_at=67500.0, seed=0):
 
 def test_lr_drop_fit_uses_only_pre_drop_points_and_estimates_the_jump():
     y, drop = drop_curve(jump=3.0)
-    result = fc.forecast_curve(X, y, 375000, drop_at=drop, target_drop_at=300000,
-                               models=['power-law'])
+    result = fitting.forecast_curve(X, y, 375000, drop_at=drop, target_drop_at=300000,
+                                    models=['power-law'])
     pre = X <= drop
-    alone = fc.fit_model(fc.MODELS['power-law'], X[pre], y[pre])
+    alone = fitting.fit_model(fitting.CURVE_FAMILIES['power-law'], X[pre], y[pre])
     np.testing.assert_allclose(result.results['power-law'].fit.params, alone.params,
                                rtol=1e-6)
     assert result.results['power-law'].jump.value == pytest.approx(3.0, abs=0.35)
@@ -84,9 +84,9 @@ def test_lr_drop_fit_uses_only_pre_drop_points_and_estimates_the_jump():
 
 def test_lr_drop_jump_is_added_only_where_the_target_schedule_drops():
     y, drop = drop_curve(jump=3.0)
-    truth = fc.MODELS['power-law'].fn(375000.0, *TRUTH['power-law'])
+    truth = fitting.CURVE_FAMILIES['power-law'].fn(375000.0, *TRUTH['power-law'])
 
-    dropped = fc.forecast_curve(X, y, 375000, drop_at=drop, target_drop_at=300000)
+    dropped = fitting.forecast_curve(X, y, 375000, drop_at=drop, target_drop_at=300000)
     p = dropped.prediction()
     assert dropped.selected == 'power-law' and dropped.jump_applied
     assert p['value'] == pytest.approx(truth + 3.0, abs=0.6)
@@ -95,7 +95,7 @@ def test_lr_drop_jump_is_added_only_where_the_target_schedule_drops():
 
     # the same fit, a target schedule without a drop (or dropping after the target)
     for target_drop in (None, 400000):
-        flat = fc.forecast_curve(X, y, 375000, drop_at=drop, target_drop_at=target_drop)
+        flat = fitting.forecast_curve(X, y, 375000, drop_at=drop, target_drop_at=target_drop)
         q = flat.prediction()
         assert not flat.jump_applied
         assert q['value'] == pytest.approx(p['without_jump'], abs=1e-9)
@@ -112,9 +112,9 @@ def test_lr_drop_jump_is_added_only_where_the_target_schedule_drops():
 def test_ignoring_the_drop_underestimates_the_jump_free_trend():
     """Without drop handling the post-drop points bend the fit (the seed's caveat)."""
     y, drop = drop_curve(jump=3.0)
-    naive = fc.forecast_curve(X, y, 375000, models=['power-law'])
-    handled = fc.forecast_curve(X, y, 375000, drop_at=drop, models=['power-law'])
-    truth = fc.MODELS['power-law'].fn(375000.0, *TRUTH['power-law'])
+    naive = fitting.forecast_curve(X, y, 375000, models=['power-law'])
+    handled = fitting.forecast_curve(X, y, 375000, drop_at=drop, models=['power-law'])
+    truth = fitting.CURVE_FAMILIES['power-law'].fn(375000.0, *TRUTH['power-law'])
     assert abs(handled.prediction()['value'] - truth) < abs(
         naive.prediction()['value'] - truth)
 
@@ -123,27 +123,27 @@ def test_detect_lr_drop_skips_warmup_and_smooth_decay():
     iters = np.arange(0, 1000, 20) + 20.0
     lr = np.where(iters <= 100, iters / 100 * 1e-4, 1e-4)  # linear warm-up, then flat
     lr = np.where(iters > 800, 1e-5, lr)  # x0.1 after iteration 800
-    assert fc.detect_lr_drop(iters, lr) == 800.0
+    assert fitting.detect_lr_drop(iters, lr) == 800.0
     cosine = 1e-4 * 0.5 * (1 + np.cos(np.pi * iters / 2000))
-    assert fc.detect_lr_drop(iters, cosine) is None
+    assert fitting.detect_lr_drop(iters, cosine) is None
 
 
 def test_errors_are_one_clear_line():
-    with pytest.raises(fc.ForecastError, match='at least 5 points.*got 4'):
-        fc.forecast_curve(X[:4], noisy('power-law', 0)[:4], 375000)
+    with pytest.raises(fitting.ForecastError, match='at least 5 points.*got 4'):
+        fitting.forecast_curve(X[:4], noisy('power-law', 0)[:4], 375000)
     y = noisy('power-law', 0)
     y[3] = np.nan
-    with pytest.raises(fc.ForecastError, match='NaN'):
-        fc.forecast_curve(X, y, 375000)
-    with pytest.raises(fc.ForecastError, match='x must be > 0'):
-        fc.forecast_curve(np.r_[0.0, X[1:]], noisy('power-law', 0), 375000)
-    with pytest.raises(fc.ForecastError, match='before the lr drop'):
-        fc.forecast_curve(X, noisy('power-law', 0), 375000, drop_at=X[2])
-    with pytest.raises(fc.ForecastError, match='not numeric'):
-        fc.validate_curve(['a', 'b'], [1, 2])
-    with pytest.raises(fc.ForecastError, match='unknown model'):
-        fc.forecast_curve(X, noisy('power-law', 0), 375000, models=['cubic'])
-    assert issubclass(fc.ForecastError, ValueError)
+    with pytest.raises(fitting.ForecastError, match='NaN'):
+        fitting.forecast_curve(X, y, 375000)
+    with pytest.raises(fitting.ForecastError, match='x must be > 0'):
+        fitting.forecast_curve(np.r_[0.0, X[1:]], noisy('power-law', 0), 375000)
+    with pytest.raises(fitting.ForecastError, match='before the lr drop'):
+        fitting.forecast_curve(X, noisy('power-law', 0), 375000, drop_at=X[2])
+    with pytest.raises(fitting.ForecastError, match='not numeric'):
+        fitting.validate_curve(['a', 'b'], [1, 2])
+    with pytest.raises(fitting.ForecastError, match='unknown model'):
+        fitting.forecast_curve(X, noisy('power-law', 0), 375000, models=['cubic'])
+    assert issubclass(fitting.ForecastError, ValueError)
 
 
 def write_wandb_csv(path, y, run='dino_b_12ep', drop_lr_at=None):
@@ -171,7 +171,7 @@ def test_cli_writes_json_markdown_and_png(tmp_path, capsys):
     assert report['lr_drop'] == dict(observed_at=drop, target_at=300000.0,
                                      n_points_after=9, jump=pytest.approx(3.0, abs=0.35),
                                      applied=True)
-    assert set(report['models']) == set(fc.DEFAULT_MODELS)
+    assert set(report['models']) == set(fitting.DEFAULT_FAMILIES)
     for m in report['models'].values():
         assert m['ok'] and m['backtest_rmse'] >= 0 and set(m['prediction']) == {
             'value', 'lower', 'upper', 'without_jump'}
@@ -227,10 +227,10 @@ def write_mmengine_log(work_dir, ap, iters_per_epoch=10, drop_after_epoch=11):
 
 def test_mmengine_log_gives_iterations_and_the_lr_drop(tmp_path):
     epochs = np.arange(1, 13)
-    ap = (fc.MODELS['power-law'].fn(epochs * 10.0, 0.6, 1.0, 0.5)
+    ap = (fitting.CURVE_FAMILIES['power-law'].fn(epochs * 10.0, 0.6, 1.0, 0.5)
           + np.where(epochs > 11, 0.02, 0.0))
     write_mmengine_log(tmp_path, ap)
-    curve = fc.load_curve(str(tmp_path))
+    curve = fitting.load_curve(str(tmp_path))
     assert curve.x_unit == 'iter' and curve.iters_per_epoch == 10
     np.testing.assert_allclose(curve.x, epochs * 10.0)
     np.testing.assert_allclose(curve.y, 100 * ap)  # percent
@@ -244,7 +244,7 @@ def test_mmengine_log_gives_iterations_and_the_lr_drop(tmp_path):
     assert report['target'] == 500.0 and report['lr_drop']['observed_at'] == 110.0
     assert report['lr_drop']['jump'] == pytest.approx(2.0, abs=1e-3)  # 0.02 -> 2 AP
     assert report['prediction']['value'] == pytest.approx(
-        100 * fc.MODELS['power-law'].fn(500.0, 0.6, 1.0, 0.5) + 2.0, abs=1e-3)
+        100 * fitting.CURVE_FAMILIES['power-law'].fn(500.0, 0.6, 1.0, 0.5) + 2.0, abs=1e-3)
     # --no-drop fits every point and adds nothing
     assert main([str(tmp_path), '--target-epochs', '50', '--no-drop', '--models',
                  'power-law', '--out-dir', str(out)]) == 0

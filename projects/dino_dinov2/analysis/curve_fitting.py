@@ -12,13 +12,11 @@ to the drop only; the jump is the mean residual of the points after it, and is a
 the forecast only where the *target* schedule drops too (``target_drop_at``). The band of
 that forecast is the delta method applied to ``f(x_t) + mean(y_post - f(x_post))``.
 
-Only numpy/scipy/matplotlib: importable without torch or mmdet.
+The curve families are :data:`CURVE_FAMILIES`. Only numpy/scipy: importable without torch
+or mmdet. Reports (markdown, plots): :mod:`.reports`.
 """
 from __future__ import annotations
 
-import json
-import math
-import os
 import os.path as osp
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -128,7 +126,7 @@ def _exp_starts(x, y):
 
 
 INF = np.inf
-MODELS: Dict[str, CurveModel] = {
+CURVE_FAMILIES: Dict[str, CurveModel] = {
     m.name: m for m in (
         CurveModel('logarithmic', 'a*log(x) + b', ('a', 'b'), _log_fn, _log_jac,
                    _log_starts, (-INF, -INF), (INF, INF)),
@@ -141,7 +139,7 @@ MODELS: Dict[str, CurveModel] = {
                    _exp_starts, (-INF, -INF, 0.0), (INF, INF, INF)),
     )
 }
-DEFAULT_MODELS = tuple(MODELS)
+DEFAULT_FAMILIES = tuple(CURVE_FAMILIES)
 
 # The fewest points a forecast needs before the drop: a 3-parameter model fitted on the
 # backtest's early part needs 4 (one degree of freedom for its band) plus 1 held out.
@@ -396,7 +394,7 @@ def validate_curve(x, y, min_points: int = MIN_POINTS, what: str = 'curve'
 
 def forecast_curve(x: Sequence[float], y: Sequence[float], target: float,
                    drop_at: Optional[float] = None, target_drop_at: Optional[float] = None,
-                   models: Sequence[str] = DEFAULT_MODELS, holdout_fraction: float = 0.3,
+                   models: Sequence[str] = DEFAULT_FAMILIES, holdout_fraction: float = 0.3,
                    level: float = 0.95, parsimony: float = 0.02, x_unit: str = 'iter'
                    ) -> ForecastResult:
     """Fit every model, backtest, select, and return the forecast at ``target``.
@@ -412,9 +410,9 @@ def forecast_curve(x: Sequence[float], y: Sequence[float], target: float,
         parsimony: a model with fewer parameters is preferred when its backtest RMSE is
             within this relative margin of the best.
     """
-    unknown = [m for m in models if m not in MODELS]
+    unknown = [m for m in models if m not in CURVE_FAMILIES]
     if unknown:
-        raise ForecastError(f'unknown model(s) {unknown}; choose from {list(MODELS)}')
+        raise ForecastError(f'unknown model(s) {unknown}; choose from {list(CURVE_FAMILIES)}')
     x, y = validate_curve(x, y, min_points=1)
     notes: List[str] = []
     if drop_at is not None and not np.any(x > drop_at):
@@ -431,7 +429,7 @@ def forecast_curve(x: Sequence[float], y: Sequence[float], target: float,
 
     results: Dict[str, ModelResult] = {}
     for name in models:
-        model = MODELS[name]
+        model = CURVE_FAMILIES[name]
         r = ModelResult(model)
         try:
             r.fit = fit_model(model, xf, yf)
@@ -484,13 +482,13 @@ def load_curve(path: str, metric: str = 'AP', run: Optional[str] = None,
     """Read the AP curve to forecast from a work dir, scalars.json or CSV.
 
     ``y_column`` (with optional ``x_column``) reads any CSV's two columns as is; other
-    inputs go through :mod:`.curves` (AP in percent). ``run`` picks one run of a W&B
+    inputs go through :mod:`.log_readers` (AP in percent). ``run`` picks one run of a W&B
     panel export with several.
     """
-    from . import curves
+    from . import log_readers as readers
     if y_column is not None:
         return _load_csv_columns(path, x_column, y_column, iters_per_epoch)
-    runs = curves.load_runs(path, iters_per_epoch=iters_per_epoch)
+    runs = readers.load_runs(path, iters_per_epoch=iters_per_epoch)
     if run is not None:
         match = [r for r in runs if r.name == run]
         if not match:
@@ -515,20 +513,20 @@ def load_curve(path: str, metric: str = 'AP', run: Optional[str] = None,
 
 def _load_csv_columns(path: str, x_column: Optional[str], y_column: str,
                       iters_per_epoch: Optional[int]) -> CurveInput:
-    from . import curves
+    from . import log_readers as readers
     if not path.lower().endswith('.csv'):
         raise ForecastError(f'{path}: --y-column needs a CSV file')
-    header, rows = curves.read_csv_table(path)
+    header, rows = readers.read_csv_table(path)
     if y_column not in header:
         raise ForecastError(f'{path}: no column {y_column!r} (columns: {", ".join(header)})')
-    xi = curves.find_step_column(header, path, x_column)
+    xi = readers.find_step_column(header, path, x_column)
     yi = header.index(y_column)
     xs, ys = [], []
     for r_i, row in enumerate(rows, 2):
-        y = curves.parse_float(row[yi] if yi < len(row) else '', path, y_column, r_i)
+        y = readers.parse_float(row[yi] if yi < len(row) else '', path, y_column, r_i)
         if y is None:
             continue
-        x = curves.parse_float(row[xi] if xi < len(row) else '', path, header[xi], r_i)
+        x = readers.parse_float(row[xi] if xi < len(row) else '', path, header[xi], r_i)
         if x is None:
             raise ForecastError(f'{path}: row {r_i}: {header[xi]!r} is empty')
         xs.append(x)
@@ -560,147 +558,3 @@ def to_curve_units(curve: CurveInput, iters: Optional[float] = None,
                                 'iters per epoch is unknown: pass --iters-per-epoch')
         return float(epochs) * ipe
     return None
-
-
-# ---------------------------------------------------------------------------- reports
-
-def _fmt(v: Optional[float], digits: int = 2) -> str:
-    return '-' if v is None or not np.isfinite(v) else f'{v:.{digits}f}'
-
-
-def _fmt_x(v: float, unit: str) -> str:
-    return f'{v:,.0f} iterations' if unit == 'iter' else f'{v:g} epochs'
-
-
-def summary_markdown(result: ForecastResult, title: str = 'AP forecast') -> str:
-    d = result.to_dict()
-    unit = result.x_unit
-    pct = int(round(result.level * 100))
-    lines = [f'# {title}', '']
-    if d.get('source'):
-        lines.append(f'- Curve: `{d["source"]}` ({d.get("metric", "AP")}), '
-                     f'{d["n_points"]} points')
-    else:
-        lines.append(f'- Curve: {d["n_points"]} points')
-    target = _fmt_x(result.target, unit)
-    if d.get('target_epochs') is not None:
-        target += f' ({d["target_epochs"]:g} epochs)'
-    lines.append(f'- Target: {target}')
-    drop = d['lr_drop']
-    if drop['observed_at'] is not None:
-        jump = _fmt(drop['jump'])
-        lines.append(f'- LR drop in the curve after {_fmt_x(drop["observed_at"], unit)}: '
-                     f'models fitted to the {d["n_fit_points"]} points up to it; jump '
-                     f'{jump} AP from {drop["n_points_after"]} point(s) after it')
-    if drop['target_at'] is not None:
-        lines.append(f'- LR drop in the target schedule after '
-                     f'{_fmt_x(drop["target_at"], unit)}: jump '
-                     f'{"added" if drop["applied"] else "not added"}')
-    lines.append(f'- Backtest: fit on the first {d["backtest"]["train_points"]}, RMSE on '
-                 f'the last {d["backtest"]["holdout"]} fitted point(s)')
-    p = d['prediction']
-    lines += ['', f'**Forecast ({d["selected"]}): {p["value"]:.2f} AP, {pct}% band '
-              f'[{p["lower"]:.2f}, {p["upper"]:.2f}]**'
-              + (f' (without the jump: {p["without_jump"]:.2f})' if drop['applied'] else ''),
-              '', f'| Model | Formula | Parameters | Backtest RMSE | Forecast | {pct}% band |',
-              '| --- | --- | --- | --- | --- | --- |']
-    for name, m in d['models'].items():
-        label = f'**{name}** (selected)' if name == d['selected'] else name
-        if not m['ok']:
-            lines.append(f'| {label} | `{m["formula"]}` | failed: {m["error"]} | - | - | - |')
-            continue
-        params = ', '.join(f'{k}={v:.4g}' for k, v in m['params'].items())
-        pr = m['prediction']
-        lines.append(f'| {label} | `{m["formula"]}` | {params} | '
-                     f'{_fmt(m["backtest_rmse"], 3)} | {pr["value"]:.2f} | '
-                     f'[{pr["lower"]:.2f}, {pr["upper"]:.2f}] |')
-    if result.notes:
-        lines += [''] + [f'Note: {n}' for n in result.notes]
-    return '\n'.join(lines) + '\n'
-
-
-def plot_forecast(result: ForecastResult, title: str = 'AP forecast'):
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8, 5))
-    mask = result.fit_mask
-    ax.plot(result.x[mask], result.y[mask], 'ko', markersize=4, label='fitted points')
-    if (~mask).any():
-        ax.plot(result.x[~mask], result.y[~mask], 'o', mfc='none', mec='k',
-                markersize=6, label='after lr drop (jump only)')
-    lo_x = float(min(result.x.min(), result.target))
-    grid = np.linspace(lo_x, max(result.x.max(), result.target), 400)
-    for name, r in result.results.items():
-        if r.fit is None:
-            continue
-        value, lo, hi = r.predict(grid, result.target_drop_at, result.level)
-        if name == result.selected:
-            line, = ax.plot(grid, value, linewidth=2, label=f'{name} (selected)')
-            ax.fill_between(grid, lo, hi, color=line.get_color(), alpha=0.2,
-                            label=f'{int(round(result.level * 100))}% band')
-            p = result.prediction()
-            ax.errorbar([result.target], [p['value']],
-                        yerr=[[p['value'] - p['lower']], [p['upper'] - p['value']]],
-                        fmt='*', color=line.get_color(), markersize=12, capsize=4,
-                        label=f'forecast {p["value"]:.2f}')
-        else:
-            ax.plot(grid, value, linewidth=1, linestyle='--', alpha=0.8, label=name)
-    # Frame the data and the selected forecast; a diverging alternative may leave it.
-    sel_value, sel_lo, sel_hi = result.results[result.selected].predict(
-        grid, result.target_drop_at, result.level)
-    lo_y = min(result.y.min(), np.nanmin(sel_lo))
-    hi_y = max(result.y.max(), np.nanmax(sel_hi))
-    pad = 0.1 * (hi_y - lo_y) + 1e-6
-    ax.set_ylim(lo_y - pad, hi_y + pad)
-    if result.drop_at is not None:
-        ax.axvline(result.drop_at, color='gray', linestyle=':', label='lr drop (curve)')
-    if result.target_drop_at is not None:
-        ax.axvline(result.target_drop_at, color='gray', linestyle='-.',
-                   label='lr drop (target)')
-    ax.set_xlabel('iteration' if result.x_unit == 'iter' else 'epoch')
-    ax.set_ylabel('bbox AP')
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize='small')
-    fig.tight_layout()
-    return fig
-
-
-REPORT_FILES = ('forecast.json', 'forecast.md', 'forecast.png')
-
-
-def write_report(result: ForecastResult, out_dir: str, title: str = 'AP forecast'
-                 ) -> Dict[str, str]:
-    """Write forecast.json, forecast.md and forecast.png; returns {name: path}."""
-    import matplotlib.pyplot as plt
-    os.makedirs(out_dir, exist_ok=True)
-    paths = {name: osp.join(out_dir, name) for name in REPORT_FILES}
-    with open(paths['forecast.json'], 'w') as f:
-        json.dump(_json_safe(result.to_dict()), f, indent=2)
-    with open(paths['forecast.md'], 'w') as f:
-        f.write(summary_markdown(result, title))
-    fig = plot_forecast(result, title)
-    fig.savefig(paths['forecast.png'], dpi=120)
-    plt.close(fig)
-    return paths
-
-
-def _json_safe(obj):
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, np.generic):
-        return _json_safe(obj.item())
-    return obj
-
-
-__all__ = [
-    'ForecastError', 'CurveModel', 'MODELS', 'DEFAULT_MODELS', 'MIN_POINTS', 'Fit',
-    'fit_model', 'backtest', 'holdout_size', 'detect_lr_drop', 'Jump', 'estimate_jump',
-    'ModelResult', 'ForecastResult', 'validate_curve', 'forecast_curve', 'summary_markdown',
-    'plot_forecast', 'write_report', 'CurveInput', 'load_curve', 'to_curve_units'
-]

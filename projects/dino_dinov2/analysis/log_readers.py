@@ -1,4 +1,4 @@
-"""Learning curves: read MMEngine logs and W&B CSV exports, plot AP and loss.
+"""Log readers: MMEngine logs and W&B CSV exports as learning curves (:class:`RunLog`).
 
 Two sources, one model (:class:`RunLog`):
 
@@ -14,7 +14,7 @@ Two sources, one model (:class:`RunLog`):
 
 AP is kept in percent: mmdet's ``coco/bbox_mAP`` (a fraction) is multiplied by 100,
 detectron2's ``bbox/AP`` already is a percentage, so runs of both can share a plot.
-Plotting uses matplotlib's Agg backend; nothing here imports torch or mmdet.
+Nothing here imports torch or mmdet.
 """
 from __future__ import annotations
 
@@ -465,146 +465,3 @@ def load_many(paths: Iterable[str], labels: Optional[Sequence[str]] = None,
         else:
             seen[run.name] = 1
     return runs
-
-
-# ---------------------------------------------------------------------------- plotting
-
-def smooth(values: Sequence[float], window: int) -> np.ndarray:
-    """Trailing moving average over ``window`` points, NaN-aware (NaNs are skipped)."""
-    v = np.asarray(values, dtype=float)
-    if window <= 1 or len(v) == 0:
-        return v.copy()
-    finite = np.isfinite(v)
-    csum = np.concatenate([[0.0], np.cumsum(np.where(finite, v, 0.0))])
-    ccnt = np.concatenate([[0], np.cumsum(finite)])
-    hi = np.arange(1, len(v) + 1)
-    lo = np.maximum(hi - window, 0)
-    cnt = ccnt[hi] - ccnt[lo]
-    with np.errstate(invalid='ignore', divide='ignore'):
-        return np.where(cnt > 0, (csum[hi] - csum[lo]) / np.maximum(cnt, 1), np.nan)
-
-
-def default_smooth_window(n: int) -> int:
-    """About 1/20 of the points, at least 1."""
-    return max(1, n // 20)
-
-
-def choose_axis(runs: Sequence[RunLog], metric: str = 'AP', axis: str = 'auto') -> str:
-    """'epoch' when every run's AP has epochs (auto), else 'iter'; errors name the run."""
-    series = [(r, r.val[metric]) for r in runs if metric in r.val]
-    if axis == 'auto':
-        return 'epoch' if series and all(s.has_epochs() for _, s in series) else 'iter'
-    for run, s in series:
-        if axis == 'epoch' and not s.has_epochs():
-            raise CurveDataError(f'{run.source}: {run.name!r} has no epochs; pass '
-                                 '--iters-per-epoch or --x-axis iter')
-        if axis == 'iter' and not s.has_iters():
-            raise CurveDataError(f'{run.source}: {run.name!r} has no iterations; pass '
-                                 '--iters-per-epoch or --x-axis epoch')
-    return axis
-
-
-def _pyplot():
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def plot_ap(runs: Sequence[RunLog], metric: str = 'AP', axis: str = 'auto'):
-    """Validation bbox AP (percent) against epoch or iteration; one line per run."""
-    plt = _pyplot()
-    axis = choose_axis(runs, metric, axis)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for run in runs:
-        if metric not in run.val:
-            continue
-        s = run.val[metric]
-        ax.plot(s.x(axis), s.values, marker='o', markersize=4, label=run.name)
-    ax.set_xlabel('epoch' if axis == 'epoch' else 'iteration')
-    ax.set_ylabel(f'bbox {metric} (%)')
-    ax.set_title(f'Validation bbox {metric}')
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
-def plot_loss(runs: Sequence[RunLog], window: Optional[int] = None, show_lr: bool = True):
-    """Training loss against iteration: raw (thin) and smoothed (thick), lr dashed on a
-    second axis; one colour per run."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax_lr = ax.twinx() if show_lr and any('lr' in r.train for r in runs) else None
-    colours = plt.rcParams['axes.prop_cycle'].by_key()['color']
-    for i, run in enumerate(r for r in runs if 'loss' in r.train):
-        colour = colours[i % len(colours)]
-        s = run.train['loss']
-        w = window or default_smooth_window(len(s))
-        ax.plot(s.iters, s.values, color=colour, alpha=0.3, linewidth=0.8,
-                label=f'{run.name} (raw)', gid=f'raw:{run.name}')
-        ax.plot(s.iters, smooth(s.values, w), color=colour, linewidth=1.8,
-                label=f'{run.name} (smoothed, {w} pts)', gid=f'smoothed:{run.name}')
-        if ax_lr is not None and 'lr' in run.train:
-            lr = run.train['lr']
-            ax_lr.plot(lr.iters, lr.values, color=colour, linestyle='--', linewidth=1.0,
-                       label=f'{run.name} lr', gid=f'lr:{run.name}')
-    ax.set_xlabel('iteration')
-    ax.set_ylabel('training loss')
-    ax.set_title('Training loss')
-    ax.grid(True, alpha=0.3)
-    handles, labels = ax.get_legend_handles_labels()
-    if ax_lr is not None:
-        ax_lr.set_ylabel('learning rate (dashed)')
-        ax_lr.ticklabel_format(axis='y', style='sci', scilimits=(-2, 3))
-        h2, l2 = ax_lr.get_legend_handles_labels()
-        handles, labels = handles + h2, labels + l2
-    # below the axes: inside, it would cover the loss or the lr line
-    ax.legend(handles, labels, fontsize='small', loc='upper center',
-              bbox_to_anchor=(0.5, -0.14), ncol=min(3, len(labels)) or 1)
-    fig.tight_layout()
-    return fig
-
-
-PLOT_FILES = {
-    'bbox_ap': 'bbox_ap.png',
-    'loss': 'loss.png',
-    'series': 'curves.json',
-}
-
-
-def save_curves(runs: Sequence[RunLog], out_dir: str, metric: str = 'AP',
-                axis: str = 'auto', window: Optional[int] = None,
-                dpi: int = 120) -> Dict[str, str]:
-    """Write ``bbox_ap.png`` (if any run has AP), ``loss.png`` (if any has loss) and
-    ``curves.json`` (every plotted series). Returns {kind: path}."""
-    plt = _pyplot()
-    has_ap = any(metric in r.val for r in runs)
-    has_loss = any('loss' in r.train for r in runs)
-    if not has_ap and not has_loss:
-        raise CurveDataError('nothing to plot: no run has bbox AP or a training loss '
-                             f'({", ".join(r.source for r in runs)})')
-    os.makedirs(out_dir, exist_ok=True)
-    written = {}
-    if has_ap:
-        fig = plot_ap(runs, metric, axis)
-        written['bbox_ap'] = osp.join(out_dir, PLOT_FILES['bbox_ap'])
-        fig.savefig(written['bbox_ap'], dpi=dpi)
-        plt.close(fig)
-    if has_loss:
-        fig = plot_loss(runs, window)
-        written['loss'] = osp.join(out_dir, PLOT_FILES['loss'])
-        fig.savefig(written['loss'], dpi=dpi, bbox_inches='tight')
-        plt.close(fig)
-    written['series'] = osp.join(out_dir, PLOT_FILES['series'])
-    with open(written['series'], 'w') as f:
-        json.dump(dict(metric=metric, runs=[r.to_dict() for r in runs]), f, indent=1)
-    return written
-
-
-__all__ = [
-    'CurveDataError', 'Series', 'RunLog', 'find_scalars_json', 'infer_iters_per_epoch',
-    'load_scalars_json', 'load_work_dir', 'load_wandb_csv', 'load_runs', 'load_many', 'smooth',
-    'default_smooth_window', 'choose_axis', 'plot_ap', 'plot_loss', 'save_curves',
-    'PLOT_FILES'
-]
