@@ -17,7 +17,6 @@ a ``--cfg-options`` a user could type:
 from __future__ import annotations
 
 import glob
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -47,15 +46,6 @@ DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
 # (width, height): the sizes of phone photos and labelling-tool exports, both orientations
 TRAIN_SIZES = ((640, 480), (480, 640), (704, 512), (512, 688), (600, 448), (640, 426))
 VAL_SIZES = ((640, 480), (496, 640))
-
-
-def load_tool(name: str):
-    """``tools/<name>.py`` as a module (its ``main(argv)`` runs in this process)."""
-    spec = importlib.util.spec_from_file_location(f'dino_tool_{name}',
-                                                  osp.join(REPO, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # -- data ---------------------------------------------------------------------------------

@@ -174,8 +174,7 @@ def preempted_runs(tiny_synthetic_data, tmp_path_factory):
     import subprocess
     import time
 
-    sys.path.insert(0, osp.join(REPO, 'tests', 'engine'))
-    from launch_helpers import isolated_wandb_env, tiny_run_options, wait_for_iteration
+    from helpers import isolated_wandb_env, tiny_run_options, wait_for_iteration
 
     root = tmp_path_factory.mktemp('preempted_runs')
     wandb_dir = str(root / 'wandb')

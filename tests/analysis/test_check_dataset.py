@@ -4,7 +4,8 @@ import os.path as osp
 
 import pytest
 
-from config_runs import load_tool, write_own_dataset
+from config_runs import write_own_dataset
+from helpers import load_tool
 
 
 @pytest.fixture

@@ -9,8 +9,9 @@ import os.path as osp
 import pytest
 import torch
 
-from config_runs import (CONFIGS, SHRINK_MODEL, as_argv, data_options, load_tool,
-                         make_dataset_for, scale_options, schedule_options)
+from config_runs import (CONFIGS, SHRINK_MODEL, as_argv, data_options, make_dataset_for,
+                         scale_options, schedule_options)
+from helpers import load_tool
 
 from projects.dino_dinov2 import engine
 

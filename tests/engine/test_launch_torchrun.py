@@ -5,7 +5,6 @@ import os
 import os.path as osp
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,14 +13,8 @@ import pytest
 import torch
 
 from conftest import REPO, SYNTHETIC_CONFIG, clean_env
-from launch_helpers import (HERE, isolated_wandb_env, offline_runs, tiny_run_options,
-                            wait_for_iteration, wandb_run)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+from helpers import (HERE, free_port, isolated_wandb_env, offline_runs, tiny_run_options,
+                     wait_for_iteration, wandb_run)
 
 
 @pytest.fixture(scope='module')
@@ -37,9 +30,9 @@ def torchrun_run(tiny_synthetic_data, tmp_path_factory):
     config = root / 'synthetic_rank_weights.py'
     config.write_text(f'_base_ = [{SYNTHETIC_CONFIG!r}]\n'
                       "custom_imports = dict(imports=['projects.dino_dinov2', "
-                      "'launch_helpers'], allow_failed_imports=False)\n"
+                      "'helpers'], allow_failed_imports=False)\n"
                       "custom_hooks = [dict(type='RankWeightsHook')]\n")
-    env = clean_env(dict(isolated_wandb_env(str(root / 'wandb')), PORT=str(_free_port()),
+    env = clean_env(dict(isolated_wandb_env(str(root / 'wandb')), PORT=str(free_port()),
                          PYTHONPATH=os.pathsep.join(filter(None, [
                              HERE, os.environ.get('PYTHONPATH')])),
                          OMP_NUM_THREADS='1', PYTHON=sys.executable))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import REPO, SYNTHETIC_CONFIG, clean_env, data_cfg_options, run_tool
-from launch_helpers import tiny_run_options, wait_for_iteration
+from helpers import tiny_run_options, wait_for_iteration
 from projects.dino_dinov2.engine import PREEMPTED_EXIT_CODE
 
 MMDET_TOOLS = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools')

@@ -7,8 +7,9 @@ import pytest
 import torch
 from mmengine.registry import init_default_scope
 
-from config_runs import (OWN_CLASSES, REPO, SHRINK_MODEL, as_argv, load_tool, scale_options,
+from config_runs import (OWN_CLASSES, REPO, SHRINK_MODEL, as_argv, scale_options,
                          write_own_dataset)
+from helpers import load_tool
 from conftest import init_weights_quietly
 from projects.dino_dinov2 import engine
 from projects.dino_dinov2.engine import CheckpointError

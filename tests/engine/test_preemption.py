@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import REPO, SYNTHETIC_CONFIG, clean_env
-from launch_helpers import read_scalars, tiny_run_options, wait_for_iteration
+from helpers import free_port, read_scalars, tiny_run_options, wait_for_iteration
 from projects.dino_dinov2.engine import PREEMPTED_EXIT_CODE, PreemptionHook
 from projects.dino_dinov2.engine.hooks.preemption_hook import (
     SkipFirstBatches, get_rng_state, set_rng_state)
@@ -125,7 +125,7 @@ def test_sbatch_script_forwards_the_signal_and_resubmits(tiny_synthetic_data, tm
     calls = tmp_path / 'sbatch_calls.txt'
     env = clean_env(dict(PATH=f'{bin_dir}{os.pathsep}{os.environ["PATH"]}',
                          SLURM_JOB_ID='42', SLURM_SUBMIT_DIR=REPO, PYTHON=sys.executable,
-                         SBATCH_CALLS=str(calls), MASTER_PORT=str(_free_port())))
+                         SBATCH_CALLS=str(calls), MASTER_PORT=str(free_port())))
     args = [SYNTHETIC_CONFIG, work_dir, '--batch-size', '2', '--cfg-options',
             *tiny_run_options(tiny_synthetic_data, epochs=2)]
     log_path = tmp_path / 'job.log'
@@ -151,10 +151,3 @@ def test_sbatch_script_forwards_the_signal_and_resubmits(tiny_synthetic_data, tm
     assert 'Distributed launcher: slurm' in log
     assert calls.read_text().splitlines() == [
         '--export=ALL,RESUBMIT_COUNT=1', 'tools/sbatch_preemptible.sh', *args]
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]

@@ -3,7 +3,7 @@ or annotation file -> error naming the key and path; good options still merge.""
 import pytest
 
 from conftest import SYNTHETIC_CONFIG, data_cfg_options
-from launch_helpers import tiny_run_options
+from helpers import tiny_run_options
 from projects.dino_dinov2.engine import ConfigError, check_data_paths, load_config
 
 

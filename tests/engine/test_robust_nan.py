@@ -15,7 +15,7 @@ from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
 from conftest import SYNTHETIC_CONFIG
-from launch_helpers import tiny_run_options
+from helpers import tiny_run_options
 from projects.dino_dinov2.engine import NonFiniteLossError, load_config
 
 

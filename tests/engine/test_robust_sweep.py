@@ -15,9 +15,9 @@ import timm
 import torch
 from PIL import Image
 
-from config_runs import load_tool
+from helpers import load_tool
 from conftest import REPO, SYNTHETIC_CONFIG, data_cfg_options
-from launch_helpers import TINY_MODEL_OPTIONS, tiny_run_options
+from helpers import TINY_MODEL_OPTIONS, tiny_run_options
 from projects.dino_dinov2.engine import exit_on_user_error
 
 

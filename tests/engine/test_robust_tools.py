@@ -6,7 +6,6 @@ Failures before training starts run the tools' ``main`` in this process (as thei
 and failures once the run is under way (signal handlers installed, DataLoader workers)
 run in a subprocess.
 """
-import importlib.util
 import json
 import os.path as osp
 import shutil
@@ -18,23 +17,15 @@ import timm
 import torch
 
 from conftest import REPO, SYNTHETIC_CONFIG, clean_env
-from launch_helpers import tiny_run_options
+from helpers import load_tool, tiny_run_options
 from projects.dino_dinov2.engine import exit_on_user_error
-
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f'dino_tool_{name}',
-                                                  osp.join(REPO, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _error_line(argv, tool, monkeypatch, capsys):
     monkeypatch.setenv('LOCAL_RANK', '0')  # parse_args sets it: keep this process clean
     with pytest.raises(SystemExit) as e:
         with exit_on_user_error():
-            _tool(tool).main(argv)
+            load_tool(tool).main(argv)
     assert e.value.code == 2
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.startswith('error: ')]

@@ -5,8 +5,9 @@ import os.path as osp
 
 import pytest
 
-from config_runs import (SHRINK_MODEL, as_argv, data_options, load_tool, make_dataset_for,
-                         scale_options, schedule_options, _scale_items)
+from config_runs import (SHRINK_MODEL, as_argv, data_options, make_dataset_for, scale_options,
+                         schedule_options, _scale_items)
+from helpers import load_tool
 from conftest import REPO, SYNTHETIC_CONFIG
 from projects.dino_dinov2 import engine
 from projects.dino_dinov2.engine import exit_on_user_error

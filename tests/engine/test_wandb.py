@@ -8,7 +8,7 @@ import os.path as osp
 import pytest
 from mmengine.config import Config
 
-from launch_helpers import offline_runs, read_scalars, wandb_run
+from helpers import offline_runs, read_scalars, wandb_run
 from projects.dino_dinov2.engine import enable_wandb
 from projects.dino_dinov2.engine.wandb_setup import RUN_ID_FILE, wandb_init_kwargs
 

@@ -1,12 +1,16 @@
-"""Helpers for the launch, preemption, W&B and lr tests: tiny runs and their files.
+"""The tests' helpers: the tools in this process, free ports, tiny runs and the files
+they write (scalars, W&B run files). ``config_runs.py`` beside it makes user-shaped data
+for the config runs.
 
 Also imported by training subprocesses (``custom_imports``, with this folder on
 PYTHONPATH) for :class:`RankWeightsHook`.
 """
 import glob
+import importlib.util
 import json
 import os
 import os.path as osp
+import socket
 import struct
 import time
 
@@ -15,6 +19,24 @@ from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
 HERE = osp.dirname(osp.abspath(__file__))
+REPO = osp.dirname(HERE)
+
+
+def load_tool(name: str):
+    """``tools/<name>.py`` as a module (its ``main(argv)`` runs in this process)."""
+    spec = importlib.util.spec_from_file_location(f'dino_tool_{name}',
+                                                  osp.join(REPO, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (for MASTER_PORT / PORT)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
 
 # A smaller model than the synthetic config's (1 ViT block, 1+1 DINO layers, 10 queries):
 # these tests check launching, not learning, on 2 shared CPU cores.
