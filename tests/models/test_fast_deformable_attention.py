@@ -87,36 +87,21 @@ def test_reference_under_bf16_autocast_close_to_float32():
             assert (a.float() - b).norm() <= 2e-2 * b.norm(), name
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU: CUDA kernel')
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU: compiled kernels')
 @pytest.mark.parametrize('amp', [False, True])
-def test_cuda_kernel_matches_reference_on_gpu(amp):
-    """mmcv's kernel through the switch (float32 inside bf16 autocast: mmcv's own module
-    has no bfloat16 kernel) against the reference path."""
+@pytest.mark.parametrize('impl', ['mmcv', 'triton'])
+def test_compiled_kernels_match_reference_on_gpu(impl, amp):
+    """mmcv's CUDA kernel through the switch (float32 inside bf16 autocast: mmcv's own
+    module has no bfloat16 kernel) and the compiled Triton kernels (the CPU tests run them
+    in the interpreter) against the reference path."""
     _, ref = _modules(True)
-    stock = copy.deepcopy(ref)
-    use_deformable_attention(stock, 'mmcv')
-    stock, ref = stock.cuda(), ref.cuda()
+    kernel = copy.deepcopy(ref)
+    use_deformable_attention(kernel, impl)
+    kernel, ref = kernel.cuda(), ref.cuda()
     inputs = _inputs(True, 4, device='cuda')
-    out_k, g_k = _run(stock, inputs, autocast_device='cuda' if amp else None)
+    out_k, g_k = _run(kernel, inputs, autocast_device='cuda' if amp else None)
     out_r, g_r = _run(ref, inputs, autocast_device='cuda' if amp else None)
     tol = 5e-2 if amp else 1e-4  # amp: both sides' projections in bfloat16
     torch.testing.assert_close(out_k.float(), out_r.float(), rtol=tol, atol=tol)
     for a, b in zip(g_k, g_r):
-        assert (a.float() - b.float()).norm() <= tol * b.float().norm() + 1e-4
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU: compiled Triton')
-@pytest.mark.parametrize('amp', [False, True])
-def test_triton_kernels_match_reference_on_gpu(amp):
-    """The compiled Triton kernels (the CPU tests run them in the interpreter)."""
-    _, ref = _modules(True)
-    tri = copy.deepcopy(ref)
-    use_deformable_attention(tri, 'triton')
-    tri, ref = tri.cuda(), ref.cuda()
-    inputs = _inputs(True, 4, device='cuda')
-    out_t, g_t = _run(tri, inputs, autocast_device='cuda' if amp else None)
-    out_r, g_r = _run(ref, inputs, autocast_device='cuda' if amp else None)
-    tol = 5e-2 if amp else 1e-4
-    torch.testing.assert_close(out_t.float(), out_r.float(), rtol=tol, atol=tol)
-    for a, b in zip(g_t, g_r):
         assert (a.float() - b.float()).norm() <= tol * b.float().norm() + 1e-4
