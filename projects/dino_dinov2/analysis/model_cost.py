@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -87,7 +87,3 @@ def cost_table(costs: Sequence[ModelCost]) -> str:
                      f'{c.detector_params_m:.1f} | {c.trainable_params_m:.1f} | '
                      f'{c.backbone_gflops:.0f} | {fwd} |')
     return '\n'.join(lines)
-
-
-def measure_all(configs: List[str], **kwargs) -> List[ModelCost]:
-    return [measure(c, **kwargs) for c in configs]
