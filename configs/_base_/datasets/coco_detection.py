@@ -9,6 +9,11 @@ data_root = 'data/coco/'
 backend_args = None
 
 _scales = [(s, 1333) for s in range(480, 801, 32)]
+# Resizing with Pillow, as detectron2 (the original): the same pixels as the original's
+# pipeline (tools/parity: cv2's bilinear differs by 1 in 14% of the values; Pillow also
+# antialiases when shrinking, cv2 does not). 8.6 ms against 0.6 ms per 640x480 -> 1067x800
+# image, far from what a decoding worker has to spare. 'cv2' is mmdet's default.
+resize_backend = 'pillow'
 train_pipeline = [
     dict(type='CheckedLoadImageFromFile', backend_args=backend_args),
     dict(type='LoadAnnotations', with_bbox=True),
@@ -16,20 +21,23 @@ train_pipeline = [
     dict(
         type='RandomChoice',
         transforms=[
-            [dict(type='RandomChoiceResize', scales=_scales, keep_ratio=True)],
+            [dict(type='RandomChoiceResize', scales=_scales, keep_ratio=True,
+                  backend=resize_backend)],
             [
                 dict(type='RandomChoiceResize', scales=[(400, 4200), (500, 4200),
-                                                        (600, 4200)], keep_ratio=True),
+                                                        (600, 4200)], keep_ratio=True,
+                     backend=resize_backend),
                 dict(type='RandomCrop', crop_type='absolute_range', crop_size=(384, 600),
                      allow_negative_crop=True),
-                dict(type='RandomChoiceResize', scales=_scales, keep_ratio=True)
+                dict(type='RandomChoiceResize', scales=_scales, keep_ratio=True,
+                     backend=resize_backend)
             ]
         ]),
     dict(type='PackDetInputs')
 ]
 test_pipeline = [
     dict(type='CheckedLoadImageFromFile', backend_args=backend_args),
-    dict(type='Resize', scale=(1333, 800), keep_ratio=True),
+    dict(type='Resize', scale=(1333, 800), keep_ratio=True, backend=resize_backend),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='PackDetInputs',
          meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))

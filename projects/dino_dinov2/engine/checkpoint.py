@@ -228,7 +228,12 @@ def checkpoint_kind(obj) -> str:
     if isinstance(obj.get('model'), dict) and any(k in obj for k in ('__author__', 'iteration',
                                                                      'trainer')):
         return 'detectron2'
+    from .original_checkpoint import original_state_of
+    if original_state_of(obj) is not None:  # the original's keys, however wrapped
+        return 'detectron2'
     if isinstance(obj.get('state_dict'), dict) and 'meta' in obj:
+        if isinstance(obj['meta'], dict) and obj['meta'].get('converted_from'):
+            return 'detector'  # tools/convert_original.py: weights, no training state
         return 'training'
     state = obj.get('state_dict', obj)
     for key in ('teacher', 'student', 'model'):  # DINOv2/v3 releases and trainings nest them
@@ -257,17 +262,25 @@ _KIND_TEXT = {
 }
 
 
+def describe_kind(kind: str) -> str:
+    """What a :func:`checkpoint_kind` is, in words."""
+    return _KIND_TEXT[kind]
+
+
 def check_checkpoint_for(path: str, flag: str) -> dict:
     """Load ``path`` and check that ``flag`` can take it; returns the loaded object.
 
-    ``flag``: ``'--resume'`` (a training checkpoint), ``'--load-from'`` or ``'test'``
-    (a detector's weights, with or without training state). Otherwise
+    ``flag``: ``'--resume'`` (a training checkpoint), ``'--load-from'`` (a detector's
+    weights, with or without training state, or the original's detectron2/detrex
+    checkpoint, converted by the caller) or ``'test'`` (a detector's weights). Otherwise
     :class:`CheckpointError` says what the file is and which flag takes it.
     """
     check_checkpoint_file(path)
     obj = load_local_checkpoint(path, map_location='cpu')
     kind = checkpoint_kind(obj)
     wants = ('training', ) if flag == '--resume' else ('training', 'detector')
+    if flag == '--load-from':
+        wants += ('detectron2', )
     if kind in wants:
         return obj
     what = f'{flag} {path}' if flag.startswith('--') else path
@@ -276,8 +289,8 @@ def check_checkpoint_for(path: str, flag: str) -> dict:
     elif kind == 'backbone':
         hint = f'give it as --cfg-options model.backbone.pretrained={path}'
     elif kind == 'detectron2':
-        hint = ('train from the DINOv2/DINOv3 backbone weights instead '
-                '(model.backbone.pretrained)')
+        hint = (f'convert it first: python tools/convert_original.py {path} converted.pth '
+                f'(or fine-tune from it directly with --load-from {path})')
     else:
         hint = 'give a checkpoint that tools/train.py wrote (work_dirs/<config>/iter_N.pth)'
     raise CheckpointError(f'{what}: this file holds {_KIND_TEXT[kind]}; {hint}')

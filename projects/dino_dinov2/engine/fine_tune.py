@@ -18,7 +18,7 @@ import torch
 from mmengine.model import is_model_wrapper
 
 from .checkpoint import (CheckpointError, check_checkpoint_fits, check_checkpoint_for,
-                         fit_problems, model_state_of, read_last_checkpoint)
+                         checkpoint_kind, fit_problems, model_state_of, read_last_checkpoint)
 
 # parameters whose shape follows the number of classes, by detector part
 CLASS_DEPENDENT_PREFIXES = ('bbox_head.cls_branches.', 'dn_query_generator.label_embedding.')
@@ -29,10 +29,19 @@ def class_dependent_keys(state_dict: Dict[str, torch.Tensor],
     return [k for k in state_dict if k.startswith(tuple(prefixes))]
 
 
-def _plan(model: torch.nn.Module, path: str):
-    """(state dict to load, re-initialised keys) for fine-tuning ``model`` from ``path``;
-    :class:`CheckpointError` for anything else that does not fit."""
-    state = model_state_of(check_checkpoint_for(path, '--load-from'))
+def _plan(model: torch.nn.Module, path: str, classes: Optional[Sequence[str]] = None):
+    """(state dict to load, re-initialised keys, conversion note) for fine-tuning ``model``
+    from ``path``; :class:`CheckpointError` for anything else that does not fit.
+
+    The original's detectron2/detrex checkpoint is converted in memory
+    (``original_checkpoint.py``; its class rows in ``classes``' order when those are
+    COCO's 80)."""
+    obj = check_checkpoint_for(path, '--load-from')
+    note = ''
+    if checkpoint_kind(obj) == 'detectron2':
+        state, note = _convert_original(model, path, obj, classes)
+    else:
+        state = model_state_of(obj)
     own = model.state_dict()
     classwise = set(class_dependent_keys(own))
     problems = fit_problems(model, state)
@@ -42,22 +51,53 @@ def _plan(model: torch.nn.Module, path: str):
         more = f' (and {len(others) - 1} more)' if len(others) > 1 else ''
         raise CheckpointError(f'--load-from {path}: does not fit this model: {others[0]}'
                               f'{more}; is it a checkpoint of this config\'s detector?')
-    return state, reinit
+    return state, reinit, note
 
 
-def check_fine_tuning(model: torch.nn.Module, path: str) -> None:
+def _convert_original(model: torch.nn.Module, path: str, obj: dict,
+                      classes: Optional[Sequence[str]]):
+    """The original's checkpoint in this project's names (shapes are checked by the
+    caller: class-dependent tensors may differ)."""
+    from .original_checkpoint import COCO_CATEGORIES, ConversionError, convert_state, \
+        original_state_of
+    state = original_state_of(obj)
+    if state is None:
+        raise ConversionError(f'--load-from {path}: a detectron2/detrex checkpoint, but not of '
+                              'the original DINO (no transformer.level_embeds, '
+                              'transformer.tgt_embed, label_enc): this project loads only '
+                              'that one')
+    coco = {n for _, n in COCO_CATEGORIES}
+    if classes is None or len(classes) != len(coco) or set(classes) != coco:
+        classes = None  # not COCO's 80: the class rows keep COCO's order
+    pre = getattr(model, 'data_preprocessor', None)
+    mean = getattr(pre, 'mean', None)
+    std = getattr(pre, 'std', None)
+    try:
+        out, info = convert_state(state, None, classes=classes,
+                                  mean=None if mean is None else mean.flatten().tolist(),
+                                  std=None if std is None else std.flatten().tolist())
+    except ConversionError as e:
+        raise ConversionError(f'--load-from {path}: {e}') from None
+    return out, (f' (the original\'s detectron2/detrex checkpoint, converted in memory: '
+                 f'{info["converted"]} tensors)')
+
+
+def check_fine_tuning(model: torch.nn.Module, path: str,
+                      classes: Optional[Sequence[str]] = None) -> None:
     """The checks of :func:`load_for_fine_tuning` without loading (``tools/train.py`` runs
     them before training starts)."""
-    _plan(model, path)
+    _plan(model, path, classes)
 
 
-def load_for_fine_tuning(model: torch.nn.Module, path: str) -> str:
+def load_for_fine_tuning(model: torch.nn.Module, path: str,
+                         classes: Optional[Sequence[str]] = None) -> str:
     """Load ``path`` into ``model`` by the rule of the module docstring; returns the log
-    line (tensors loaded, those re-initialised)."""
-    state, reinit = _plan(model, path)
+    line (tensors loaded, those re-initialised). ``classes``: the run's class names."""
+    state, reinit, note = _plan(model, path, classes)
     own = model.state_dict()
     model.load_state_dict({k: v for k, v in state.items() if k not in reinit}, strict=False)
-    line = f'fine-tuning from {path}: {len(own) - len(reinit)} of {len(own)} tensors loaded'
+    line = (f'fine-tuning from {path}{note}: {len(own) - len(reinit)} of {len(own)} tensors '
+            'loaded')
     if reinit:
         # classification weights and the label embedding: (classes, ...)
         counts = f'{state[reinit[0]].shape[0]} -> {own[reinit[0]].shape[0]} classes'
@@ -85,10 +125,19 @@ def check_run_checkpoints(runner, load_from: Optional[str] = None,
         if path:
             check_checkpoint_fits(model, path, '--resume')
     if load_from:
-        check_fine_tuning(model, load_from)
+        check_fine_tuning(model, load_from, run_classes(runner.cfg))
     if test_checkpoint:
         check_checkpoint_fits(model, test_checkpoint, 'test')
 
 
 def _latest(work_dir: str) -> Optional[str]:
     return read_last_checkpoint(work_dir) or None
+
+
+def run_classes(cfg) -> Optional[Sequence[str]]:
+    """The class names a run's config trains, or None (``original_checkpoint``)."""
+    from .original_checkpoint import config_classes
+    try:
+        return config_classes(cfg)
+    except Exception:  # noqa: BLE001 - an unregistered dataset type: no class order
+        return None

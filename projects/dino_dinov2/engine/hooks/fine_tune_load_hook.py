@@ -6,7 +6,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
-from ..fine_tune import load_for_fine_tuning
+from ..fine_tune import load_for_fine_tuning, run_classes
 
 
 @HOOKS.register_module()
@@ -26,4 +26,4 @@ class FineTuneLoadHook(Hook):
             runner.logger.info(f'FineTuneLoadHook: resuming; {self.checkpoint} not loaded')
             return
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        runner.logger.info(load_for_fine_tuning(model, self.checkpoint))
+        runner.logger.info(load_for_fine_tuning(model, self.checkpoint, run_classes(runner.cfg)))
