@@ -33,6 +33,10 @@ def parse_args(argv=None):
                         'the ViT-B or ViT-S 12-epoch recipe, by the checkpoint\'s ViT width)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value')
+    parser.add_argument('--trust-pickle', action='store_true',
+                        help='read ORIGINAL.pth with torch.load(weights_only=False): only for a '
+                        'file you trust whose training state holds objects the safe loader '
+                        'refuses (the model\'s tensors are all that is kept)')
     return parser.parse_args(argv)
 
 
@@ -44,7 +48,16 @@ def main(argv=None):
     from projects.dino_dinov2.engine import original_checkpoint as oc
 
     engine.check_checkpoint_file(args.original)
-    obj = engine.load_local_checkpoint(args.original, map_location='cpu')
+    if args.trust_pickle:
+        obj = torch.load(args.original, map_location='cpu', weights_only=False)
+    else:
+        try:
+            obj = engine.load_local_checkpoint(args.original, map_location='cpu')
+        except engine.CheckpointError as e:
+            if 'allow-list' not in str(e):
+                raise
+            raise engine.CheckpointError(f'{e}; if you trust the file, convert it with '
+                                         '--trust-pickle') from None
     state = oc.original_state_of(obj)
     if state is None:
         kind = engine.checkpoint_kind(obj)

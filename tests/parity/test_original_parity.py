@@ -131,9 +131,10 @@ def test_training_batch_equals_the_originals(records, model_and_hooks):
     ours = op.run_train(model, hooks, [e['image'] for e in evals],
                         [(e['height'], e['width']) for e in evals], train['boxes'],
                         train['labels'], train['seed'])
-    rows = op.compare_train(ours, train)
+    rows = op.compare_train(ours, train, [tuple(e['image'].shape[1:]) for e in evals])
     stages = {r['stage'] for r in rows}
-    assert {'dn_labels', 'dn_bbox_query', 'dn_attn_mask', 'matches'} <= stages
+    assert {'enc_logits (training)', 'enc_boxes (training)', 'dn_labels', 'dn_bbox_query',
+            'dn_attn_mask', 'matches'} <= stages
     assert len([s for s in stages if s.startswith('loss ')]) == len(train['losses']) == 15
     bad = [r for r in rows if not r['ok']]
     assert not bad, op.format_rows([dict(r, image='') for r in bad])
@@ -179,6 +180,9 @@ def test_converted_checkpoint_in_the_tools(records, tmp_path, monkeypatch, capsy
     ckpt = torch.load(out, map_location='cpu', weights_only=True)
     assert ckpt['meta']['dataset_meta']['classes'][0] == 'person'
     assert ckpt['meta']['converted_from']['sha256']
+    from projects.dino_dinov2.engine.checkpoint import CheckpointError, check_checkpoint_for
+    with pytest.raises(CheckpointError, match='without training state.*--load-from'):
+        check_checkpoint_for(out, '--resume')  # weights only: a new run, not a resume
     options = [*op.TINY_CFG_OPTIONS, *_coco_val(tmp_path)]
     metrics = load_tool('test').main([config, out, '--work-dir', str(tmp_path / 'work'),
                                       '--cfg-options', *options])
@@ -210,3 +214,21 @@ def test_fine_tuning_from_the_original_checkpoint(cfg):
     state = original_state_of(load_local_checkpoint(ORIGINAL, map_location='cpu'))
     assert torch.equal(model.state_dict()['level_embed'],
                        state['transformer.level_embeds'].float())
+
+
+def test_conversion_errors_name_the_problem(tmp_path):
+    """Another architecture, a file that is not the original's: one line naming the keys,
+    and nothing written as OUT."""
+    tool = load_tool('convert_original')
+    out = tmp_path / 'out.pth'
+    # the fixture's 2+2 layers and 192-wide ViT against the ViT-B recipe (default config)
+    with pytest.raises(ConversionError, match=r'tensors of this model are not in the '
+                       r'checkpoint: .*decoder\.layers\.2-5\.\* \(\d+ tensors\)'):
+        tool.main([ORIGINAL, str(out)])
+    other = tmp_path / 'other.pth'
+    torch.save({'model': {'backbone.bottom_up.stem.conv1.weight': torch.zeros(1)},
+                'iteration': 5}, other)
+    from projects.dino_dinov2.engine.checkpoint import CheckpointError
+    with pytest.raises(CheckpointError, match='is not a checkpoint of the original'):
+        tool.main([str(other), str(out)])
+    assert not out.exists()

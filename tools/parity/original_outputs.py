@@ -19,9 +19,9 @@ and writes to DIR:
   normalized batch, the ViT map, the pyramid and neck features, the encoder memory, the
   encoder's top-K proposals, each decoder layer's logits and boxes, and the final
   detections after the original's postprocess; and for one training batch of the
-  images with their boxes: the denoising queries the original drew (seeded: both sides
-  replay the same draws from ``torch.manual_seed``), the Hungarian assignments of every
-  call of its matcher, and its weighted loss dict.
+  images with their boxes: the encoder's top-K proposals, the denoising queries the
+  original drew (seeded: both sides replay the same draws from ``torch.manual_seed``), the
+  Hungarian assignments of every call of its matcher, and its weighted loss dict.
 
 ``--check`` only builds the model and runs one image (the installer's check).
 """
@@ -217,7 +217,11 @@ def record_train(model, rec: Recorder, samples: list, boxes: list, labels: list,
     losses = model(batched)
     model.eval()
     q_label, q_bbox, attn_mask, dn_meta = rec.data['dn']
+    _, _, _, enc_state, enc_ref = rec.data['transformer']
+    with torch.no_grad():
+        enc_logits = model.transformer.decoder.class_embed[-1](enc_state)
     return dict(
+        enc_logits=enc_logits.detach().clone(), enc_boxes=enc_ref.detach().clone(),
         seed=seed, boxes=[torch.tensor(b, dtype=torch.float32) for b in boxes],
         labels=[torch.tensor(lab) for lab in labels],
         dn_labels=rec.data['dn_labels'], dn_bbox_query=q_bbox.detach().clone(),

@@ -77,12 +77,18 @@ def is_original_state(state) -> bool:
 
 def original_state_of(obj) -> Optional[dict]:
     """The model state dict of an original checkpoint (``{'model': ...}`` as detectron2
-    writes it, or the bare state dict), else None."""
+    writes it, or the bare state dict; numpy arrays as in detectron2's ``.pkl`` files
+    become tensors), else None."""
+    state = None
     if isinstance(obj, dict) and is_original_state(obj.get('model')):
-        return obj['model']
-    if is_original_state(obj):
-        return obj
-    return None
+        state = obj['model']
+    elif is_original_state(obj):
+        state = obj
+    if state is None:
+        return None
+    import numpy as np
+    return {k: torch.from_numpy(np.asarray(v)) if isinstance(v, np.ndarray) else v
+            for k, v in state.items()}
 
 
 def class_permutation(classes: Sequence[str]) -> List[int]:
@@ -177,9 +183,29 @@ def _rename(key: str) -> Optional[str]:
 
 
 def _listing(keys: Sequence[str], limit: int = 12) -> str:
-    keys = list(keys)
-    more = f' (and {len(keys) - limit} more)' if len(keys) > limit else ''
-    return ', '.join(keys[:limit]) + more
+    """Keys for an error line: those under numbered layers grouped by layer range
+    (``decoder.layers.2-5.* (64 tensors)``), the rest as they are."""
+    groups: Dict[str, List[int]] = {}
+    members: Dict[str, List[str]] = {}
+    for key in keys:
+        m = re.match(r'^(.*?)\.(\d+)\.', key)
+        head = m.group(1) if m else key
+        groups.setdefault(head, [])
+        members.setdefault(head, []).append(key)
+        if m:
+            groups[head].append(int(m.group(2)))
+    parts = []
+    for head, numbers in groups.items():
+        numbers = sorted(set(numbers))
+        if len(members[head]) == 1:
+            parts.append(members[head][0])
+            continue
+        span = (str(numbers[0]) if len(numbers) == 1 else
+                f'{numbers[0]}-{numbers[-1]}' if numbers[-1] - numbers[0] + 1 == len(numbers)
+                else ','.join(map(str, numbers)))
+        parts.append(f'{head}.{span}.* ({len(members[head])} tensors)')
+    more = f' (and {len(parts) - limit} more)' if len(parts) > limit else ''
+    return ', '.join(parts[:limit]) + more
 
 
 def convert_state(state: Dict[str, torch.Tensor],
