@@ -247,3 +247,24 @@ def test_head_on_gpu_synchronises_less(head_inputs):
     # stock: >= 3 synchronisations (cost copy, nonzero x2) per image of each set
     num_sets, num_images = inputs['hidden_states'].shape[0] + 1, len(data_samples)
     assert counts[1] - counts[0] >= 2 * num_sets * num_images, counts
+
+
+def test_empty_boxes_are_no_detections():
+    """A box that clipping to the image leaves empty is dropped from the predictions, as
+    detectron2's ``detector_postprocess`` drops it in the original; the switch keeps it."""
+    from projects.dino_dinov2.models import BatchMatchingDINOHead
+    head = build_detector().bbox_head
+    assert isinstance(head, BatchMatchingDINOHead) and head.drop_empty_boxes
+    scores = torch.full((4, head.num_classes), -5.0)
+    scores[:, 0] = torch.tensor([3.0, 2.0, 1.0, 0.0])
+    boxes = torch.tensor([[0.5, 0.5, 0.2, 0.2],    # inside
+                          [1.2, 0.5, 0.2, 0.2],    # right of the image: empty once clipped
+                          [0.5, -0.3, 0.2, 0.2],   # above it: empty
+                          [0.9, 0.5, 0.4, 0.2]])   # partly outside: kept, clipped
+    meta = dict(img_shape=(100, 200), scale_factor=(1.0, 1.0))
+    head.test_cfg['max_per_img'] = 4
+    kept = head._predict_by_feat_single(scores, boxes, meta)
+    assert kept.scores.tolist() == pytest.approx(torch.tensor([3.0, 0.0]).sigmoid().tolist())
+    assert kept.bboxes[1].tolist() == pytest.approx([140.0, 40.0, 200.0, 60.0])
+    head.drop_empty_boxes = False
+    assert len(head._predict_by_feat_single(scores, boxes, meta)) == 4

@@ -22,7 +22,7 @@
 #  * edge: patches/edge-cpu-device.patch removes the `.cuda()` / `.to("cuda")` calls of its
 #    denoising code (on one device they only move tensors: no number changes).
 # The original's package is `projects.dino_dinov2`, the same import name as this project's:
-# original_outputs.py binds that name to SRC_DIR/edge explicitly (tools/parity/_original_env.py).
+# original_outputs.py binds that name to SRC_DIR/edge explicitly (bind_original).
 set -euo pipefail
 [ $# -eq 2 ] || { echo "usage: $0 SRC_DIR VENV" >&2; exit 2; }
 SRC=$(mkdir -p "$1" && cd "$1" && pwd)

@@ -66,15 +66,19 @@ class BatchMatchingDINOHead(DINOHead):
             image in one assigner call (one host round trip per step); ``'layer'``: one
             call per decoder layer (and one for the encoder proposals) for all images, as
             detrex's criterion calls its matcher (the original-equivalent baseline).
+        drop_empty_boxes: leave out of the predictions the boxes that are empty once
+            clipped to the image, as the original (detectron2) does.
         *args, **kwargs: mmdet ``DINOHead``'s arguments.
     """
 
-    def __init__(self, *args, matching: str = 'step', **kwargs) -> None:
+    def __init__(self, *args, matching: str = 'step', drop_empty_boxes: bool = True,
+                 **kwargs) -> None:
         if matching not in MATCHING_MODES:
             raise ConfigError(f'BatchMatchingDINOHead: matching must be one of '
                               f'{MATCHING_MODES}, got {matching!r}')
         super().__init__(*args, **kwargs)
         self.matching = matching
+        self.drop_empty_boxes = drop_empty_boxes
         self._pending: Dict[tuple, list] = {}
         if self.train_cfg is not None and not isinstance(
                 getattr(self, 'assigner', None), BatchHungarianAssigner):
@@ -165,6 +169,19 @@ class BatchMatchingDINOHead(DINOHead):
             num_total_neg += len(result.get_extra_property('neg_inds'))
         return (labels_list, label_weights_list, bbox_targets_list, bbox_weights_list,
                 num_total_pos, num_total_neg)
+
+    def _predict_by_feat_single(self, cls_score: Tensor, bbox_pred: Tensor, img_meta: dict,
+                                rescale: bool = True) -> InstanceData:
+        """``DETRHead``'s top-``max_per_img`` detections, without the boxes that clipping
+        to the image left empty (zero width or height) when ``drop_empty_boxes``: as the
+        original's ``detector_postprocess`` (detectron2), an empty box is no detection."""
+        results = super()._predict_by_feat_single(cls_score, bbox_pred, img_meta, rescale)
+        if self.drop_empty_boxes:
+            boxes = results.bboxes
+            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            if not bool(keep.all()):
+                results = results[keep]
+        return results
 
     def _targets_single(self, result, bbox_pred: Tensor, gt_instances: InstanceData,
                         factor: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
