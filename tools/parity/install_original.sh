@@ -70,7 +70,7 @@ PIP=("$VPY" -m pip install --disable-pip-version-check -q)
 if "$VPY" -c 'import detectron2._C' 2>/dev/null; then
     say "detectron2: installed"
 else
-    say "detectron2: building (about 10 minutes on 2 cores)"
+    say "detectron2: building (3-10 minutes on 2 cores)"
     MAX_JOBS=${MAX_JOBS:-$(nproc)} "${PIP[@]}" --no-build-isolation -e "$SRC/detectron2"
 fi
 
