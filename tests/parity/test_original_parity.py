@@ -197,6 +197,13 @@ def test_converted_checkpoint_in_the_tools(records, tmp_path, monkeypatch, capsy
     rec = records['eval'][0]
     assert dets[0]['label_name'] == COCO_CATEGORIES[int(rec['det_labels'][0])][1]
     assert dets[0]['bbox'] == pytest.approx(rec['det_boxes'][0].tolist(), abs=0.01)
+    # and fine-tuning from the converted file, on 3 classes
+    from projects.dino_dinov2.engine.fine_tune import load_for_fine_tuning
+    from projects.dino_dinov2.engine.original_checkpoint import build_target_model
+    cfg = op.preset_config('tiny')
+    cfg.model.bbox_head.num_classes = 3
+    line = load_for_fine_tuning(build_target_model(cfg), out, ['a', 'b', 'c'])
+    assert 'converted in memory' not in line and '(80 -> 3 classes)' in line
 
 
 def test_fine_tuning_from_the_original_checkpoint(cfg):

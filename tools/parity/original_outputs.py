@@ -171,6 +171,8 @@ class Recorder:
         self.matches = []
 
 
+# (this file runs where ``projects.dino_dinov2`` is the original's package: it cannot import
+# this project's helpers, analysis/original_parity.py's twins of these two included)
 def _detach(x):
     import torch
     if torch.is_tensor(x):
