@@ -21,6 +21,7 @@ setup(
     python_requires='>=3.9',
     packages=find_namespace_packages(include=['projects.dino_dinov2', 'projects.dino_dinov2.*']),
     install_requires=read_requirements('requirements/runtime.txt'),
-    extras_require={'tests': read_requirements('requirements/tests.txt')},
+    extras_require={'tests': read_requirements('requirements/tests.txt'),
+                    'deploy': read_requirements('requirements/deploy.txt')},
     license='Apache-2.0',
 )

@@ -31,6 +31,10 @@ def parse_args(argv=None):
     parser.add_argument('--no-draw', action='store_true', help='JSON only')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value')
+    parser.add_argument('--backend', choices=('pytorch', 'onnxruntime'), default='pytorch',
+                        help='the checkpoint in PyTorch, or the exported graph (--onnx)')
+    parser.add_argument('--onnx', metavar='MODEL.onnx',
+                        help='the graph tools/export.py wrote, with --backend onnxruntime')
     return parser.parse_args(argv)
 
 
@@ -39,11 +43,17 @@ def main(argv=None):
     from projects.dino_dinov2.analysis import inference
     from projects.dino_dinov2.engine import check_device
     check_device(args.device)
+    model = None
+    if args.backend == 'onnxruntime':
+        from projects.dino_dinov2.deploy import Detector, ExportError
+        if not args.onnx:
+            raise ExportError('--backend onnxruntime needs --onnx MODEL.onnx')
+        model = Detector.from_onnx(args.onnx)
     try:
         result = inference.run_inference(
             args.config, args.checkpoint, args.images, args.out_dir,
             score_thr=args.score_thr, device=args.device, cfg_options=args.cfg_options,
-            draw=not args.no_draw)
+            draw=not args.no_draw, model=model)
     except (FileNotFoundError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

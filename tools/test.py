@@ -20,6 +20,12 @@ def parse_args(argv=None):
     parser.add_argument('--show-dir', help='directory (inside the work dir) where painted '
                         'images are saved')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
+    parser.add_argument('--backend', choices=('pytorch', 'onnxruntime'), default='pytorch',
+                        help='evaluate the PyTorch model, or the graph tools/export.py wrote '
+                        '(--onnx) with the same dataset and metric')
+    parser.add_argument('--onnx', metavar='MODEL.onnx',
+                        help='the exported graph (model.json beside it), with --backend '
+                        'onnxruntime')
     from projects.dino_dinov2.engine.config_setup import add_common_arguments
     add_common_arguments(parser, 'the directory to save the evaluation metrics')
     args = parser.parse_args(argv)
@@ -35,6 +41,13 @@ def main(argv=None):
 
     from projects.dino_dinov2 import engine
 
+    onnx_info = None
+    if args.backend == 'onnxruntime':
+        from projects.dino_dinov2 import deploy
+        if not args.onnx:
+            raise deploy.ExportError('--backend onnxruntime needs --onnx MODEL.onnx')
+        deploy.onnx_export.require('onnxruntime')
+        onnx_info = deploy.read_sidecar(args.onnx)
     cfg = engine.load_config(args.config, args.cfg_options)
     engine.set_work_dir(cfg, args.work_dir, args.config)
     skipped = engine.skip_backbone_download(cfg)  # the checkpoint holds those weights
@@ -46,6 +59,12 @@ def main(argv=None):
         engine.log_at_start(cfg, line)
     engine.setup_launcher(cfg, args.launcher)  # process group before the Runner
     engine.check_data_paths(cfg, ['test_dataloader'])
+    if onnx_info is not None:  # the graph's letterbox replaces the pipeline's resize
+        from projects.dino_dinov2.deploy.runtime import use_letterbox_pipeline
+        use_letterbox_pipeline(cfg)
+        h, w = onnx_info['input']['shape'][2:]
+        engine.log_at_start(cfg, f'backend: onnxruntime on {args.onnx} ({h}x{w} input, '
+                                 'images letterboxed as its model.json says)')
     engine.check_checkpoint_file(args.checkpoint)  # missing or truncated: one-line error
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
@@ -53,6 +72,10 @@ def main(argv=None):
 
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     engine.check_run_checkpoints(runner, test_checkpoint=args.checkpoint)
+    if onnx_info is not None:
+        from projects.dino_dinov2.deploy.runtime import OnnxRuntimeDetector
+        runner.model = OnnxRuntimeDetector(args.onnx, onnx_info)
+        runner._load_from = None  # the graph holds the weights
     if args.out is not None:
         if not args.out.endswith(('.pkl', '.pickle')):
             raise ValueError(f'--out must be a .pkl or .pickle file, got {args.out}')

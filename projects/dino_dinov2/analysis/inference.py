@@ -82,8 +82,22 @@ def make_visualizer(model):
     from mmdet.registry import VISUALIZERS
     vis = VISUALIZERS.build(dict(type='DetLocalVisualizer',
                                  name=f'infer_{uuid.uuid4().hex[:8]}'))
-    vis.dataset_meta = model.dataset_meta
+    vis.dataset_meta = getattr(model, 'dataset_meta', None) or dict(
+        classes=tuple(getattr(model, 'classes', ())))
     return vis
+
+
+def _onnx_sample(detector, path: str):
+    """A ``deploy.Detector``'s detections as the DetDataSample the rest expects."""
+    import torch
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    result = detector.predict(path)
+    sample = DetDataSample(metainfo=dict(ori_shape=result.image_size))
+    sample.pred_instances = InstanceData(bboxes=torch.from_numpy(result.boxes),
+                                         scores=torch.from_numpy(result.scores),
+                                         labels=torch.from_numpy(result.labels))
+    return sample
 
 
 def _out_names(images: Sequence[str]) -> List[str]:
@@ -117,12 +131,13 @@ def run_inference(config: str, checkpoint: str, images: Sequence[str], out_dir: 
     images = expand_images(images)
     if model is None:
         model = load_detector(config, checkpoint, device, cfg_options)
-    classes = class_names(model)
+    onnx = getattr(model, 'backend', None) == 'onnxruntime'  # a deploy.Detector
+    classes = model.classes if onnx else class_names(model)
     vis = make_visualizer(model) if draw else None
     os.makedirs(out_dir, exist_ok=True)
     entries = []
     for path, name in zip(images, _out_names(images)):
-        sample = inference_detector(model, path)
+        sample = _onnx_sample(model, path) if onnx else inference_detector(model, path)
         h, w = sample.metainfo['ori_shape'][:2]
         entry = dict(image=path, height=int(h), width=int(w),
                      detections=detections(sample, classes, score_thr))
