@@ -13,6 +13,10 @@ the config's test Resize, 800x1333 for the recipe), or the config's train datalo
 with --real-data (data time reported apart). Pretrained backbone weights are not loaded
 (timing does not depend on them) unless --pretrained.
 
+--inference CONFIG CHECKPOINT [--shape 512x512] times inference instead, batch 1: PyTorch
+eager float32 and bfloat16 autocast, onnxruntime (CUDA provider on a GPU), TensorRT fp16
+where importable; writes inference.md.
+
 --deform-attn times the deformable-attention implementations this install has (pytorch,
 mmcv's CUDA kernel, triton) side by side, forward and forward+backward at the recipe's
 shapes (float32, and bfloat16 with --precision mixed), and writes deform_attn.md.
@@ -51,6 +55,12 @@ def parse_args(argv=None):
     parser.add_argument('--deform-attn-levels', nargs='+', type=int, metavar='H W',
                         help="with --deform-attn: level sizes H1 W1 H2 W2 ... (default: an "
                              "800x1333 image's 100 167 50 84 25 42 13 21)")
+    parser.add_argument('--inference', action='store_true',
+                        help='inference latency instead: CONFIG CHECKPOINT, batch 1 at '
+                             '--shape, PyTorch float32 / bfloat16, onnxruntime, TensorRT fp16 '
+                             'where importable (each row in its own process)')
+    parser.add_argument('--shape', default='512x512',
+                        help='with --inference: HEIGHTxWIDTH of the input')
     parser.add_argument('--labels', nargs='+', help='Backbone column label per config')
     parser.add_argument('--precision', nargs='+', default=['full', 'mixed'],
                         choices=['full', 'mixed'], help='default: full mixed')
@@ -90,6 +100,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if not args.deform_attn and not args.configs:
         parser.error('give a CONFIG (or --deform-attn)')
+    if args.inference and len(args.configs) != 2:
+        parser.error('--inference takes CONFIG CHECKPOINT')
     if args.deform_attn_levels and len(args.deform_attn_levels) % 2:
         parser.error('--deform-attn-levels takes pairs H W')
     if args.labels and len(args.labels) != len(args.configs):
@@ -131,12 +143,34 @@ def deform_attn_main(args) -> int:
     return 0
 
 
+def inference_main(args) -> int:
+    import os
+
+    from projects.dino_dinov2.analysis import inference_benchmark as ib
+    from projects.dino_dinov2.deploy import parse_shape
+    shape = parse_shape(args.shape)
+    config, checkpoint = args.configs
+    results = ib.run(config, checkpoint, shape, iters=args.iters, warmup=args.warmup,
+                     out_dir=args.out_dir, device=args.device, cfg_options=args.cfg_options)
+    title = (f'Inference, {osp.basename(config)}, batch 1, {shape[0]}x{shape[1]}, median of '
+             f'{args.iters} after {args.warmup} warm-up')
+    text = ib.table(results, title)
+    path = os.path.join(args.out_dir, 'inference.md')
+    with open(path, 'w') as f:
+        f.write(text + '\n')
+    print(text)
+    print(f'wrote {path}')
+    return 0
+
+
 def main(argv=None):
     args = parse_args(argv)
     from projects.dino_dinov2.engine import check_device
     check_device(args.device)
     if args.deform_attn:
         return deform_attn_main(args)
+    if args.inference:
+        return inference_main(args)
     import torch
 
     from projects.dino_dinov2.analysis import benchmark as bm
