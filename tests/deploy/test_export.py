@@ -200,3 +200,20 @@ def test_other_config_unreadable_image_missing_onnxruntime(synthetic_export, tmp
                        capsys)
     assert 'onnxruntime is not installed' in line and 'pip install' in line
     assert os.listdir(tmp_path) == ['bad.jpg']  # nothing half-written
+
+
+def test_inference_benchmark_rows(synthetic_export, tmp_path):
+    """tools/benchmark.py --inference prints a row per runtime, each from its own
+    process; a runtime missing here says so instead of a number."""
+    ckpt, _ = synthetic_export
+    from projects.dino_dinov2.analysis import inference_benchmark as ib
+    rows = ib.run(SYNTHETIC_CONFIG, ckpt, (128, 128), iters=2, warmup=1,
+                  out_dir=str(tmp_path), device='cpu')
+    by_row = {r['row']: r for r in rows}
+    assert set(by_row) == set(ib.ROWS)
+    for name in ('pytorch-fp32', 'pytorch-bf16', 'onnxruntime'):
+        assert by_row[name]['median_ms'] > 0 and by_row[name]['peak_mb'] > 0, by_row[name]
+    assert 'not measured' in by_row['tensorrt-fp16']['skipped']
+    text = ib.table(rows, 'title')
+    assert 'onnxruntime (CPUExecutionProvider)' in text and 'vs PyTorch float32' in text
+    assert osp.isfile(tmp_path / 'inference.json')

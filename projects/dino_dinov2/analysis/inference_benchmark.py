@@ -27,10 +27,20 @@ def _percentiles(ms: List[float]) -> Tuple[float, float]:
 
 
 def _peak_mb(device: str) -> float:
-    import resource
+    """CUDA's max allocated, or this process's resident peak (``VmHWM``: unlike
+    ``getrusage``'s ``ru_maxrss``, which Linux carries over ``exec`` from the parent, it
+    is this process's own)."""
     if device.startswith('cuda'):
         import torch
         return torch.cuda.max_memory_allocated() / 2 ** 20
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('VmHWM:'):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
