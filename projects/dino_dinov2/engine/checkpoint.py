@@ -337,7 +337,7 @@ def check_checkpoint_fits(model: torch.nn.Module, path: str, flag: str) -> None:
         hint = ('--resume continues a run of this same config; to start a new run from its '
                 f'weights use --load-from {path}, or resume with the config it was trained with')
     else:
-        hint = 'test it with the config it was trained with'
+        hint = f'{"export" if flag == "export" else "test"} it with the config it was trained with'
     raise CheckpointError(f'{what}: a checkpoint of another model: {problems[0][1]}{more}; '
                           f'{hint}')
 
