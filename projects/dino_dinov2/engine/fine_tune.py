@@ -58,7 +58,7 @@ def _convert_original(model: torch.nn.Module, path: str, obj: dict,
                       classes: Optional[Sequence[str]]):
     """The original's checkpoint in this project's names (shapes are checked by the
     caller: class-dependent tensors may differ)."""
-    from .original_checkpoint import COCO_CATEGORIES, ConversionError, convert_state, \
+    from .original_checkpoint import ConversionError, coco_order, convert_state, \
         original_state_of
     state = original_state_of(obj)
     if state is None:
@@ -66,9 +66,7 @@ def _convert_original(model: torch.nn.Module, path: str, obj: dict,
                               'the original DINO (no transformer.level_embeds, '
                               'transformer.tgt_embed, label_enc): this project loads only '
                               'that one')
-    coco = {n for _, n in COCO_CATEGORIES}
-    if classes is None or len(classes) != len(coco) or set(classes) != coco:
-        classes = None  # not COCO's 80: the class rows keep COCO's order
+    classes = coco_order(classes)
     pre = getattr(model, 'data_preprocessor', None)
     mean = getattr(pre, 'mean', None)
     std = getattr(pre, 'std', None)

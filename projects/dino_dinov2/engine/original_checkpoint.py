@@ -346,26 +346,19 @@ def build_target_model(cfg):
     return MODELS.build(cfg.model)
 
 
-def convert_for_model(state: dict, model, cfg, check_shapes: bool = True) -> Tuple[dict, dict]:
-    """:func:`convert_state` onto ``model`` with the classes and normalisation of ``cfg``.
-
-    The class rows follow the config's classes when they are COCO's 80 (in any order),
-    else COCO's own order. ``check_shapes=False`` leaves shapes to the caller (fine-tuning
-    on another class count re-initialises the class-dependent tensors).
-    """
+def convert_for_model(state: dict, model, cfg) -> Tuple[dict, dict]:
+    """:func:`convert_state` onto ``model`` (names and shapes checked) with the classes and
+    normalisation of ``cfg``: the class rows follow the config's classes when they are
+    COCO's 80 (in any order), else COCO's own order."""
     pre = cfg.model.get('data_preprocessor', {}) or {}
-    classes = config_classes(cfg)
+    return convert_state(state, model.state_dict(), classes=coco_order(config_classes(cfg)),
+                         mean=pre.get('mean'), std=pre.get('std'))
+
+
+def coco_order(classes: Optional[Sequence[str]]) -> Optional[Sequence[str]]:
+    """``classes`` when they are COCO's 80 names (in any order: the class rows follow
+    them), else None (the rows keep the original's COCO order)."""
     coco = {n for _, n in COCO_CATEGORIES}
-    if classes is None or len(classes) != len(COCO_CATEGORIES) or set(classes) != coco:
-        classes = None  # not COCO's 80: the original's (COCO) order is kept
-    target = model.state_dict()
-    if not check_shapes:
-        out, info = convert_state(state, None, classes=classes, mean=pre.get('mean'),
-                                  std=pre.get('std'))
-        missing = [k for k in target if k not in out]
-        extra = [k for k in out if k not in target]
-        if missing or extra:
-            convert_state(state, target, classes=classes)  # raises with the listing
-        return out, info
-    return convert_state(state, target, classes=classes, mean=pre.get('mean'),
-                         std=pre.get('std'))
+    if classes is None or len(classes) != len(coco) or set(classes) != coco:
+        return None
+    return classes
