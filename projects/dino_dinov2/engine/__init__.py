@@ -14,6 +14,7 @@ from .fine_tune import (check_fine_tuning, check_run_checkpoints, class_dependen
 from .hooks import (PREEMPTED_EXIT_CODE, AtomicCheckpointHook, BatchLrLoggerHook,
                     FineTuneLoadHook, NanGuardHook, NonFiniteLossError, PreemptionHook,
                     RunInfoHook)
+from .lean_optim import LeanOptimWrapperConstructor
 from .launcher import (LaunchError, LaunchInfo, detect_launcher, expand_nodelist, init_distributed,
                        setup_launcher, slurm_dist_env)
 from .loops import ResumableIterBasedTrainLoop, SkipFirstBatches, release_dataloader_workers
@@ -48,5 +49,5 @@ __all__ = [
     'check_data_paths', 'NanGuardHook', 'NonFiniteLossError', 'USER_ERRORS',
     'exit_on_user_error', 'check_checkpoint_fits', 'check_checkpoint_for', 'checkpoint_kind',
     'read_last_checkpoint',
-    'LaunchError', 'check_device', 'check_config_device'
+    'LaunchError', 'check_device', 'check_config_device', 'LeanOptimWrapperConstructor'
 ]

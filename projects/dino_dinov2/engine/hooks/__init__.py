@@ -1,10 +1,12 @@
 """The project's hooks, one module each (registered in mmengine's HOOKS on import)."""
 from .batch_lr_logger_hook import BatchLrLoggerHook
 from .checkpoint_hook import AtomicCheckpointHook
+from .deferred_runtime_info_hook import DeferredRuntimeInfoHook
 from .fine_tune_load_hook import FineTuneLoadHook
 from .nan_guard_hook import NanGuardHook, NonFiniteLossError
 from .preemption_hook import PREEMPTED_EXIT_CODE, PreemptionHook
 from .run_info_hook import RunInfoHook
 
-__all__ = ['AtomicCheckpointHook', 'BatchLrLoggerHook', 'FineTuneLoadHook', 'NanGuardHook',
+__all__ = ['AtomicCheckpointHook', 'DeferredRuntimeInfoHook', 'BatchLrLoggerHook',
+           'FineTuneLoadHook', 'NanGuardHook',
            'NonFiniteLossError', 'PREEMPTED_EXIT_CODE', 'PreemptionHook', 'RunInfoHook']

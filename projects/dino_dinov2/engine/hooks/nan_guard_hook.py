@@ -17,6 +17,12 @@ did not skip (no scaler, bfloat16, float32, or a gradient-accumulation iteration
 without a step) stops the run.
 
 All ranks agree (an all-reduce of the flag), so they stop at the same iteration.
+
+With :class:`~.deferred_runtime_info_hook.DeferredRuntimeInfoHook` (the default runtime's)
+and no float16 loss scaler, the check moves to where that hook copies the held
+iterations' values to the host (each log line, and before any checkpoint or validation):
+no per-step host read, the same guarantee (nothing saved after the fault), the error still
+names the first non-finite iteration.
 """
 from __future__ import annotations
 
@@ -59,13 +65,28 @@ class NanGuardHook(Hook):
         self._scale: Optional[float] = None
         self._skipped = 0
 
+    def deferred(self, runner) -> bool:
+        """Whether the check is left to a deferring runtime-info hook (no loss scaler)."""
+        from .deferred_runtime_info_hook import DeferredRuntimeInfoHook
+        return _loss_scaler(runner) is None and any(
+            isinstance(h, DeferredRuntimeInfoHook) and h.defer for h in runner.hooks)
+
+    def raise_non_finite(self, runner, iteration: int, values: dict, epoch: int,
+                         batch_idx: int) -> None:
+        """Stop: the loss of ``iteration`` (0-based; ``epoch``, ``batch_idx`` its
+        place) was not finite (``values``: the logged values of that iteration)."""
+        raise NonFiniteLossError(self._message(runner, batch_idx, values, iteration + 1,
+                                               epoch))
+
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        if self.deferred(runner):
+            return
         scaler = _loss_scaler(runner)
         self._scale = float(scaler.get_scale()) if scaler is not None else None
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         loss = (outputs or {}).get('loss', None)
-        if loss is None:
+        if loss is None or self.deferred(runner):
             return
         bad = torch.tensor([0.0 if torch.isfinite(torch.as_tensor(loss).detach()).all() else 1.0])
         if is_distributed():
@@ -86,7 +107,8 @@ class NanGuardHook(Hook):
                     return
         raise NonFiniteLossError(self._message(runner, batch_idx, outputs))
 
-    def _message(self, runner, batch_idx: int, outputs: dict) -> str:
+    def _message(self, runner, batch_idx: int, outputs: dict,
+                 iteration: Optional[int] = None, epoch: Optional[int] = None) -> str:
         terms = []
         for name, value in outputs.items():
             try:
@@ -97,16 +119,18 @@ class NanGuardHook(Hook):
                 terms.append(f'{name}={v:g}')
         if len(terms) > 6:
             terms = terms[:6] + [f'... ({len(terms) - 6} more)']
-        epoch = ''
+        where = ''
         # IterBasedTrainLoop has max_epochs too (always 1): ask for the epoch loop itself
         if isinstance(runner.train_loop, EpochBasedTrainLoop):
-            epoch = f' (epoch {runner.epoch + 1}, batch {batch_idx + 1})'
+            where = f' (epoch {(runner.epoch if epoch is None else epoch) + 1}, ' \
+                f'batch {batch_idx + 1})'
         last = self._last_checkpoint(runner)
         kept = (f'the last good checkpoint is {last}; continue from it with --resume after '
                 'fixing the cause' if last else 'no checkpoint had been saved yet')
         skipped = (f' after {self._skipped - 1} steps skipped by the loss scaler'
                    if self._skipped > 1 else '')
-        return (f'non-finite loss at iteration {runner.iter + 1}{epoch}{skipped}: '
+        iteration = runner.iter + 1 if iteration is None else iteration
+        return (f'non-finite loss at iteration {iteration}{where}{skipped}: '
                 f'{", ".join(terms)}; training stopped before saving anything: {kept} '
                 '(lower the lr, check the data, or train in float32/bfloat16)')
 

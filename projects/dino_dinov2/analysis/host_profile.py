@@ -1,0 +1,232 @@
+"""What the host does in one training step, counted on the CPU (a proxy for a GPU step).
+
+A GPU step is bound by the host when Python, kernel launches and device-to-host
+synchronisations take longer than the kernels. None of these need a GPU to be counted:
+every ATen op a step dispatches is a kernel launch (or more) on a GPU, and some ops make
+the host wait for the device whatever the device:
+
+- ``_local_scalar_dense``: ``.item()``, ``bool()``, ``int()``, ``float()`` of a tensor;
+- ops whose output shape depends on the data (``nonzero``, ``masked_select``, ``unique``,
+  boolean-mask indexing, ``repeat_interleave`` with tensor repeats);
+- ``lift_fresh``: a tensor made from host data (``torch.tensor``, ``new_tensor``): on a GPU a
+  copy from pageable host memory, which synchronises.
+
+:func:`profile_step` runs ``train_step``'s phases as mmengine runs them (data
+preprocessor, forward and loss, ``parse_losses``, backward, gradient clipping and the
+optimizer step, the loss values logged by the message hub as ``RuntimeInfoHook`` does) under
+a dispatch mode that counts per phase. The CPU differs from a GPU where the code picks
+another path by device; the profile follows the GPU's where it can and says where not:
+
+- the optimizer: ``foreach=True`` (the GPU default; the CPU default is one update per tensor);
+- deformable attention: the pure-PyTorch path runs here (a GPU runs one Triton kernel per
+  call): its ops are counted apart (``msda_ops``) so that they can be set aside;
+- focal loss: mmcv's CUDA kernel on a GPU, the PyTorch formula here: counted apart too.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import time
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+SYNC_OPS = {
+    'aten._local_scalar_dense': 'item/bool/int/float of a tensor',
+    'aten.nonzero': 'data-dependent shape', 'aten.masked_select': 'data-dependent shape',
+    'aten.unique': 'data-dependent shape', 'aten._unique': 'data-dependent shape',
+    'aten._unique2': 'data-dependent shape', 'aten.unique_dim': 'data-dependent shape',
+    'aten.unique_consecutive': 'data-dependent shape',
+    'aten.repeat_interleave': 'data-dependent shape',
+    'aten.lift_fresh': 'tensor from host data',
+}
+PHASES = ('forward', 'backward', 'optimizer', 'logging')
+
+
+class StepCounter(TorchDispatchMode):
+    """ATen ops by phase; synchronising ops by phase and kind; ops inside named regions."""
+
+    def __init__(self, trace: bool = False) -> None:
+        super().__init__()
+        self.trace = trace
+        self.sync_sites = collections.Counter()
+        self.op_sites = collections.Counter()
+        self.phase = 'forward'
+        self.ops = collections.Counter()
+        self.syncs = collections.Counter()
+        self.region_ops = collections.Counter()
+        self.regions: list = []
+        self.op_seconds = 0.0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func.overloadpacket) if hasattr(func, 'overloadpacket') else str(func)
+        name = name if name.startswith('aten.') else f'aten.{name}'
+        self.ops[self.phase] += 1
+        for region in self.regions:
+            self.region_ops[region] += 1
+        kind = SYNC_OPS.get(name)
+        if kind is not None and not (name == 'aten.repeat_interleave'
+                                     and not _tensor_repeats(args, kwargs)):
+            self.syncs[(self.phase, name)] += 1
+        if name == 'aten.index' and _bool_index(args):
+            kind = 'boolean mask'
+            self.syncs[(self.phase, 'aten.index (boolean mask)')] += 1
+        if self.trace:
+            site = _caller()
+            self.op_sites[(self.phase, site)] += 1
+            if kind is not None:
+                self.sync_sites[(self.phase, name, site)] += 1
+        start = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        self.op_seconds += time.perf_counter() - start
+        return out
+
+    @contextlib.contextmanager
+    def region(self, name: str):
+        self.regions.append(name)
+        try:
+            yield
+        finally:
+            self.regions.pop()
+
+
+def _caller() -> str:
+    """The innermost frame outside torch: the code that asked for the op."""
+    import sys
+    frame = sys._getframe(2)
+    while frame is not None:
+        path = frame.f_code.co_filename
+        if ('/torch/' not in path and 'host_profile' not in path) or '/torch/optim' in path:
+            parts = path.split('/')
+            return f'{"/".join(parts[-2:])}:{frame.f_lineno} {frame.f_code.co_name}'
+        frame = frame.f_back
+    return '?'
+
+
+def _tensor_repeats(args, kwargs) -> bool:
+    repeats = (kwargs or {}).get('repeats', args[1] if len(args) > 1 else None)
+    return torch.is_tensor(repeats) and repeats.numel() > 1
+
+
+def _bool_index(args) -> bool:
+    indices = args[1] if len(args) > 1 else ()
+    return any(torch.is_tensor(i) and i.dtype == torch.bool for i in indices or ())
+
+
+def _wrap_regions(model, counter: StepCounter):
+    """Count the ops of the deformable attention and focal loss calls apart."""
+    from mmdet.models.losses import FocalLoss
+    from mmcv.ops import MultiScaleDeformableAttention
+    originals = []
+    for module in model.modules():
+        if isinstance(module, MultiScaleDeformableAttention):
+            name = 'msda_ops'
+        elif isinstance(module, FocalLoss):
+            name = 'focal_loss_ops'
+        else:
+            continue
+        forward = module.forward
+
+        def wrapped(*args, _forward=forward, _name=name, **kwargs):
+            with counter.region(_name):
+                return _forward(*args, **kwargs)
+        module.forward = wrapped
+        originals.append((module, forward))
+    return originals
+
+
+def profile_step(cfg, batch_size: int = 2, image_size: Tuple[int, int] = (256, 320),
+                 num_gt: Tuple[int, ...] = (9, 12), steps: int = 2,
+                 foreach: bool = True, trace: bool = False) -> Dict:
+    """Count one training step (the last of ``steps``; the first ones warm caches up).
+
+    Returns ops per phase, synchronising ops per phase and kind, the optimizer's param
+    groups and parameters updated, and times (wall, inside ATen ops, the rest: Python).
+    """
+    from mmengine.logging import MessageHub
+
+    from .benchmark import build_model, num_classes_of, synthetic_batch
+    device = torch.device('cpu')
+    model, optim_wrapper, _ = build_model(cfg, 'full', device)
+    optimizer = optim_wrapper.optimizer
+    if foreach:
+        for group in optimizer.param_groups:
+            group['foreach'] = True
+    batches = []
+    for i, n in enumerate(num_gt[:batch_size] + (num_gt[-1], ) * (batch_size - len(num_gt))):
+        one = synthetic_batch(1, image_size, num_classes_of(cfg), n, seed=i)
+        batches.append(one)
+    data = dict(inputs=[b['inputs'][0] for b in batches],
+                data_samples=[b['data_samples'][0] for b in batches])
+    hub = MessageHub.get_current_instance()
+    model.train()
+    result: Optional[Dict] = None
+    for step in range(steps):
+        counter = StepCounter(trace)
+        originals = _wrap_regions(model, counter)
+        start = time.perf_counter()
+        try:
+            with counter:
+                with optim_wrapper.optim_context(model):
+                    batch = model.data_preprocessor(data, True)
+                    losses = model._run_forward(batch, mode='loss')
+                parsed, log_vars = model.parse_losses(losses)
+                counter.phase = 'backward'
+                optim_wrapper.backward(parsed)
+                counter.phase = 'optimizer'
+                optim_wrapper.step()
+                optim_wrapper.zero_grad()
+                counter.phase = 'logging'
+                hub.update_scalars({f'train/{k}': v for k, v in log_vars.items()})
+        finally:
+            for module, forward in originals:
+                module.forward = forward
+        wall = time.perf_counter() - start
+        if step == steps - 1:
+            params = sum(len(g['params']) for g in optimizer.param_groups)
+            result = dict(
+                ops={p: counter.ops[p] for p in PHASES}, ops_total=sum(counter.ops.values()),
+                syncs={f'{phase} {name}': n for (phase, name), n in sorted(
+                    counter.syncs.items())},
+                syncs_total=sum(counter.syncs.values()),
+                syncs_outside_optimizer=sum(n for (phase, _), n in counter.syncs.items()
+                                            if phase != 'optimizer'),
+                msda_ops=counter.region_ops['msda_ops'],
+                focal_loss_ops=counter.region_ops['focal_loss_ops'],
+                param_groups=len(optimizer.param_groups), params_updated=params,
+                wall_s=wall, aten_s=counter.op_seconds, python_s=wall - counter.op_seconds,
+                loss_keys=len(log_vars), image_size=list(image_size), batch_size=batch_size,
+                num_gt=list(num_gt), foreach=foreach)
+            if trace:
+                result['sync_sites'] = counter.sync_sites.most_common()
+                result['op_sites'] = counter.op_sites.most_common()
+    return result
+
+
+def table(rows: Dict[str, Dict]) -> str:
+    """Markdown: one column per profiled config."""
+    names = list(rows)
+    lines = ['| per training step | ' + ' | '.join(names) + ' |',
+             '| --- |' + ' ---: |' * len(names)]
+
+    def line(label, get):
+        lines.append(f'| {label} | ' + ' | '.join(str(get(rows[n])) for n in names) + ' |')
+    line('ATen ops (total)', lambda r: r['ops_total'])
+    for phase in PHASES:
+        line(f'- {phase}', lambda r, p=phase: r['ops'][p])
+    line('- of which deformable attention (1 Triton kernel a call on a GPU)',
+         lambda r: r['msda_ops'])
+    line('- of which focal loss (1 mmcv kernel a call on a GPU)', lambda r: r['focal_loss_ops'])
+    line('synchronising ops (total)', lambda r: r['syncs_total'])
+    line('- outside the optimizer', lambda r: r['syncs_outside_optimizer'])
+    kinds = sorted({k for r in rows.values() for k in r['syncs']})
+    for kind in kinds:
+        line(f'- {kind}', lambda r, k=kind: r['syncs'].get(k, 0))
+    line('optimizer param groups', lambda r: r['param_groups'])
+    line('parameters updated', lambda r: r['params_updated'])
+    line('logged loss values', lambda r: r['loss_keys'])
+    line('wall time (s, CPU)', lambda r: f'{r["wall_s"]:.2f}')
+    line('- inside ATen ops', lambda r: f'{r["aten_s"]:.2f}')
+    line('- Python and dispatch (the rest)', lambda r: f'{r["python_s"]:.2f}')
+    return '\n'.join(lines)
