@@ -27,6 +27,8 @@ from mmdet.registry import TASK_UTILS
 from mmengine.structures import InstanceData
 from scipy.optimize import linear_sum_assignment
 
+from .host_data import host_to_device
+
 _EXTRA = ('pos_inds', 'neg_inds', 'pos_assigned_gt_inds')
 
 
@@ -114,7 +116,8 @@ class BatchHungarianAssigner(HungarianAssigner):
 
     def assign_batch(self, pred_instances: Sequence[InstanceData],
                      gt_instances: Sequence[InstanceData],
-                     img_metas: Sequence[Optional[dict]]) -> List[AssignResult]:
+                     img_metas: Sequence[Optional[dict]],
+                     host: bool = False) -> List[AssignResult]:
         """Match each ``pred_instances[k]`` to ``gt_instances[k]``.
 
         Pairs that share the same ``gt_instances`` and ``img_meta`` objects (the decoder
@@ -129,7 +132,9 @@ class BatchHungarianAssigner(HungarianAssigner):
         Returns:
             One ``AssignResult`` per pair (``gt_inds``: 0 background, i+1 matched to gt
             i; ``labels``), with extra properties ``pos_inds``, ``neg_inds`` and
-            ``pos_assigned_gt_inds`` (device ``long`` tensors).
+            ``pos_assigned_gt_inds`` (device ``long`` tensors). With ``host=True``: per
+            pair, ``(pos_inds, pos_assigned_gt_inds, num_neg)`` on the host (numpy), for
+            a caller that sends what it builds from them to the device itself.
         """
         if not (len(pred_instances) == len(gt_instances) == len(img_metas)):
             raise ValueError('BatchHungarianAssigner.assign_batch: got '
@@ -158,6 +163,9 @@ class BatchHungarianAssigner(HungarianAssigner):
             gt_inds[rows] = cols + 1
             gt_inds_host.append(gt_inds)
 
+        if host:
+            return [(np.nonzero(g > 0)[0], g[g > 0] - 1, int((g == 0).sum()))
+                    for g in gt_inds_host]
         # Everything the heads need, computed on the host, sent back in one copy.
         pieces, layout = [], []
         for gt_inds in gt_inds_host:
@@ -169,10 +177,7 @@ class BatchHungarianAssigner(HungarianAssigner):
         device = self._device(gt_instances, pred_instances)
         all_host = torch.from_numpy(np.concatenate(pieces)) if pieces else \
             torch.zeros(0, dtype=torch.long)
-        if device.type == 'cuda':
-            all_dev = all_host.pin_memory().to(device, non_blocking=True)
-        else:
-            all_dev = all_host.to(device)
+        all_dev = host_to_device(all_host, device)
         results = []
         chunks = iter(all_dev.split([s for sizes_k in layout for s in sizes_k]))
         for k in range(n):

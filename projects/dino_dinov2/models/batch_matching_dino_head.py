@@ -8,10 +8,12 @@ image with :class:`.BatchHungarianAssigner` (one device-to-host copy of all cost
 non-blocking copy of all indices back) and then builds the targets from those results
 without synchronising (image sizes go to the device in one non-blocking copy too).
 
-Left as mmdet has them: the loss normalisers DETRHead reads back per layer (``.item()``)
-and the per-image size tensors of its loss functions; mmdet's ``BBoxL1Cost`` also copies
-its normalisation factor to the device once per call, which the batched matching makes
-once per image instead of once per image and layer.
+With ``batched_losses`` (the default) the losses of all 13 sets are then computed in one
+batched pass whose normalisers and targets come from what the host already knows
+(:mod:`.lean_losses`); without it, mmdet's per-layer loss code runs on the precomputed
+matching (the loss normalisers read back per layer with ``.item()``, per-image size
+tensors). mmdet's ``BBoxL1Cost`` copies its normalisation factor to the device once per
+call, which the batched matching makes once per image instead of once per image and layer.
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ from torch import Tensor
 from ..errors import ConfigError
 
 from .batch_hungarian_assigner import BatchHungarianAssigner
+from .host_data import host_to_device
+from .lean_losses import lean_dino_losses, supports_lean_losses
 
 MATCHING_MODES = ('step', 'layer')
 
@@ -49,9 +53,7 @@ def image_factors(batch_img_metas: Sequence[dict], device: torch.device) -> Tens
     """
     host = torch.tensor([[m['img_shape'][1], m['img_shape'][0]] * 2 for m in batch_img_metas],
                         dtype=torch.float32)
-    if device.type == 'cuda':
-        return host.pin_memory().to(device, non_blocking=True)
-    return host.to(device)
+    return host_to_device(host, device)
 
 
 @MODELS.register_module()
@@ -68,17 +70,29 @@ class BatchMatchingDINOHead(DINOHead):
             detrex's criterion calls its matcher (the original-equivalent baseline).
         drop_empty_boxes: leave out of the predictions the boxes that are empty once
             clipped to the image, as the original (detectron2) does.
+        batched_losses: all sets' losses in one pass without host reads
+            (:mod:`.lean_losses`; needs ``matching='step'`` and the sigmoid focal, L1 and
+            GIoU losses); False: mmdet's loss code, set by set.
         *args, **kwargs: mmdet ``DINOHead``'s arguments.
     """
 
     def __init__(self, *args, matching: str = 'step', drop_empty_boxes: bool = True,
-                 **kwargs) -> None:
+                 batched_losses: bool = True, **kwargs) -> None:
         if matching not in MATCHING_MODES:
             raise ConfigError(f'BatchMatchingDINOHead: matching must be one of '
                               f'{MATCHING_MODES}, got {matching!r}')
         super().__init__(*args, **kwargs)
         self.matching = matching
         self.drop_empty_boxes = drop_empty_boxes
+        self.batched_losses = bool(batched_losses)
+        if self.batched_losses and matching != 'step':
+            raise ConfigError("BatchMatchingDINOHead: batched_losses=True needs "
+                              "matching='step'")
+        if self.batched_losses:
+            why_not = supports_lean_losses(self)
+            if why_not:
+                raise ConfigError(f'BatchMatchingDINOHead: batched_losses=True: {why_not}; '
+                                  'set batched_losses=False for these losses')
         self._pending: Dict[tuple, list] = {}
         if self.train_cfg is not None and not isinstance(
                 getattr(self, 'assigner', None), BatchHungarianAssigner):
@@ -127,6 +141,10 @@ class BatchMatchingDINOHead(DINOHead):
         Shapes as ``DINOHead``: scores (layers, B, queries_total, classes), boxes
         (layers, B, queries_total, 4) normalised cxcywh; encoder outputs (B, Q, ...).
         """
+        if self.batched_losses:
+            return self._batched_loss_by_feat(
+                all_layers_cls_scores, all_layers_bbox_preds, enc_cls_scores,
+                enc_bbox_preds, batch_gt_instances, batch_img_metas, dn_meta)
         if self.matching == 'step':
             matching_cls, matching_bbox, _, _ = self.split_outputs(
                 all_layers_cls_scores, all_layers_bbox_preds, dn_meta)
@@ -142,6 +160,29 @@ class BatchMatchingDINOHead(DINOHead):
                                         batch_img_metas, dn_meta, batch_gt_instances_ignore)
         finally:
             self._pending = {}
+
+    def _batched_loss_by_feat(self, all_layers_cls_scores, all_layers_bbox_preds,
+                              enc_cls_scores, enc_bbox_preds, batch_gt_instances,
+                              batch_img_metas, dn_meta) -> Dict[str, Tensor]:
+        """The loss dict of ``DINOHead.loss_by_feat`` by :func:`.lean_dino_losses`."""
+        matching_cls, matching_bbox, dn_cls, dn_bbox = self.split_outputs(
+            all_layers_cls_scores, all_layers_bbox_preds, dn_meta)
+        set_cls, set_bbox = list(matching_cls), list(matching_bbox)
+        has_enc = enc_cls_scores is not None
+        if has_enc:
+            set_cls.append(enc_cls_scores)
+            set_bbox.append(enc_bbox_preds)
+        preds, gts, metas = [], [], []
+        factors = image_factors(batch_img_metas, set_bbox[0].device)
+        for cls_s, bbox_s in zip(set_cls, set_bbox):
+            set_factors = factors.to(bbox_s.dtype)
+            for i, (gt, meta) in enumerate(zip(batch_gt_instances, batch_img_metas)):
+                preds.append(self._pred_instances(cls_s[i], bbox_s[i], set_factors[i:i + 1]))
+                gts.append(gt)
+                metas.append(meta)
+        assignments = self.assigner.assign_batch(preds, gts, metas, host=True)
+        return lean_dino_losses(self, set_cls, set_bbox, has_enc, assignments, dn_cls,
+                                dn_bbox, dn_meta, batch_gt_instances, batch_img_metas)
 
     def get_targets(self, cls_scores_list: List[Tensor], bbox_preds_list: List[Tensor],
                     batch_gt_instances, batch_img_metas: List[dict]) -> tuple:

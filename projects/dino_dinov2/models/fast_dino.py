@@ -42,6 +42,7 @@ class FastDINO(DINO):
                  deform_attn_impl: str = 'auto',
                  checkpoint_encoder: bool = False,
                  checkpoint_decoder: bool = False,
+                 lean_step: bool = True,
                  **kwargs) -> None:
         if deform_attn_impl not in DEFORM_ATTN_IMPLS:
             raise ConfigError(f'FastDINO: deform_attn_impl must be one of '
@@ -50,6 +51,7 @@ class FastDINO(DINO):
         self.deform_attn_impl = deform_attn_impl
         self.checkpoint_encoder = checkpoint_encoder
         self.checkpoint_decoder = checkpoint_decoder
+        self.lean_step = bool(lean_step)
         # the encoder's self-attention and the decoder's cross-attention
         if not (use_deformable_attention(self.encoder, deform_attn_impl)
                 and use_deformable_attention(self.decoder, deform_attn_impl)):
