@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import time
+from types import SimpleNamespace
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -41,7 +42,7 @@ SYNC_OPS = {
     'aten.repeat_interleave': 'data-dependent shape',
     'aten.lift_fresh': 'tensor from host data',
 }
-PHASES = ('forward', 'backward', 'optimizer', 'logging')
+PHASES = ('forward', 'backward', 'optimizer', 'logging', 'log flush')
 
 
 class StepCounter(TorchDispatchMode):
@@ -58,14 +59,24 @@ class StepCounter(TorchDispatchMode):
         self.region_ops = collections.Counter()
         self.regions: list = []
         self.op_seconds = 0.0
+        self.paused = 0
+        self.pinned_copies = collections.Counter()
+        self.expect_pinned = 0
+        self.kernel_calls = collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = str(func.overloadpacket) if hasattr(func, 'overloadpacket') else str(func)
         name = name if name.startswith('aten.') else f'aten.{name}'
+        if self.paused:
+            return func(*args, **(kwargs or {}))
         self.ops[self.phase] += 1
         for region in self.regions:
             self.region_ops[region] += 1
         kind = SYNC_OPS.get(name)
+        if name == 'aten.lift_fresh' and self.expect_pinned:
+            # the host data of a pinned, non-blocking copy (models/host_data.py)
+            self.expect_pinned -= 1
+            kind = None
         if kind is not None and not (name == 'aten.repeat_interleave'
                                      and not _tensor_repeats(args, kwargs)):
             self.syncs[(self.phase, name)] += 1
@@ -81,6 +92,19 @@ class StepCounter(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         self.op_seconds += time.perf_counter() - start
         return out
+
+    @contextlib.contextmanager
+    def pause(self):
+        self.paused += 1
+        try:
+            yield
+        finally:
+            self.paused -= 1
+
+    def count_kernel(self, name: str) -> None:
+        """One op standing for a GPU kernel launch (see :func:`_kernel_standins`)."""
+        self.ops[self.phase] += 1
+        self.kernel_calls[(self.phase, name)] += 1
 
     @contextlib.contextmanager
     def region(self, name: str):
@@ -114,6 +138,61 @@ def _bool_index(args) -> bool:
     return any(torch.is_tensor(i) and i.dtype == torch.bool for i in indices or ())
 
 
+class _KernelStandIn(torch.autograd.Function):
+    """Runs ``fn`` uncounted and counts one op forward and one backward: what a GPU
+    kernel (Triton deformable attention, mmcv's focal loss) launches for it."""
+
+    @staticmethod
+    def forward(ctx, counter, name, fn, *tensors):
+        ctx.counter, ctx.name = counter, name
+        counter.count_kernel(name)
+        with counter.pause(), torch.enable_grad():
+            inputs = [t.detach().requires_grad_(t.requires_grad) if t.is_floating_point()
+                      else t for t in tensors]
+            out = fn(*inputs)
+        ctx.inputs, ctx.out = inputs, out
+        return out.detach()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        ctx.counter.count_kernel(ctx.name)
+        wanted = [t for t in ctx.inputs if t.requires_grad]
+        with ctx.counter.pause():
+            grads = iter(torch.autograd.grad(ctx.out, wanted, grad_out, allow_unused=True)
+                         if wanted and ctx.out.requires_grad else [])
+        result = [next(grads) if t.requires_grad else None for t in ctx.inputs]
+        return (None, None, None, *result)
+
+
+def _kernel_standins(model, counter: StepCounter):
+    """Deformable attention's sampling and the focal loss as one counted op each way, as
+    their GPU kernels are (the CPU runs their PyTorch formulas: counted apart too)."""
+    from mmdet.models.losses import FocalLoss
+
+    from ..models.deformable_attention import SwitchableMultiScaleDeformableAttention
+    originals = []
+    for module in model.modules():
+        if isinstance(module, SwitchableMultiScaleDeformableAttention):
+            sample = module.sample
+
+            def standin(*args, _sample=sample):
+                return _KernelStandIn.apply(counter, 'deformable attention', _sample, *args)
+            module.sample = standin
+            originals.append((module, 'sample'))
+        elif isinstance(module, FocalLoss):
+            forward = module.forward
+
+            def standin(pred, target, weight=None, avg_factor=None, reduction_override=None,
+                        _forward=forward):
+                def fn(p, t):
+                    return _forward(p, t, weight=weight, avg_factor=avg_factor,
+                                    reduction_override=reduction_override)
+                return _KernelStandIn.apply(counter, 'focal loss', fn, pred, target)
+            module.forward = standin
+            originals.append((module, 'forward'))
+    return originals
+
+
 def _wrap_regions(model, counter: StepCounter):
     """Count the ops of the deformable attention and focal loss calls apart."""
     from mmdet.models.losses import FocalLoss
@@ -132,13 +211,27 @@ def _wrap_regions(model, counter: StepCounter):
             with counter.region(_name):
                 return _forward(*args, **kwargs)
         module.forward = wrapped
-        originals.append((module, forward))
+        originals.append((module, 'forward'))
     return originals
+
+
+def _logging_hooks(cfg):
+    """The config's runtime-info and NaN-guard hooks (built), and its log interval."""
+    from mmengine.hooks import RuntimeInfoHook
+    from mmengine.registry import HOOKS
+    default_hooks = cfg.get('default_hooks', {})
+    runtime = default_hooks.get('runtime_info')
+    hooks = [HOOKS.build(dict(runtime)) if runtime else RuntimeInfoHook()]
+    if default_hooks.get('nan_guard'):
+        hooks.append(HOOKS.build(dict(default_hooks['nan_guard'])))
+    interval = (default_hooks.get('logger') or {}).get('interval', 50)
+    return hooks, int(interval)
 
 
 def profile_step(cfg, batch_size: int = 2, image_size: Tuple[int, int] = (256, 320),
                  num_gt: Tuple[int, ...] = (9, 12), steps: int = 2,
-                 foreach: bool = True, trace: bool = False) -> Dict:
+                 foreach: bool = True, trace: bool = False,
+                 gpu_kernels: bool = True) -> Dict:
     """Count one training step (the last of ``steps``; the first ones warm caches up).
 
     Returns ops per phase, synchronising ops per phase and kind, the optimizer's param
@@ -146,13 +239,15 @@ def profile_step(cfg, batch_size: int = 2, image_size: Tuple[int, int] = (256, 3
     """
     from mmengine.logging import MessageHub
 
+    from ..models import host_data
     from .benchmark import build_model, num_classes_of, synthetic_batch
     device = torch.device('cpu')
     model, optim_wrapper, _ = build_model(cfg, 'full', device)
     optimizer = optim_wrapper.optimizer
     if foreach:
         for group in optimizer.param_groups:
-            group['foreach'] = True
+            if not group.get('fused'):
+                group['foreach'] = True
     batches = []
     for i, n in enumerate(num_gt[:batch_size] + (num_gt[-1], ) * (batch_size - len(num_gt))):
         one = synthetic_batch(1, image_size, num_classes_of(cfg), n, seed=i)
@@ -160,11 +255,26 @@ def profile_step(cfg, batch_size: int = 2, image_size: Tuple[int, int] = (256, 3
     data = dict(inputs=[b['inputs'][0] for b in batches],
                 data_samples=[b['data_samples'][0] for b in batches])
     hub = MessageHub.get_current_instance()
+    hooks, log_interval = _logging_hooks(cfg)
+    # what the runtime-info and NaN-guard hooks read of a Runner
+    runner = SimpleNamespace(optim_wrapper=optim_wrapper, iter=0, epoch=0, message_hub=hub,
+                             hooks=hooks, max_iters=10 ** 9, train_dataloader=range(10 ** 9),
+                             train_loop=None, work_dir='.')
     model.train()
     result: Optional[Dict] = None
     for step in range(steps):
         counter = StepCounter(trace)
-        originals = _wrap_regions(model, counter)
+        originals = (_kernel_standins if gpu_kernels else _wrap_regions)(model, counter)
+
+        def observe(values, device, _counter=counter):
+            _counter.pinned_copies[_counter.phase] += 1
+            if not torch.is_tensor(values):
+                _counter.expect_pinned += 1  # torch.from_numpy dispatches a lift_fresh
+        host_data.OBSERVERS.append(observe)
+
+        def observe_host(tensor, _counter=counter):
+            _counter.syncs[(_counter.phase, 'device-to-host copy')] += 1
+        host_data.HOST_OBSERVERS.append(observe_host)
         start = time.perf_counter()
         try:
             with counter:
@@ -178,10 +288,18 @@ def profile_step(cfg, batch_size: int = 2, image_size: Tuple[int, int] = (256, 3
                 optim_wrapper.step()
                 optim_wrapper.zero_grad()
                 counter.phase = 'logging'
-                hub.update_scalars({f'train/{k}': v for k, v in log_vars.items()})
+                runner.iter = step
+                for hook in hooks:
+                    hook.after_train_iter(runner, step, None, outputs=log_vars)
+                counter.phase = 'log flush'
+                for hook in hooks:
+                    if hasattr(hook, 'flush'):
+                        hook.flush(runner)
         finally:
-            for module, forward in originals:
-                module.forward = forward
+            host_data.OBSERVERS.remove(observe)
+            host_data.HOST_OBSERVERS.remove(observe_host)
+            for module, attr in originals:
+                delattr(module, attr)
         wall = time.perf_counter() - start
         if step == steps - 1:
             params = sum(len(g['params']) for g in optimizer.param_groups)
@@ -191,8 +309,14 @@ def profile_step(cfg, batch_size: int = 2, image_size: Tuple[int, int] = (256, 3
                     counter.syncs.items())},
                 syncs_total=sum(counter.syncs.values()),
                 syncs_outside_optimizer=sum(n for (phase, _), n in counter.syncs.items()
-                                            if phase != 'optimizer'),
+                                            if phase not in ('optimizer', 'log flush')),
+                flush_syncs=sum(n for (phase, _), n in counter.syncs.items()
+                                if phase == 'log flush'),
+                log_interval=log_interval,
                 msda_ops=counter.region_ops['msda_ops'],
+                kernel_standins=sum(counter.kernel_calls.values()),
+                pinned_copies=sum(counter.pinned_copies.values()),
+                gpu_kernels=gpu_kernels,
                 focal_loss_ops=counter.region_ops['focal_loss_ops'],
                 param_groups=len(optimizer.param_groups), params_updated=params,
                 wall_s=wall, aten_s=counter.op_seconds, python_s=wall - counter.op_seconds,

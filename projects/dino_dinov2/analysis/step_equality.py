@@ -49,8 +49,8 @@ def _run(cfg, data: dict, seed: int) -> Dict:
     assigner = model.bbox_head.assigner
     assign_batch = assigner.assign_batch
 
-    def recording(preds, gts, metas, host=False):
-        out = assign_batch(preds, gts, metas, host=host)
+    def recording(preds, gts, metas, host=False, **kwargs):
+        out = assign_batch(preds, gts, metas, host=host, **kwargs)
         for r in out:
             if host:
                 recorded.append((np.asarray(r[0]), np.asarray(r[1])))

@@ -6,6 +6,8 @@ from .deformable_attention import (SwitchableMultiScaleDeformableAttention, mmcv
                                    use_deformable_attention)
 from .fast_dino import FastDINO
 from .focal_loss import Float32FocalLoss
+from .lean_data_preprocessor import LeanDetDataPreprocessor
+from .lean_denoising import LeanCdnQueryGenerator
 from .triton_deformable_attention import HAS_TRITON, TritonMSDAFunction, msda_triton
 from .simple_feature_pyramid import LN2d, SimpleFeaturePyramid
 from .timm_dinov2 import DINOV2_MODELS, TimmDinov2, WeightFileError, load_weight_file
@@ -15,5 +17,6 @@ __all__ = [
     'load_weight_file', 'SwitchableMultiScaleDeformableAttention', 'mmcv_has_cuda_ops',
     'msda_mmcv', 'msda_pytorch', 'resolve_impl', 'use_deformable_attention', 'HAS_TRITON',
     'TritonMSDAFunction', 'msda_triton', 'FastDINO', 'BatchHungarianAssigner',
-    'BatchMatchingDINOHead', 'checkpoint_layers', 'is_checkpointed', 'Float32FocalLoss'
+    'BatchMatchingDINOHead', 'checkpoint_layers', 'is_checkpointed', 'Float32FocalLoss',
+    'LeanDetDataPreprocessor', 'LeanCdnQueryGenerator'
 ]

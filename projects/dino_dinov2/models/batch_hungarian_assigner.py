@@ -23,11 +23,14 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 from mmdet.models.task_modules.assigners import AssignResult, HungarianAssigner
+from mmdet.models.task_modules.assigners.match_cost import BBoxL1Cost, IoUCost
+from mmdet.structures.bbox import bbox_xyxy_to_cxcywh
 from mmdet.registry import TASK_UTILS
 from mmengine.structures import InstanceData
 from scipy.optimize import linear_sum_assignment
 
-from .host_data import host_to_device
+from .host_data import host_to_device, to_host
+from .lean_losses import pairwise_giou
 
 _EXTRA = ('pos_inds', 'neg_inds', 'pos_assigned_gt_inds')
 
@@ -48,6 +51,7 @@ class BatchHungarianAssigner(HungarianAssigner):
     def __init__(self, *args, batched_costs: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.batched_costs = bool(batched_costs)
+        self._factors = {}
 
     def assign(self,
                pred_instances: InstanceData,
@@ -66,10 +70,33 @@ class BatchHungarianAssigner(HungarianAssigner):
 
     def _total_cost(self, preds: InstanceData, gts: InstanceData,
                     img_meta: Optional[dict]) -> torch.Tensor:
+        factor = self._factors.get(id(gts))
         return torch.stack([
-            match_cost(pred_instances=preds, gt_instances=gts, img_meta=img_meta)
+            self._cost(match_cost, preds, gts, img_meta, factor)
             for match_cost in self.match_costs
         ]).sum(dim=0)
+
+    @staticmethod
+    def _cost(match_cost, preds, gts, img_meta, factor) -> torch.Tensor:
+        """``match_cost``'s matrix. With the image's ``[w, h, w, h]`` already on the device
+        (``factor``, float32, from the caller), mmdet's L1 and GIoU costs are computed by
+        the same operations without their host-to-device copies (the factor, GIoU's eps)."""
+        if factor is not None and type(match_cost) is BBoxL1Cost:
+            gt_bboxes, pred_bboxes = gts.bboxes, preds.bboxes
+            if match_cost.box_format == 'xywh':
+                gt_bboxes = bbox_xyxy_to_cxcywh(gt_bboxes)
+                pred_bboxes = bbox_xyxy_to_cxcywh(pred_bboxes)
+            factor = factor.to(gt_bboxes.dtype)
+            return torch.cdist(pred_bboxes / factor, gt_bboxes / factor, p=1) * \
+                match_cost.weight
+        if type(match_cost) is IoUCost and match_cost.iou_mode == 'giou':
+            pred_bboxes = preds.bboxes
+            fp16 = pred_bboxes.dtype == torch.float16
+            overlaps = pairwise_giou(pred_bboxes.float() if fp16 else pred_bboxes, gts.bboxes)
+            if fp16:
+                overlaps = overlaps.to(torch.float16)
+            return -overlaps * match_cost.weight
+        return match_cost(pred_instances=preds, gt_instances=gts, img_meta=img_meta)
 
     def _image_costs(self, preds, gts, metas) -> List[np.ndarray]:
         """Host cost matrices, each image's sets costed together; one copy to the host."""
@@ -83,7 +110,7 @@ class BatchHungarianAssigner(HungarianAssigner):
                                                  metas[k0])):
                 costs[k] = c
         # float32 as the stock solver sees it (a bfloat16 cost has no numpy dtype)
-        host = torch.cat([c.reshape(-1).float() for c in costs]).cpu().numpy()
+        host = to_host(torch.cat([c.reshape(-1).float() for c in costs])).numpy()
         out, offset = [], 0
         for p, g in zip(preds, gts):
             out.append(host[offset:offset + len(p) * len(g)].reshape(len(p), len(g)))
@@ -109,7 +136,7 @@ class BatchHungarianAssigner(HungarianAssigner):
         stacked_gts = InstanceData.cat([normalised(g, m, labels=g.labels)
                                         for g, m in zip(gts, metas)])
         cost = self._total_cost(stacked_preds, stacked_gts, dict(img_shape=(1, 1)))
-        host = cost.detach().float().cpu().numpy()
+        host = to_host(cost.detach().float()).numpy()
         rows = np.cumsum([0] + [len(p) for p in preds])
         cols = np.cumsum([0] + [len(g) for g in gts])
         return [host[rows[k]:rows[k + 1], cols[k]:cols[k + 1]] for k in range(len(preds))]
@@ -117,7 +144,8 @@ class BatchHungarianAssigner(HungarianAssigner):
     def assign_batch(self, pred_instances: Sequence[InstanceData],
                      gt_instances: Sequence[InstanceData],
                      img_metas: Sequence[Optional[dict]],
-                     host: bool = False) -> List[AssignResult]:
+                     host: bool = False,
+                     factors: Optional[Sequence[torch.Tensor]] = None) -> List[AssignResult]:
         """Match each ``pred_instances[k]`` to ``gt_instances[k]``.
 
         Pairs that share the same ``gt_instances`` and ``img_meta`` objects (the decoder
@@ -135,6 +163,8 @@ class BatchHungarianAssigner(HungarianAssigner):
             ``pos_assigned_gt_inds`` (device ``long`` tensors). With ``host=True``: per
             pair, ``(pos_inds, pos_assigned_gt_inds, num_neg)`` on the host (numpy), for
             a caller that sends what it builds from them to the device itself.
+            ``factors``: per pair, the image's float32 ``[w, h, w, h]`` (1, 4) on the device,
+            for the box costs (otherwise mmdet's costs copy them from the host).
         """
         if not (len(pred_instances) == len(gt_instances) == len(img_metas)):
             raise ValueError('BatchHungarianAssigner.assign_batch: got '
@@ -145,9 +175,15 @@ class BatchHungarianAssigner(HungarianAssigner):
         todo = [k for k, (num_preds, num_gts) in enumerate(sizes) if num_preds and num_gts]
         host_costs: List[Optional[np.ndarray]] = [None] * n
         if todo:
-            costs = (self._cross_batch_costs if self.batched_costs else self._image_costs)(
-                [pred_instances[k] for k in todo], [gt_instances[k] for k in todo],
-                [img_metas[k] for k in todo])
+            self._factors = {} if factors is None else {
+                id(gt_instances[k]): factors[k] for k in todo}
+            try:
+                costs = (self._cross_batch_costs if self.batched_costs else
+                         self._image_costs)([pred_instances[k] for k in todo],
+                                            [gt_instances[k] for k in todo],
+                                            [img_metas[k] for k in todo])
+            finally:
+                self._factors = {}
             for k, cost in zip(todo, costs):
                 host_costs[k] = cost
         gt_inds_host = []
@@ -175,8 +211,7 @@ class BatchHungarianAssigner(HungarianAssigner):
             layout.append([len(p) for p in parts])
             pieces.extend(parts)
         device = self._device(gt_instances, pred_instances)
-        all_host = torch.from_numpy(np.concatenate(pieces)) if pieces else \
-            torch.zeros(0, dtype=torch.long)
+        all_host = np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
         all_dev = host_to_device(all_host, device)
         results = []
         chunks = iter(all_dev.split([s for sizes_k in layout for s in sizes_k]))

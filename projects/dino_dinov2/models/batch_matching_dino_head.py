@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Sequence, Tuple
 
+import numpy as np
 import torch
 from mmdet.models.dense_heads import DINOHead
 from mmdet.registry import MODELS
@@ -51,8 +52,8 @@ def image_factors(batch_img_metas: Sequence[dict], device: torch.device) -> Tens
     synchronising host-to-device copy on a GPU; here one pinned, non-blocking copy.
     (Cast to a prediction's dtype, they equal what ``new_tensor`` makes in it.)
     """
-    host = torch.tensor([[m['img_shape'][1], m['img_shape'][0]] * 2 for m in batch_img_metas],
-                        dtype=torch.float32)
+    host = np.array(
+        [[m['img_shape'][1], m['img_shape'][0]] * 2 for m in batch_img_metas], np.float32)
     return host_to_device(host, device)
 
 
@@ -172,15 +173,18 @@ class BatchMatchingDINOHead(DINOHead):
         if has_enc:
             set_cls.append(enc_cls_scores)
             set_bbox.append(enc_bbox_preds)
-        preds, gts, metas = [], [], []
+        preds, gts, metas, pair_factors = [], [], [], []
         factors = image_factors(batch_img_metas, set_bbox[0].device)
         for cls_s, bbox_s in zip(set_cls, set_bbox):
-            set_factors = factors.to(bbox_s.dtype)
+            # pixel x1y1x2y2 of all images at once (DETRHead does it per image)
+            boxes = bbox_cxcywh_to_xyxy(bbox_s) * factors.to(bbox_s.dtype)[:, None]
             for i, (gt, meta) in enumerate(zip(batch_gt_instances, batch_img_metas)):
-                preds.append(self._pred_instances(cls_s[i], bbox_s[i], set_factors[i:i + 1]))
+                preds.append(InstanceData(scores=cls_s[i], bboxes=boxes[i]))
                 gts.append(gt)
                 metas.append(meta)
-        assignments = self.assigner.assign_batch(preds, gts, metas, host=True)
+                pair_factors.append(factors[i:i + 1])
+        assignments = self.assigner.assign_batch(preds, gts, metas, host=True,
+                                                 factors=pair_factors)
         return lean_dino_losses(self, set_cls, set_bbox, has_enc, assignments, dn_cls,
                                 dn_bbox, dn_meta, batch_gt_instances, batch_img_metas)
 

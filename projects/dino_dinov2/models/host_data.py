@@ -9,16 +9,31 @@ calls of :func:`host_to_device` as the pinned copies they are on a GPU.)
 """
 from __future__ import annotations
 
+from typing import Callable, List
+
+import numpy as np
 import torch
 
+# called with (tensor, device) by every host_to_device: the profile counts the copies
+OBSERVERS: List[Callable] = []
+# called with (tensor, ) by every to_host: a device-to-host copy, which waits for the device
+HOST_OBSERVERS: List[Callable] = []
 
-def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``tensor`` (on the host) on ``device``: pinned and non-blocking on a GPU."""
+
+def host_to_device(values, device: torch.device) -> torch.Tensor:
+    """``values`` (a numpy array or a host tensor) on ``device``: pinned and non-blocking
+    on a GPU."""
+    for observe in OBSERVERS:
+        observe(values, device)
+    tensor = torch.from_numpy(values) if isinstance(values, np.ndarray) else values
     if device.type == 'cuda':
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
 
 
-def host_tensor(values, dtype=torch.int64) -> torch.Tensor:
-    """A host tensor of ``values`` (a list of numbers)."""
-    return torch.tensor(values, dtype=dtype)
+def to_host(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` on the host: the host waits for the device to get there (a
+    synchronisation on a GPU; counted by the profile, which the CPU cannot show)."""
+    for observe in HOST_OBSERVERS:
+        observe(tensor)
+    return tensor.cpu()

@@ -32,6 +32,12 @@ from .host_data import host_to_device
 EPS = torch.finfo(torch.float32).eps  # mmdet's weight_reduce_loss
 
 
+class PackedLosses(dict):
+    """A loss dict whose values are the elements of one tensor, ``packed`` (in key order):
+    the detector sums and logs them without a host read per value."""
+    packed: Tensor
+
+
 def supports_lean_losses(head) -> Optional[str]:
     """None if ``head``'s losses are the ones :func:`lean_dino_losses` computes, else why
     not."""
@@ -60,6 +66,24 @@ def aligned_giou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-6) -> Tensor:
     ious = overlap / union
     enclosed_lt = torch.min(boxes1[..., :2], boxes2[..., :2])
     enclosed_rb = torch.max(boxes1[..., 2:], boxes2[..., 2:])
+    enclose_wh = (enclosed_rb - enclosed_lt).clamp(min=0)
+    enclose_area = (enclose_wh[..., 0] * enclose_wh[..., 1]).clamp(min=eps)
+    return ious - (enclose_area - union) / enclose_area
+
+
+def pairwise_giou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-6) -> Tensor:
+    """mmdet's ``bbox_overlaps(mode='giou', is_aligned=False)`` (same operations), ``eps``
+    applied by ``clamp``: (n, m) for (n, 4) and (m, 4) x1y1x2y2 boxes."""
+    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
+    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
+    lt = torch.max(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
+    rb = torch.min(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    overlap = wh[..., 0] * wh[..., 1]
+    union = (area1[..., None] + area2[..., None, :] - overlap).clamp(min=eps)
+    ious = overlap / union
+    enclosed_lt = torch.min(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
+    enclosed_rb = torch.max(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
     enclose_wh = (enclosed_rb - enclosed_lt).clamp(min=0)
     enclose_area = (enclose_wh[..., 0] * enclose_wh[..., 1]).clamp(min=eps)
     return ious - (enclose_area - union) / enclose_area
@@ -127,7 +151,7 @@ def lean_dino_losses(head, set_cls: Sequence[Tensor], set_bbox: Sequence[Tensor]
              np.concatenate(dn_rows or [np.zeros(0, np.int64)]),
              np.concatenate(dn_gts or [np.zeros(0, np.int64)])]
     lengths = [len(p) for p in parts]
-    packed = host_to_device(torch.from_numpy(np.concatenate(parts)), device)
+    packed = host_to_device(np.concatenate(parts), device)
     (pos_t, neg_t, sizes_t, gt_image_t, rows_t, gts_t, dn_rows_t,
      dn_gts_t) = packed.split(lengths)
     factors = sizes_t.view(B, 4).float()  # [w, h, w, h] per image
@@ -143,7 +167,7 @@ def lean_dino_losses(head, set_cls: Sequence[Tensor], set_bbox: Sequence[Tensor]
         targets_m = gt_boxes.new_zeros((num_matched_rows, 4))
         targets_m[rows_t] = gt_targets[gts_t]
         weights_m = gt_boxes.new_zeros((num_matched_rows, 4))
-        weights_m[rows_t] = 1.0
+        weights_m.index_fill_(0, rows_t, 1.0)
         for cls_s, box_s in zip(set_cls, set_bbox):
             pred_cls.append(cls_s.reshape(-1, C))
             pred_box.append(box_s.reshape(-1, 4))
@@ -158,7 +182,7 @@ def lean_dino_losses(head, set_cls: Sequence[Tensor], set_bbox: Sequence[Tensor]
         targets_dn = torch.zeros(B * Qdn, 4, device=device)
         targets_dn[dn_rows_t] = gt_targets[dn_gts_t]
         weights_dn = torch.zeros(B * Qdn, 4, device=device)
-        weights_dn[dn_rows_t] = 1.0
+        weights_dn.index_fill_(0, dn_rows_t, 1.0)
         pred_cls.append(dn_cls.reshape(-1, C))
         pred_box.append(dn_bbox.reshape(-1, 4))
         labels.append(labels_dn.repeat(num_dn_layers))
@@ -203,17 +227,22 @@ def lean_dino_losses(head, set_cls: Sequence[Tensor], set_bbox: Sequence[Tensor]
     # keys and order as DINOHead: last decoder layer, d0.. , enc_, dn_ (last), d0.dn_ ..
     S = len(set_cls)
     num_dec = S - 1 if has_enc else S
-    keyed = [('', num_dec - 1)] + [(f'd{k}.', k) for k in range(num_dec - 1)]
+    keyed = [('', slice(num_dec - 1, num_dec))] + \
+        [(f'd{k}.', None) for k in range(num_dec - 1)]
+    spans = [slice(num_dec - 1, num_dec), slice(0, num_dec - 1)]
     if has_enc:
-        keyed.append(('enc_', num_dec))
+        keyed.append(('enc_', None))
+        spans.append(slice(num_dec, S))
     if num_dn_layers:
-        keyed += [('dn_', S + num_dn_layers - 1)] + \
-            [(f'd{k}.dn_', S + k) for k in range(num_dn_layers - 1)]
-    out: Dict[str, Tensor] = {}
-    for name, s in keyed:
-        out[f'{name}loss_cls'] = loss_cls[s]
-        out[f'{name}loss_bbox'] = loss_bbox[s]
-        out[f'{name}loss_iou'] = loss_iou[s]
+        keyed += [('dn_', None)] + [(f'd{k}.dn_', None) for k in range(num_dn_layers - 1)]
+        spans += [slice(S + num_dn_layers - 1, S + num_dn_layers),
+                  slice(S, S + num_dn_layers - 1)]
+    per_set = torch.stack([loss_cls, loss_bbox, loss_iou], 1)  # (sets, 3)
+    packed = torch.cat([per_set[span] for span in spans]).reshape(-1)
+    keys = [f'{name}{term}' for name, _ in keyed
+            for term in ('loss_cls', 'loss_bbox', 'loss_iou')]
+    out = PackedLosses(zip(keys, packed.unbind()))
+    out.packed = packed
     return out
 
 

@@ -26,6 +26,8 @@ from mmengine.dist import all_reduce, is_distributed
 from mmengine.hooks import LoggerHook, RuntimeInfoHook
 from mmengine.registry import HOOKS
 
+from ...models.host_data import to_host
+
 
 @HOOKS.register_module()
 class DeferredRuntimeInfoHook(RuntimeInfoHook):
@@ -54,6 +56,7 @@ class DeferredRuntimeInfoHook(RuntimeInfoHook):
             runner.optim_wrapper.clip_func.last_norm = None
         if values:
             keys = tuple(values)
+            packed = getattr(outputs, 'packed', None)  # FastDINO: all values in one tensor
             if any(not torch.is_tensor(v) or v.numel() != 1 for v in values.values()) or \
                     (self._keys is not None and keys != self._keys):
                 # not one scalar tensor each, or other keys than before: as mmengine does
@@ -62,8 +65,12 @@ class DeferredRuntimeInfoHook(RuntimeInfoHook):
                     runner.message_hub.update_scalar(f'train/{key}', value)
             else:
                 self._keys = keys
-                self._pending.append((runner.iter, runner.epoch, batch_idx, torch.stack(
-                    [v.detach().reshape(()).float() for v in values.values()])))
+                if packed is not None:
+                    row = packed.float() if norm is None else torch.cat(
+                        [packed.float(), norm.detach().float().reshape(1)])
+                else:
+                    row = torch.stack([v.detach().reshape(()).float() for v in values.values()])
+                self._pending.append((runner.iter, runner.epoch, batch_idx, row))
         if self._due(runner, batch_idx):
             self.flush(runner)
 
@@ -118,7 +125,7 @@ class DeferredRuntimeInfoHook(RuntimeInfoHook):
                 bad = bad.clone()
                 all_reduce(bad, op='max')
             values = torch.cat([values, bad[:, None]], 1)
-        host = values.cpu().tolist()  # the one device-to-host copy
+        host = to_host(values).tolist()  # the one device-to-host copy
         for (it, epoch, batch_idx, _), row in zip(pending, host):
             if loss_col is not None and row[-1] > 0:
                 guard.raise_non_finite(runner, it, dict(zip(keys, row[:len(keys)])),
