@@ -17,6 +17,12 @@ with --real-data (data time reported apart). Pretrained backbone weights are not
 eager float32 and bfloat16 autocast, onnxruntime (CUDA provider on a GPU), TensorRT fp16
 where importable; writes inference.md.
 
+--host-profile CONFIG [CONFIG ...] counts what the host does in one training step on the
+CPU (a proxy for a GPU step: every ATen op is a kernel launch there): ATen ops per phase,
+synchronising ops, pinned copies, optimizer groups, for mmdet's step as it comes and for
+this project's lean step side by side (batch --batch-sizes, default 2; --img-size, default
+256 320; --num-gt boxes, default 9 and 12); writes host_profile.md and .json.
+
 --deform-attn times the deformable-attention implementations this install has (pytorch,
 mmcv's CUDA kernel, triton) side by side, forward and forward+backward at the recipe's
 shapes (float32, and bfloat16 with --precision mixed), and writes deform_attn.md.
@@ -55,6 +61,9 @@ def parse_args(argv=None):
     parser.add_argument('--deform-attn-levels', nargs='+', type=int, metavar='H W',
                         help="with --deform-attn: level sizes H1 W1 H2 W2 ... (default: an "
                              "800x1333 image's 100 167 50 84 25 42 13 21)")
+    parser.add_argument('--host-profile', action='store_true',
+                        help="count one training step's ATen ops and synchronisations "
+                        "(mmdet's step and the lean step) instead of timing")
     parser.add_argument('--inference', action='store_true',
                         help='inference latency instead: CONFIG CHECKPOINT, batch 1 at '
                              '--shape, PyTorch float32 / bfloat16, onnxruntime, TensorRT fp16 '
@@ -72,8 +81,9 @@ def parse_args(argv=None):
                         help='timed inference batches (default --iters; 0 skips)')
     parser.add_argument('--img-size', nargs='+', type=int, metavar='PX',
                         help='synthetic image size: H, or H W (default: from the config)')
-    parser.add_argument('--num-gt', type=int, default=5,
-                        help='boxes per synthetic image')
+    parser.add_argument('--num-gt', type=int, nargs='+', default=None,
+                        help='boxes per synthetic image (default 5; --host-profile: one '
+                        'number per image, default 9 12)')
     parser.add_argument('--real-data', action='store_true',
                         help="use the config's train/val dataloaders")
     parser.add_argument('--device', help='cpu or cuda[:N] (default: cuda if available)')
@@ -143,6 +153,40 @@ def deform_attn_main(args) -> int:
     return 0
 
 
+def host_profile_main(args) -> int:
+    import json
+    import os
+    import time
+
+    from projects.dino_dinov2.analysis import benchmark as bm
+    from projects.dino_dinov2.analysis import host_profile as hp
+    size = tuple(args.img_size[:1] + args.img_size[-1:]) if args.img_size else (256, 320)
+    num_gt = tuple(args.num_gt or (9, 12))
+    batch = (args.batch_sizes or [2])[0]
+    rows = {}
+    for i, config in enumerate(args.configs):
+        label = args.labels[i] if args.labels else osp.splitext(osp.basename(config))[0]
+        for mode, options in (('mmdet step', hp.MMDET_STEP), ('lean step', {})):
+            merged = dict(args.cfg_options or {}, **options)
+            cfg = bm.load_variant_config(bm.Variant(config, merged), args.pretrained)
+            start = time.time()
+            with bm.quiet_mmengine():
+                rows[f'{label}, {mode}'] = hp.profile_step(
+                    cfg, batch_size=batch, image_size=size, num_gt=num_gt)
+            print(f'{label}, {mode}: {time.time() - start:.0f} s', flush=True)
+    text = (f'# Host share of one training step (CPU proxy), batch {batch}, {size[0]}x'
+            f'{size[1]}, {", ".join(map(str, num_gt))} boxes\n\n{hp.table(rows)}\n')
+    os.makedirs(args.out_dir, exist_ok=True)
+    path = os.path.join(args.out_dir, 'host_profile.md')
+    with open(path, 'w') as f:
+        f.write(text)
+    with open(os.path.join(args.out_dir, 'host_profile.json'), 'w') as f:
+        json.dump(rows, f, indent=1, default=str)
+    print(text)
+    print(f'wrote {path}')
+    return 0
+
+
 def inference_main(args) -> int:
     import os
 
@@ -171,6 +215,8 @@ def main(argv=None):
         return deform_attn_main(args)
     if args.inference:
         return inference_main(args)
+    if args.host_profile:
+        return host_profile_main(args)
     import torch
 
     from projects.dino_dinov2.analysis import benchmark as bm
@@ -198,7 +244,7 @@ def main(argv=None):
             variants, args.precision, args.batch_sizes, baseline=baseline,
             device=args.device, iters=args.iters, warmup=args.warmup,
             infer_iters=args.infer_iters, image_size=size, real_data=args.real_data,
-            num_gt=args.num_gt, pretrained=args.pretrained)
+            num_gt=(args.num_gt or [5])[0], pretrained=args.pretrained)
     except (FileNotFoundError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

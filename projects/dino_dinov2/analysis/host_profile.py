@@ -44,6 +44,16 @@ SYNC_OPS = {
 }
 PHASES = ('forward', 'backward', 'optimizer', 'logging', 'log flush')
 
+# mmdet's and mmengine's step as they come (the "before" column): this project's lean
+# switches off
+MMDET_STEP = {
+    'model.lean_step': False,
+    'model.bbox_head.batched_losses': False,
+    'model.data_preprocessor.type': 'DetDataPreprocessor',
+    'optim_wrapper.constructor': 'DefaultOptimWrapperConstructor',
+    'default_hooks.runtime_info': dict(type='RuntimeInfoHook'),
+}
+
 
 class StepCounter(TorchDispatchMode):
     """ATen ops by phase; synchronising ops by phase and kind; ops inside named regions."""
@@ -55,6 +65,7 @@ class StepCounter(TorchDispatchMode):
         self.op_sites = collections.Counter()
         self.phase = 'forward'
         self.ops = collections.Counter()
+        self.views = collections.Counter()  # ops that only make a view: no kernel on a GPU
         self.syncs = collections.Counter()
         self.region_ops = collections.Counter()
         self.regions: list = []
@@ -70,6 +81,8 @@ class StepCounter(TorchDispatchMode):
         if self.paused:
             return func(*args, **(kwargs or {}))
         self.ops[self.phase] += 1
+        if getattr(func, 'is_view', False):
+            self.views[self.phase] += 1
         for region in self.regions:
             self.region_ops[region] += 1
         kind = SYNC_OPS.get(name)
@@ -303,15 +316,24 @@ def profile_step(cfg, batch_size: int = 2, image_size: Tuple[int, int] = (256, 3
         wall = time.perf_counter() - start
         if step == steps - 1:
             params = sum(len(g['params']) for g in optimizer.param_groups)
+            per_step = sum(counter.ops[p] for p in PHASES if p != 'log flush')
+            flush_ops = counter.ops['log flush']
+            views = sum(counter.views[p] for p in PHASES if p != 'log flush') + \
+                counter.views['log flush'] / log_interval
+            syncs_out = sum(n for (phase, _), n in counter.syncs.items()
+                            if phase not in ('optimizer', 'log flush'))
+            flush_syncs = sum(n for (phase, _), n in counter.syncs.items()
+                              if phase == 'log flush')
             result = dict(
+                ops_per_step=per_step + flush_ops / log_interval,
+                views_per_step=views,
+                launches_per_step=per_step + flush_ops / log_interval - views,
+                syncs_per_step_outside_optimizer=syncs_out + flush_syncs / log_interval,
                 ops={p: counter.ops[p] for p in PHASES}, ops_total=sum(counter.ops.values()),
                 syncs={f'{phase} {name}': n for (phase, name), n in sorted(
                     counter.syncs.items())},
                 syncs_total=sum(counter.syncs.values()),
-                syncs_outside_optimizer=sum(n for (phase, _), n in counter.syncs.items()
-                                            if phase not in ('optimizer', 'log flush')),
-                flush_syncs=sum(n for (phase, _), n in counter.syncs.items()
-                                if phase == 'log flush'),
+                syncs_outside_optimizer=syncs_out, flush_syncs=flush_syncs,
                 log_interval=log_interval,
                 msda_ops=counter.region_ops['msda_ops'],
                 kernel_standins=sum(counter.kernel_calls.values()),
@@ -336,21 +358,31 @@ def table(rows: Dict[str, Dict]) -> str:
 
     def line(label, get):
         lines.append(f'| {label} | ' + ' | '.join(str(get(rows[n])) for n in names) + ' |')
-    line('ATen ops (total)', lambda r: r['ops_total'])
+
+    def num(v):
+        return f'{v:,.0f}' if float(v).is_integer() else f'{v:,.2f}'
+    line('**ATen ops per step** (a log flush counted 1/interval)',
+         lambda r: f'**{num(r["ops_per_step"])}**')
     for phase in PHASES:
-        line(f'- {phase}', lambda r, p=phase: r['ops'][p])
-    line('- of which deformable attention (1 Triton kernel a call on a GPU)',
-         lambda r: r['msda_ops'])
-    line('- of which focal loss (1 mmcv kernel a call on a GPU)', lambda r: r['focal_loss_ops'])
-    line('synchronising ops (total)', lambda r: r['syncs_total'])
-    line('- outside the optimizer', lambda r: r['syncs_outside_optimizer'])
+        line(f'- {phase}', lambda r, p=phase: num(r['ops'][p]))
+    line('- of which views (metadata only: no kernel on a GPU)',
+         lambda r: num(r['views_per_step']))
+    line('**ATen ops that launch work** (views excluded)',
+         lambda r: f'**{num(r["launches_per_step"])}**')
+    line('- GPU kernels stood in for (deformable attention, focal loss: 1 op each way)',
+         lambda r: r['kernel_standins'] if r['gpu_kernels'] else 'not (CPU formulas)')
+    line('**synchronising ops per step, outside the optimizer**',
+         lambda r: f'**{num(r["syncs_per_step_outside_optimizer"])}**')
     kinds = sorted({k for r in rows.values() for k in r['syncs']})
     for kind in kinds:
         line(f'- {kind}', lambda r, k=kind: r['syncs'].get(k, 0))
-    line('optimizer param groups', lambda r: r['param_groups'])
+    line('host-to-device copies, pinned and non-blocking (no sync)',
+         lambda r: r['pinned_copies'])
+    line('**optimizer param groups**', lambda r: f'**{r["param_groups"]}**')
     line('parameters updated', lambda r: r['params_updated'])
-    line('logged loss values', lambda r: r['loss_keys'])
-    line('wall time (s, CPU)', lambda r: f'{r["wall_s"]:.2f}')
+    line('logged values', lambda r: r['loss_keys'])
+    line('log interval (flushes: 1 per interval)', lambda r: r['log_interval'])
+    line('wall time of the step (s, CPU, counting)', lambda r: f'{r["wall_s"]:.2f}')
     line('- inside ATen ops', lambda r: f'{r["aten_s"]:.2f}')
     line('- Python and dispatch (the rest)', lambda r: f'{r["python_s"]:.2f}')
     return '\n'.join(lines)
