@@ -3,4 +3,6 @@
 # default (the schedule's OptimWrapper); --amp gives the "Mixed" row (float16).
 _base_ = ['./dino_dinov2_s_12ep.py', './_base_/models/original_mode.py']
 model = {{_base_.original_mode}}
+optim_wrapper = {{_base_.original_optim_wrapper}}
+default_hooks = {{_base_.original_default_hooks}}
 amp_dtype = {{_base_.original_amp_dtype}}  # --amp: float16 + GradScaler, as the original

@@ -66,9 +66,14 @@ def _finite(state_dict):
                if torch.is_floating_point(v))
 
 
+@pytest.mark.parametrize('log_interval', [1, 5])
 def test_nan_loss_stops_with_iteration_and_keeps_last_good_checkpoint(
-        tiny_synthetic_data, tmp_path):
-    runner = _runner(tmp_path, tiny_synthetic_data, 'nan_stop')
+        tiny_synthetic_data, tmp_path, log_interval):
+    # log_interval 5: the logged values (and the NaN check) reach the host at iteration 5
+    # and at the end of epoch 2 (iteration 8): the NaN of iteration 6 is found there,
+    # before epoch 2's checkpoint
+    runner = _runner(tmp_path, tiny_synthetic_data, 'nan_stop',
+                     f'default_hooks.logger.interval={log_interval}')
     runner.register_hook(NanLossAt({6}))
     with pytest.raises(NonFiniteLossError) as e:
         runner.train()
@@ -88,6 +93,20 @@ def test_nan_loss_stops_with_iteration_and_keeps_last_good_checkpoint(
     assert ckpt['meta']['iter'] == 4 and _finite(ckpt['state_dict'])
     # the weights in memory were spoiled by the NaN step: that is why nothing is saved
     assert not _finite(runner.model.state_dict())
+
+
+def test_nan_found_before_a_checkpoint_between_log_lines(tiny_synthetic_data, tmp_path):
+    """A checkpoint due at an iteration without a log line first takes the held values
+    to the host: the NaN of iteration 6 stops the run before iter_6.pth is written."""
+    runner = _runner(tmp_path, tiny_synthetic_data, 'nan_ckpt',
+                     'default_hooks.logger.interval=5', 'default_hooks.checkpoint.by_epoch=False',
+                     'default_hooks.checkpoint.interval=3')
+    runner.register_hook(NanLossAt({6}))
+    with pytest.raises(NonFiniteLossError) as e:
+        runner.train()
+    assert str(e.value).startswith('non-finite loss at iteration 6 (epoch 2, batch 2)')
+    assert sorted(osp.basename(p) for p in glob.glob(osp.join(str(tmp_path), '*.pth'))) == [
+        'iter_3.pth']
 
 
 def test_fp16_loss_scaler_skips_the_step_and_training_goes_on(tiny_synthetic_data, tmp_path):

@@ -182,14 +182,24 @@ def test_head_losses_and_gradients_equal_stock_dino_head(head_inputs):
     assert type(stock_head).__name__ == 'DINOHead'
     stock_head.load_state_dict(fast_head.state_dict())
     stock_head.train()
-    l_fast, g_fast, h_fast, syncs_fast = _head_loss(fast_head, inputs, data_samples)
+    assert fast_head.batched_losses
+    l_batched, g_batched, _, _ = _head_loss(fast_head, inputs, data_samples)
+    fast_head.batched_losses = False  # mmdet's loss code on the batched matching
+    try:
+        l_fast, g_fast, h_fast, syncs_fast = _head_loss(fast_head, inputs, data_samples)
+    finally:
+        fast_head.batched_losses = True
     l_stock, g_stock, h_stock, syncs_stock = _head_loss(stock_head, inputs, data_samples)
-    assert l_fast.keys() == l_stock.keys()
+    assert l_fast.keys() == l_stock.keys() == l_batched.keys()
     for k in l_stock:  # same assignments, same arithmetic: identical
         torch.testing.assert_close(l_fast[k], l_stock[k], rtol=0, atol=0, msg=k)
-    assert g_fast.keys() == g_stock.keys() and g_stock
+        # all sets' losses in one pass: the same values, summed in another order
+        torch.testing.assert_close(l_batched[k].reshape(-1), l_stock[k].reshape(-1),
+                                   rtol=1e-6, atol=0, msg=k)
+    assert g_fast.keys() == g_stock.keys() == g_batched.keys() and g_stock
     for k in g_stock:
         torch.testing.assert_close(g_fast[k], g_stock[k], rtol=0, atol=0, msg=k)
+        torch.testing.assert_close(g_batched[k], g_stock[k], rtol=1e-5, atol=1e-8, msg=k)
     torch.testing.assert_close(h_fast, h_stock, rtol=0, atol=0)
     # Stock: nonzero + unique for each image of each matched set (2 decoder layers and
     # the encoder proposals here). Batched: the indices come back from the host ready.

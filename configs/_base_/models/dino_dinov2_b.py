@@ -63,9 +63,9 @@ model = dict(
     # detrex's sine embedding: temperature 10000, normalised, offset -0.5
     positional_encoding=dict(num_feats=128, normalize=True, offset=-0.5, temperature=10000),
     bbox_head=dict(
-        type='BatchMatchingDINOHead',  # DINOHead; all layers' matching in one batch
-        # and all 13 sets' losses in one pass, normalisers on the device (False: mmdet's)
-        batched_losses=True,
+        # DINOHead; all layers' matching in one batch and (batched_losses, on with
+        # matching='step') all 13 sets' losses in one pass, normalisers on the device
+        type='BatchMatchingDINOHead',
         num_classes=80,
         sync_cls_avg_factor=True,
         # mmdet's FocalLoss in float32 under AMP (mmcv's CUDA kernel has no bfloat16)

@@ -19,3 +19,8 @@ original_mode = dict(
     bbox_head=dict(type='BatchMatchingDINOHead', matching='layer', batched_losses=False),
     train_cfg=dict(assigner=dict(type='BatchHungarianAssigner', batched_costs=True)))
 original_amp_dtype = 'float16'
+# detectron2's trainer: the parameter groups merged by settings (its reduce_param_groups),
+# torch's default AdamW update (foreach on a GPU, not fused), the gradient norm not read;
+# every loss read back to the host each iteration (its _write_metrics): mmengine's hook
+original_optim_wrapper = dict(paramwise_cfg=dict(fused=False))
+original_default_hooks = dict(runtime_info=dict(type='RuntimeInfoHook'))

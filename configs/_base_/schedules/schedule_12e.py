@@ -16,6 +16,9 @@ optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4),
     clip_grad=dict(max_norm=0.1, norm_type=2),
     paramwise_cfg=dict(
+        # LeanOptimWrapperConstructor's switches (engine/lean_optim.py): fused None = where
+        # the device has it
+        merge_groups=True, fused=None, defer_grad_norm=True,
         norm_decay_mult=0.0,
         custom_keys={'backbone': dict(lr_mult=0.1), 'neck.0': dict(lr_mult=0.1)}))
 

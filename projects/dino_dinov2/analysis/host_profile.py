@@ -242,10 +242,11 @@ def _logging_hooks(cfg):
 
 
 def profile_step(cfg, batch_size: int = 2, image_size: Tuple[int, int] = (256, 320),
-                 num_gt: Tuple[int, ...] = (9, 12), steps: int = 2,
+                 num_gt: Tuple[int, ...] = (9, 12), steps: int = 1,
                  foreach: bool = True, trace: bool = False,
                  gpu_kernels: bool = True) -> Dict:
-    """Count one training step (the last of ``steps``; the first ones warm caches up).
+    """Count one training step (the last of ``steps``). The optimizer's state is made
+    first (one update with zero gradients), as after the first step of a run.
 
     Returns ops per phase, synchronising ops per phase and kind, the optimizer's param
     groups and parameters updated, and times (wall, inside ATen ops, the rest: Python).
@@ -274,6 +275,11 @@ def profile_step(cfg, batch_size: int = 2, image_size: Tuple[int, int] = (256, 3
                              hooks=hooks, max_iters=10 ** 9, train_dataloader=range(10 ** 9),
                              train_loop=None, work_dir='.')
     model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optim_wrapper.zero_grad()
     result: Optional[Dict] = None
     for step in range(steps):
         counter = StepCounter(trace)

@@ -173,6 +173,18 @@ class _Hooks:
                                  result.get_extra_property('pos_assigned_gt_inds').clone()))
             return real_targets(result, *args, **kwargs)
         head._targets_single = targets_single
+        # the batched losses (BatchMatchingDINOHead.batched_losses) take the assignment
+        # from the host directly: record it there, in the same (set, image) order
+        assigner = head.assigner
+        real_assign = assigner.assign_batch
+
+        def assign_batch(*args, host=False, **kwargs):
+            out = real_assign(*args, host=host, **kwargs)
+            if host:
+                for pos, pos_gt, _ in out:
+                    self.targets.append((torch.from_numpy(pos), torch.from_numpy(pos_gt)))
+            return out
+        assigner.assign_batch = assign_batch
 
     def _hook(self, module, key, pick):
         def hook(mod, inputs, output):

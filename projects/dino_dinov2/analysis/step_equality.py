@@ -10,7 +10,7 @@ reports the largest differences.
 from __future__ import annotations
 
 import copy
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -97,3 +97,83 @@ def compare_step(cfg, data: dict, seed: int = 1) -> Dict:
                 grad_max_abs=grad_abs, grad_max_rel=grad_rel,
                 assignments=len(stock['assignments']), same_assignments=same_assignments,
                 total_loss=(lean['losses']['loss'], stock['losses']['loss']))
+
+
+STOCK_RUN = dict(STOCK, **{
+    'model.data_preprocessor.type': 'DetDataPreprocessor',
+    'optim_wrapper.constructor': 'DefaultOptimWrapperConstructor',
+    'default_hooks.runtime_info.type': 'RuntimeInfoHook'})
+
+
+def loss_curve(config: str, data_root: str, work_dir: str, iters: int = 50,
+               batch_size: int = 4, stock: bool = False, seed: int = 0,
+               options: Optional[Dict] = None) -> List[Dict]:
+    """The logged values of each of ``iters`` training iterations of ``config`` on
+    ``data_root`` (``tools/train.py`` in its own process: the real Runner, loader and
+    hooks; seeded, deterministic; one epoch over the first ``iters * batch_size``
+    images), through the lean step or (``stock``) mmdet's and mmengine's step
+    (:data:`STOCK_RUN`)."""
+    import glob
+    import json
+    import os.path as osp
+    import subprocess
+    import sys
+    repo = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+    options = {
+        **(options or {}),
+        'train_dataloader.dataset.data_root': data_root.rstrip('/') + '/',
+        'train_dataloader.dataset.indices': iters * batch_size,
+        'train_dataloader.batch_size': batch_size, 'train_cfg.max_epochs': 1,
+        'train_cfg.val_begin': 10 ** 6, 'default_hooks.logger.interval': 1,
+        'log_processor.window_size': 1, 'randomness.seed': seed,
+        'randomness.deterministic': True, 'default_hooks.checkpoint.interval': 10 ** 6,
+    }
+    if stock:
+        options.update(STOCK_RUN)
+    args = [sys.executable, osp.join(repo, 'tools', 'train.py'), config, '--work-dir',
+            work_dir, '--cfg-options', *[f'{k}={v}' for k, v in options.items()]]
+    subprocess.run(args, check=True, cwd=repo, stdout=subprocess.DEVNULL)
+    path = sorted(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')))[-1]
+    with open(path) as f:
+        return [r for r in map(json.loads, f) if 'loss' in r]
+
+
+def _spread(a: List[Dict], b: List[Dict], key: str = 'loss') -> Tuple[float, float, int]:
+    """(largest, mean) relative difference of ``key`` per iteration, and the first
+    iteration where they differ by more than 1e-6."""
+    rel = [abs(x[key] - y[key]) / max(abs(y[key]), 1e-12) for x, y in zip(a, b)]
+    first = next((x['iter'] for x, r in zip(a, rel) if r > 1e-6), 0)
+    return max(rel), sum(rel) / len(rel), first
+
+
+def _main(argv=None) -> int:
+    """``python -m projects.dino_dinov2.analysis.step_equality CONFIG DATA_ROOT OUT_DIR
+    [ITERS]``: the loss curves of the lean step and of mmdet's step, and as the yardstick
+    of float rounding the lean step with its optimizer's update run per tensor instead of
+    fused (the same arithmetic in another order): DETR's matching turns any rounding
+    difference into a different curve after a few iterations."""
+    import os.path as osp
+    import sys
+    argv = sys.argv[1:] if argv is None else argv
+    config, data_root, out = argv[:3]
+    iters = int(argv[3]) if len(argv) > 3 else 50
+    lean = loss_curve(config, data_root, osp.join(out, 'lean'), iters)
+    stock = loss_curve(config, data_root, osp.join(out, 'mmdet'), iters, stock=True)
+    rounding = loss_curve(config, data_root, osp.join(out, 'lean_unfused'), iters,
+                          options={'optim_wrapper.paramwise_cfg.fused': False})
+    print(f'{len(lean)} iterations logged (total loss, relative differences per iteration)')
+    print('| pair | largest | mean | first iteration > 1e-6 | mean loss, last 10 |')
+    print('| --- | ---: | ---: | ---: | --- |')
+
+    def tail(rows):
+        return sum(r['loss'] for r in rows[-10:]) / len(rows[-10:])
+    for name, other in (('lean vs mmdet step', stock),
+                        ('lean vs lean, optimizer per tensor (rounding only)', rounding)):
+        big, mean, first = _spread(lean, other)
+        print(f'| {name} | {big:.1e} | {mean:.1e} | {first or "none"} | '
+              f'{tail(lean):.4f} vs {tail(other):.4f} |')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(_main())

@@ -11,7 +11,7 @@ weight decay and the rest, so the same updates) with:
 
 - ``merge_groups``: the groups whose settings are all equal merged into one (a handful for
   the recipe: backbone/pyramid at lr x0.1 with and without decay, the rest likewise);
-- ``fused``: ``'auto'`` asks torch's fused kernel (one launch per group) where the
+- ``fused``: ``None`` (or ``'auto'``) asks torch's fused kernel (one launch per group) where the
   optimizer has one and every parameter lives on a device it supports (CUDA, CPU), unless
   the config sets ``fused`` or ``foreach`` itself;
 - ``defer_grad_norm``: the gradient is clipped exactly as before, but the norm stays a
@@ -102,18 +102,20 @@ class LeanOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     gradient norm kept on the device (module doc).
 
     Options, in ``paramwise_cfg`` (mmengine hands the constructor nothing else):
-    ``merge_groups`` (default True), ``fused`` (``'auto'``, True or False; default
-    ``'auto'``), ``defer_grad_norm`` (default True).
+    ``merge_groups`` (default True), ``fused`` (None = where the device has one, True or
+    False; default None), ``defer_grad_norm`` (default True).
     """
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: Optional[dict] = None):
         paramwise_cfg = dict(paramwise_cfg or {})
         self.merge_groups = bool(paramwise_cfg.pop('merge_groups', True))
-        self.fused = paramwise_cfg.pop('fused', 'auto')
+        self.fused = paramwise_cfg.pop('fused', None)
         self.defer_grad_norm = bool(paramwise_cfg.pop('defer_grad_norm', True))
-        if self.fused not in ('auto', True, False):
-            raise ConfigError(f"paramwise_cfg.fused must be 'auto', True or False, got "
-                              f'{self.fused!r}')
+        if self.fused == 'auto':
+            self.fused = None
+        if self.fused not in (None, True, False):
+            raise ConfigError(f'paramwise_cfg.fused must be None (where the device has it), '
+                              f'True or False, got {self.fused!r}')
         super().__init__(optim_wrapper_cfg, paramwise_cfg or None)
 
     def __call__(self, model):
@@ -181,6 +183,12 @@ def _accept_unmerged_checkpoints(optim_wrapper, unmerged, merged) -> None:
             print_log(f'optimizer state saved with {len(groups)} param groups: regrouped '
                       f'into {len(merged)}', logger='current', level=logging.INFO)
             state_dict = regroup_state_dict(state_dict, unmerged, merged)
+            # how the update runs is this run's choice, not the checkpoint's
+            for saved, current in zip(state_dict['param_groups'],
+                                      optim_wrapper.optimizer.param_groups):
+                for key in ('fused', 'foreach'):
+                    if key in current:
+                        saved[key] = current[key]
         load(state_dict)
 
     optim_wrapper.load_state_dict = load_state_dict

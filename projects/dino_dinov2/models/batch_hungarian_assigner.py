@@ -194,7 +194,12 @@ class BatchHungarianAssigner(HungarianAssigner):
                 gt_inds_host.append(np.full(num_preds, 0 if num_gts == 0 else -1,
                                             dtype=np.int64))
                 continue
-            rows, cols = linear_sum_assignment(host_costs[k])
+            cost = host_costs[k]
+            if not np.isfinite(cost).all():
+                # NaN/Inf predictions (weights spoiled by a non-finite step): match anyway;
+                # the NaN guard stops the run at its next check, before anything is saved
+                cost = np.nan_to_num(cost, nan=1e8, posinf=1e8, neginf=-1e8)
+            rows, cols = linear_sum_assignment(cost)
             gt_inds = np.zeros(num_preds, dtype=np.int64)
             gt_inds[rows] = cols + 1
             gt_inds_host.append(gt_inds)

@@ -17,7 +17,7 @@ call, which the batched matching makes once per image instead of once per image 
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -73,19 +73,21 @@ class BatchMatchingDINOHead(DINOHead):
             clipped to the image, as the original (detectron2) does.
         batched_losses: all sets' losses in one pass without host reads
             (:mod:`.lean_losses`; needs ``matching='step'`` and the sigmoid focal, L1 and
-            GIoU losses); False: mmdet's loss code, set by set.
+            GIoU losses); False: mmdet's loss code, set by set; None (default): on with
+            ``matching='step'``.
         *args, **kwargs: mmdet ``DINOHead``'s arguments.
     """
 
     def __init__(self, *args, matching: str = 'step', drop_empty_boxes: bool = True,
-                 batched_losses: bool = True, **kwargs) -> None:
+                 batched_losses: Optional[bool] = None, **kwargs) -> None:
         if matching not in MATCHING_MODES:
             raise ConfigError(f'BatchMatchingDINOHead: matching must be one of '
                               f'{MATCHING_MODES}, got {matching!r}')
         super().__init__(*args, **kwargs)
         self.matching = matching
         self.drop_empty_boxes = drop_empty_boxes
-        self.batched_losses = bool(batched_losses)
+        self.batched_losses = matching == 'step' if batched_losses is None else \
+            bool(batched_losses)
         if self.batched_losses and matching != 'step':
             raise ConfigError("BatchMatchingDINOHead: batched_losses=True needs "
                               "matching='step'")

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from mmdet.models.detectors import DINO
+from mmdet.models.layers.transformer import DeformableDetrTransformerEncoder
 from mmdet.registry import MODELS
 from mmengine.logging import print_log
 
@@ -33,6 +34,23 @@ from .deformable_attention import IMPLS as DEFORM_ATTN_IMPLS
 from .deformable_attention import use_deformable_attention
 from .host_data import host_to_device
 from .lean_denoising import LeanCdnQueryGenerator
+
+
+class HostShapesEncoder(DeformableDetrTransformerEncoder):
+    """mmdet's deformable encoder whose reference points come from the feature sizes as
+    Python ints (``host_shapes``) instead of a loop over the values of a device tensor."""
+
+    def forward(self, query, query_pos, key_padding_mask, spatial_shapes, level_start_index,
+                valid_ratios, host_shapes=None, **kwargs):
+        reference_points = self.get_encoder_reference_points(
+            spatial_shapes if host_shapes is None else host_shapes, valid_ratios,
+            device=query.device)
+        for layer in self.layers:
+            query = layer(query=query, query_pos=query_pos, key_padding_mask=key_padding_mask,
+                          spatial_shapes=spatial_shapes, level_start_index=level_start_index,
+                          valid_ratios=valid_ratios, reference_points=reference_points,
+                          **kwargs)
+        return query
 
 
 class PackedLogVars(OrderedDict):
@@ -70,6 +88,11 @@ class FastDINO(DINO):
         self._host_shapes = None
         if self.lean_step and self.dn_query_generator is not None:
             self.dn_query_generator.__class__ = LeanCdnQueryGenerator
+        if self.lean_step:
+            if type(self.encoder) is not DeformableDetrTransformerEncoder:
+                raise ConfigError(f'FastDINO: lean_step=True needs mmdet\'s deformable '
+                                  f'encoder, got {type(self.encoder).__name__}')
+            self.encoder.__class__ = HostShapesEncoder
         # the encoder's self-attention and the decoder's cross-attention
         if not (use_deformable_attention(self.encoder, deform_attn_impl)
                 and use_deformable_attention(self.decoder, deform_attn_impl)):
@@ -175,15 +198,10 @@ class FastDINO(DINO):
         if not self.lean_step:
             return super().forward_encoder(feat, feat_mask, feat_pos, spatial_shapes,
                                            level_start_index, valid_ratios)
-        # DeformableDetrTransformerEncoder.forward with the reference points from ints
-        reference_points = self.encoder.get_encoder_reference_points(
-            self._host_shapes, valid_ratios, device=feat.device)
-        memory = feat
-        for layer in self.encoder.layers:
-            memory = layer(query=memory, query_pos=feat_pos, key_padding_mask=feat_mask,
-                           spatial_shapes=spatial_shapes,
-                           level_start_index=level_start_index, valid_ratios=valid_ratios,
-                           reference_points=reference_points)
+        memory = self.encoder(query=feat, query_pos=feat_pos, key_padding_mask=feat_mask,
+                              spatial_shapes=spatial_shapes,
+                              level_start_index=level_start_index, valid_ratios=valid_ratios,
+                              host_shapes=self._host_shapes)
         return dict(memory=memory, memory_mask=feat_mask, spatial_shapes=spatial_shapes)
 
     def gen_encoder_output_proposals(self, memory, memory_mask, spatial_shapes):

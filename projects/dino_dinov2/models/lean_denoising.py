@@ -56,18 +56,32 @@ class LeanCdnQueryGenerator(CdnQueryGenerator):
         dn_bbox_query = self.generate_dn_bbox_query(gt_bboxes, num_groups)
 
         num_denoising_queries = int(max_num_target * 2 * num_groups)
-        mapper = (batch_expand_t, query_index_t)
-        batched_label_query = torch.zeros(batch_size, num_denoising_queries, self.embed_dims,
-                                          device=device)
-        batched_bbox_query = torch.zeros(batch_size, num_denoising_queries, 4, device=device)
-        batched_label_query[mapper] = dn_label_query
-        batched_bbox_query[mapper] = dn_bbox_query
+        batched_label_query, batched_bbox_query = self.collate_dn_queries(
+            dn_label_query, dn_bbox_query, None, batch_size, num_groups,
+            mapper=(batch_expand_t, query_index_t),
+            num_denoising_queries=num_denoising_queries)
 
         attn_mask = self.generate_dn_mask(max_num_target, num_groups,
                                           device=dn_label_query.device)
         dn_meta = dict(num_denoising_queries=num_denoising_queries,
                        num_denoising_groups=num_groups)
         return batched_label_query, batched_bbox_query, attn_mask, dn_meta
+
+    def collate_dn_queries(self, input_label_query: Tensor, input_bbox_query: Tensor,
+                           batch_idx, batch_size: int, num_groups: int, mapper=None,
+                           num_denoising_queries=None) -> tuple:
+        """mmdet's collation; with ``mapper`` ((image, slot) index tensors placed from
+        the host counts) and ``num_denoising_queries``, without reading counts back."""
+        if mapper is None:
+            return super().collate_dn_queries(input_label_query, input_bbox_query,
+                                              batch_idx, batch_size, num_groups)
+        device = input_label_query.device
+        batched_label_query = torch.zeros(batch_size, num_denoising_queries, self.embed_dims,
+                                          device=device)
+        batched_bbox_query = torch.zeros(batch_size, num_denoising_queries, 4, device=device)
+        batched_label_query[mapper] = input_label_query
+        batched_bbox_query[mapper] = input_bbox_query
+        return batched_label_query, batched_bbox_query
 
     def generate_dn_mask(self, max_num_target: int, num_groups: int, device) -> Tensor:
         """mmdet's mask (True: cannot see): the matching queries do not see the denoising
