@@ -69,7 +69,7 @@ def _run(cfg, data: dict, seed: int) -> Dict:
         del assigner.assign_batch
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()
              if p.grad is not None}
-    return dict(losses={k: float(v) for k, v in log_vars.items()}, grads=grads,
+    return dict(losses={k: float(v.detach()) for k, v in log_vars.items()}, grads=grads,
                 assignments=recorded, keys=list(log_vars))
 
 
