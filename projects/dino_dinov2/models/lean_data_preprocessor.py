@@ -6,8 +6,8 @@ padding from host tensors of the shapes (``torch.Tensor(shapes)``, ``.sum() == 0
 ``.tolist()``). The ground truth reaches the device field by field (boxes and labels of
 every image: two pageable copies each). :class:`LeanDetDataPreprocessor` computes the same
 batch with the channel flip as ``flip``, the padding from Python ints, and, on a GPU, the
-ground truth of the whole batch in one pinned, non-blocking copy per dtype (the images come
-pinned from a loader with ``pin_memory=True`` and are copied non-blocking).
+ground truth of the whole batch in one pinned, non-blocking copy per dtype, and the images
+pinned (already, from a loader with ``pin_memory=True``) and copied non-blocking.
 """
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from mmdet.registry import MODELS
 from mmdet.structures.bbox import BaseBoxes
 from mmdet.models.utils.misc import samplelist_boxtype2tensor
 from mmengine.utils import is_seq_of
+
+from .host_data import host_to_device
 
 _INSTANCE_FIELDS = ('gt_instances', 'ignored_instances')
 
@@ -38,7 +40,7 @@ class LeanDetDataPreprocessor(DetDataPreprocessor):
             data_samples = self._samples_to_device(data_samples)
         images = []
         for image in data['inputs']:
-            image = image.to(self.device, non_blocking=self._non_blocking)
+            image = host_to_device(image, torch.device(self.device))  # pinned, non-blocking
             if self._channel_conversion and image.shape[0] == 3:
                 image = image.flip(0)  # = image[[2, 1, 0], ...]
             image = image.float()
@@ -74,10 +76,8 @@ class LeanDetDataPreprocessor(DetDataPreprocessor):
                                   value=self.pad_value) for im in images])
 
     def _samples_to_device(self, data_samples: list) -> list:
-        """The data samples on the device; on a GPU their instance tensors travel in one
-        pinned, non-blocking copy per dtype."""
-        if torch.device(self.device).type != 'cuda':
-            return [s.to(self.device) for s in data_samples]
+        """The data samples on the device, their instance tensors in one pinned,
+        non-blocking copy per dtype."""
         slots = []  # (instances, key, boxes type or None, host tensor)
         for sample in data_samples:
             for field in _INSTANCE_FIELDS:
@@ -94,7 +94,7 @@ class LeanDetDataPreprocessor(DetDataPreprocessor):
             by_dtype.setdefault(slot[3].dtype, []).append(slot)
         for dtype, group in by_dtype.items():
             flat = torch.cat([s[3].reshape(-1) for s in group])
-            moved = flat.pin_memory().to(self.device, non_blocking=True)
+            moved = host_to_device(flat, torch.device(self.device))
             for (instances, key, boxes_type, host), part in zip(
                     group, moved.split([s[3].numel() for s in group])):
                 part = part.view(host.shape)
