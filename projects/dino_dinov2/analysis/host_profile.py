@@ -13,14 +13,19 @@ the host wait for the device whatever the device:
 
 :func:`profile_step` runs ``train_step``'s phases as mmengine runs them (data
 preprocessor, forward and loss, ``parse_losses``, backward, gradient clipping and the
-optimizer step, the loss values logged by the message hub as ``RuntimeInfoHook`` does) under
-a dispatch mode that counts per phase. The CPU differs from a GPU where the code picks
-another path by device; the profile follows the GPU's where it can and says where not:
+optimizer step, the config's runtime-info and NaN-guard hooks, and the copy of held log
+values a deferring hook makes once per log interval) under a dispatch mode that counts per
+phase. Views (``func.is_view``) are counted apart: they launch nothing on a GPU. The copies
+the CPU cannot see are counted where the project makes them (``models/host_data.py``:
+pinned host-to-device copies, device-to-host copies) and, for mmengine's route, in the data
+preprocessor's ``cast_data`` (the ground truth's pageable copies). The CPU differs from a
+GPU where the code picks another path by device; the profile follows the GPU's:
 
-- the optimizer: ``foreach=True`` (the GPU default; the CPU default is one update per tensor);
-- deformable attention: the pure-PyTorch path runs here (a GPU runs one Triton kernel per
-  call): its ops are counted apart (``msda_ops``) so that they can be set aside;
-- focal loss: mmcv's CUDA kernel on a GPU, the PyTorch formula here: counted apart too.
+- the optimizer: ``foreach=True`` where it is not fused (the CPU default is one update per
+  tensor);
+- deformable attention's sampling and the focal loss: one Triton / mmcv kernel a call on a
+  GPU, their PyTorch formulas here: each call counts as one op forward and one backward
+  (the formula runs uncounted; ``gpu_kernels=False`` counts the formulas instead).
 """
 from __future__ import annotations
 
