@@ -174,8 +174,11 @@ def host_profile_main(args) -> int:
                 rows[f'{label}, {mode}'] = hp.profile_step(
                     cfg, batch_size=batch, image_size=size, num_gt=num_gt)
             print(f'{label}, {mode}: {time.time() - start:.0f} s', flush=True)
+    sites = '\n'.join(f'- {label}: ' + ('; '.join(r['sync_sites']) or 'none')
+                      for label, r in rows.items() if 'lean' in label)
     text = (f'# Host share of one training step (CPU proxy), batch {batch}, {size[0]}x'
-            f'{size[1]}, {", ".join(map(str, num_gt))} boxes\n\n{hp.table(rows)}\n')
+            f'{size[1]}, {", ".join(map(str, num_gt))} boxes\n\n{hp.table(rows)}\n\n'
+            f'Where the lean step synchronises (phase, kind, code):\n\n{sites}\n')
     os.makedirs(args.out_dir, exist_ok=True)
     path = os.path.join(args.out_dir, 'host_profile.md')
     with open(path, 'w') as f:

@@ -26,6 +26,9 @@ GPU where the code picks another path by device; the profile follows the GPU's:
 - deformable attention's sampling and the focal loss: one Triton / mmcv kernel a call on a
   GPU, their PyTorch formulas here: each call counts as one op forward and one backward
   (the formula runs uncounted; ``gpu_kernels=False`` counts the formulas instead).
+
+Each synchronisation is also listed with the line of code that asked for it
+(``sync_sites``).
 """
 from __future__ import annotations
 
@@ -38,6 +41,8 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .step_equality import MMDET_STEP  # noqa: F401  (the "mmdet step" column)
+
 SYNC_OPS = {
     'aten._local_scalar_dense': 'item/bool/int/float of a tensor',
     'aten.nonzero': 'data-dependent shape', 'aten.masked_select': 'data-dependent shape',
@@ -49,31 +54,18 @@ SYNC_OPS = {
 }
 PHASES = ('forward', 'backward', 'optimizer', 'logging', 'log flush')
 
-# mmdet's and mmengine's step as they come (the "before" column): this project's lean
-# switches off
-MMDET_STEP = {
-    'model.lean_step': False,
-    'model.bbox_head.batched_losses': False,
-    'model.data_preprocessor.type': 'DetDataPreprocessor',
-    'optim_wrapper.constructor': 'DefaultOptimWrapperConstructor',
-    'default_hooks.runtime_info': dict(type='RuntimeInfoHook'),
-}
-
 
 class StepCounter(TorchDispatchMode):
-    """ATen ops by phase; synchronising ops by phase and kind; ops inside named regions."""
+    """ATen ops and views by phase; synchronising ops by phase and kind, and the line of
+    code (outside torch) that asked for each."""
 
-    def __init__(self, trace: bool = False) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.trace = trace
-        self.sync_sites = collections.Counter()
-        self.op_sites = collections.Counter()
         self.phase = 'forward'
         self.ops = collections.Counter()
         self.views = collections.Counter()  # ops that only make a view: no kernel on a GPU
         self.syncs = collections.Counter()
-        self.region_ops = collections.Counter()
-        self.regions: list = []
+        self.sync_sites = collections.Counter()
         self.op_seconds = 0.0
         self.paused = 0
         self.pinned_copies = collections.Counter()
@@ -81,35 +73,32 @@ class StepCounter(TorchDispatchMode):
         self.kernel_calls = collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = str(func.overloadpacket) if hasattr(func, 'overloadpacket') else str(func)
-        name = name if name.startswith('aten.') else f'aten.{name}'
         if self.paused:
             return func(*args, **(kwargs or {}))
+        name = str(func.overloadpacket) if hasattr(func, 'overloadpacket') else str(func)
+        name = name if name.startswith('aten.') else f'aten.{name}'
         self.ops[self.phase] += 1
         if getattr(func, 'is_view', False):
             self.views[self.phase] += 1
-        for region in self.regions:
-            self.region_ops[region] += 1
-        kind = SYNC_OPS.get(name)
+        kind = name if name in SYNC_OPS else None
         if name == 'aten.lift_fresh' and self.expect_pinned:
             # the host data of a pinned, non-blocking copy (models/host_data.py)
             self.expect_pinned -= 1
             kind = None
-        if kind is not None and not (name == 'aten.repeat_interleave'
-                                     and not _tensor_repeats(args, kwargs)):
-            self.syncs[(self.phase, name)] += 1
-        if name == 'aten.index' and _bool_index(args):
-            kind = 'boolean mask'
-            self.syncs[(self.phase, 'aten.index (boolean mask)')] += 1
-        if self.trace:
-            site = _caller()
-            self.op_sites[(self.phase, site)] += 1
-            if kind is not None:
-                self.sync_sites[(self.phase, name, site)] += 1
+        elif name == 'aten.repeat_interleave' and not _tensor_repeats(args, kwargs):
+            kind = None
+        elif name == 'aten.index' and _bool_index(args):
+            kind = 'aten.index (boolean mask)'
+        if kind is not None:
+            self.record_sync(kind, _caller())
         start = time.perf_counter()
         out = func(*args, **(kwargs or {}))
         self.op_seconds += time.perf_counter() - start
         return out
+
+    def record_sync(self, kind: str, site: str) -> None:
+        self.syncs[(self.phase, kind)] += 1
+        self.sync_sites[(self.phase, kind, site)] += 1
 
     @contextlib.contextmanager
     def pause(self):
@@ -124,14 +113,6 @@ class StepCounter(TorchDispatchMode):
         self.ops[self.phase] += 1
         self.kernel_calls[(self.phase, name)] += 1
 
-    @contextlib.contextmanager
-    def region(self, name: str):
-        self.regions.append(name)
-        try:
-            yield
-        finally:
-            self.regions.pop()
-
 
 def _caller() -> str:
     """The innermost frame outside torch: the code that asked for the op."""
@@ -139,7 +120,8 @@ def _caller() -> str:
     frame = sys._getframe(2)
     while frame is not None:
         path = frame.f_code.co_filename
-        if ('/torch/' not in path and 'host_profile' not in path) or '/torch/optim' in path:
+        ours = 'host_profile' in path or 'host_data' in path
+        if ('/torch/' not in path and not ours) or '/torch/optim' in path:
             parts = path.split('/')
             return f'{"/".join(parts[-2:])}:{frame.f_lineno} {frame.f_code.co_name}'
         frame = frame.f_back
@@ -211,28 +193,6 @@ def _kernel_standins(model, counter: StepCounter):
     return originals
 
 
-def _wrap_regions(model, counter: StepCounter):
-    """Count the ops of the deformable attention and focal loss calls apart."""
-    from mmdet.models.losses import FocalLoss
-    from mmcv.ops import MultiScaleDeformableAttention
-    originals = []
-    for module in model.modules():
-        if isinstance(module, MultiScaleDeformableAttention):
-            name = 'msda_ops'
-        elif isinstance(module, FocalLoss):
-            name = 'focal_loss_ops'
-        else:
-            continue
-        forward = module.forward
-
-        def wrapped(*args, _forward=forward, _name=name, **kwargs):
-            with counter.region(_name):
-                return _forward(*args, **kwargs)
-        module.forward = wrapped
-        originals.append((module, 'forward'))
-    return originals
-
-
 def _logging_hooks(cfg):
     """The config's runtime-info and NaN-guard hooks (built), and its log interval."""
     from mmengine.hooks import RuntimeInfoHook
@@ -248,7 +208,7 @@ def _logging_hooks(cfg):
 
 def profile_step(cfg, batch_size: int = 2, image_size: Tuple[int, int] = (256, 320),
                  num_gt: Tuple[int, ...] = (9, 12), steps: int = 1,
-                 foreach: bool = True, trace: bool = False,
+                 foreach: bool = True,
                  gpu_kernels: bool = True) -> Dict:
     """Count one training step (the last of ``steps``). The optimizer's state is made
     first (one update with zero gradients), as after the first step of a run.
@@ -287,8 +247,8 @@ def profile_step(cfg, batch_size: int = 2, image_size: Tuple[int, int] = (256, 3
     optim_wrapper.zero_grad()
     result: Optional[Dict] = None
     for step in range(steps):
-        counter = StepCounter(trace)
-        originals = (_kernel_standins if gpu_kernels else _wrap_regions)(model, counter)
+        counter = StepCounter()
+        originals = _kernel_standins(model, counter) if gpu_kernels else []
 
         def observe(values, device, _counter=counter):
             _counter.pinned_copies[_counter.phase] += 1
@@ -307,14 +267,14 @@ def profile_step(cfg, batch_size: int = 2, image_size: Tuple[int, int] = (256, 3
                     if field in sample:
                         for value in sample.get(field).values():
                             if torch.is_tensor(getattr(value, 'tensor', value)):
-                                _counter.syncs[(_counter.phase,
-                                                'host-to-device copy (pageable)')] += 1
+                                _counter.record_sync('host-to-device copy (pageable)',
+                                                     'data_preprocessor.cast_data')
             return _cast(data)
         model.data_preprocessor.cast_data = cast_data
         originals.append((model.data_preprocessor, 'cast_data'))
 
         def observe_host(tensor, _counter=counter):
-            _counter.syncs[(_counter.phase, 'device-to-host copy')] += 1
+            _counter.record_sync('device-to-host copy', _caller())
         host_data.HOST_OBSERVERS.append(observe_host)
         start = time.perf_counter()
         try:
@@ -363,18 +323,15 @@ def profile_step(cfg, batch_size: int = 2, image_size: Tuple[int, int] = (256, 3
                 syncs_total=sum(counter.syncs.values()),
                 syncs_outside_optimizer=syncs_out, flush_syncs=flush_syncs,
                 log_interval=log_interval,
-                msda_ops=counter.region_ops['msda_ops'],
                 kernel_standins=sum(counter.kernel_calls.values()),
                 pinned_copies=sum(counter.pinned_copies.values()),
                 gpu_kernels=gpu_kernels,
-                focal_loss_ops=counter.region_ops['focal_loss_ops'],
                 param_groups=len(optimizer.param_groups), params_updated=params,
                 wall_s=wall, aten_s=counter.op_seconds, python_s=wall - counter.op_seconds,
                 loss_keys=len(log_vars), image_size=list(image_size), batch_size=batch_size,
                 num_gt=list(num_gt), foreach=foreach)
-            if trace:
-                result['sync_sites'] = counter.sync_sites.most_common()
-                result['op_sites'] = counter.op_sites.most_common()
+            result['sync_sites'] = [f'{phase} {kind} at {site}: {n}' for (phase, kind, site), n
+                                    in counter.sync_sites.most_common()]
     return result
 
 

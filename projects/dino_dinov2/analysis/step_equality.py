@@ -3,7 +3,7 @@
 The lean training step (:mod:`..models.lean_losses`, ``FastDINO(lean_step=True)``) must
 compute what mmdet's code computes. :func:`compare_step` builds the model of a config
 twice with the same weights, once with the lean switches and once with mmdet's paths
-(``model.lean_step=False``, ``bbox_head.batched_losses=False``), runs one forward, loss and
+(:data:`MMDET_STEP`), runs one forward, loss and
 backward of the same batch (same denoising noise: the same seed before each forward) and
 reports the largest differences.
 """
@@ -15,7 +15,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-STOCK = {'model.lean_step': False, 'model.bbox_head.batched_losses': False}
+# mmdet's and mmengine's step as they come: this project's lean switches off (the
+# "mmdet step" of the comparisons here and of tools/benchmark.py --host-profile)
+MMDET_STEP = {
+    'model.lean_step': False,
+    'model.bbox_head.batched_losses': False,
+    'model.data_preprocessor.type': 'DetDataPreprocessor',
+    'optim_wrapper.constructor': 'DefaultOptimWrapperConstructor',
+    'default_hooks.runtime_info.type': 'RuntimeInfoHook',
+}
 
 
 def batch(image_sizes: Sequence[Tuple[int, int]], num_classes: int,
@@ -74,9 +82,9 @@ def _run(cfg, data: dict, seed: int) -> Dict:
 
 
 def compare_step(cfg, data: dict, seed: int = 1) -> Dict:
-    """Lean (the config as it is) against mmdet's paths (:data:`STOCK` applied)."""
+    """Lean (the config as it is) against mmdet's paths (:data:`MMDET_STEP` applied)."""
     stock_cfg = copy.deepcopy(cfg)
-    for key, value in STOCK.items():
+    for key, value in MMDET_STEP.items():
         _set_option(stock_cfg, key, value)
     lean = _run(cfg, data, seed)
     stock = _run(stock_cfg, data, seed)
@@ -99,12 +107,6 @@ def compare_step(cfg, data: dict, seed: int = 1) -> Dict:
                 total_loss=(lean['losses']['loss'], stock['losses']['loss']))
 
 
-STOCK_RUN = dict(STOCK, **{
-    'model.data_preprocessor.type': 'DetDataPreprocessor',
-    'optim_wrapper.constructor': 'DefaultOptimWrapperConstructor',
-    'default_hooks.runtime_info.type': 'RuntimeInfoHook'})
-
-
 def loss_curve(config: str, data_root: str, work_dir: str, iters: int = 50,
                batch_size: int = 4, stock: bool = False, seed: int = 0,
                options: Optional[Dict] = None) -> List[Dict]:
@@ -112,7 +114,7 @@ def loss_curve(config: str, data_root: str, work_dir: str, iters: int = 50,
     ``data_root`` (``tools/train.py`` in its own process: the real Runner, loader and
     hooks; seeded, deterministic; one epoch over the first ``iters * batch_size``
     images), through the lean step or (``stock``) mmdet's and mmengine's step
-    (:data:`STOCK_RUN`)."""
+    (:data:`MMDET_STEP`)."""
     import glob
     import json
     import os.path as osp
@@ -129,7 +131,7 @@ def loss_curve(config: str, data_root: str, work_dir: str, iters: int = 50,
         'randomness.deterministic': True, 'default_hooks.checkpoint.interval': 10 ** 6,
     }
     if stock:
-        options.update(STOCK_RUN)
+        options.update(MMDET_STEP)
     args = [sys.executable, osp.join(repo, 'tools', 'train.py'), config, '--work-dir',
             work_dir, '--cfg-options', *[f'{k}={v}' for k, v in options.items()]]
     subprocess.run(args, check=True, cwd=repo, stdout=subprocess.DEVNULL)

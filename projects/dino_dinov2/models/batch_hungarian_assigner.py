@@ -51,7 +51,6 @@ class BatchHungarianAssigner(HungarianAssigner):
     def __init__(self, *args, batched_costs: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.batched_costs = bool(batched_costs)
-        self._factors = {}
 
     def assign(self,
                pred_instances: InstanceData,
@@ -62,15 +61,14 @@ class BatchHungarianAssigner(HungarianAssigner):
         return self.assign_batch([pred_instances], [gt_instances], [img_meta])[0]
 
     def _costs(self, preds: Sequence[InstanceData], gt: InstanceData,
-               img_meta: Optional[dict]) -> List[torch.Tensor]:
+               img_meta: Optional[dict], factor=None) -> List[torch.Tensor]:
         """Cost matrices (num_preds_k, num_gts) of several sets against one image's gts."""
         stacked = InstanceData.cat(list(preds)) if len(preds) > 1 else preds[0]
-        cost = self._total_cost(stacked, gt, img_meta)
+        cost = self._total_cost(stacked, gt, img_meta, factor)
         return list(cost.detach().split([len(p) for p in preds], dim=0))
 
     def _total_cost(self, preds: InstanceData, gts: InstanceData,
-                    img_meta: Optional[dict]) -> torch.Tensor:
-        factor = self._factors.get(id(gts))
+                    img_meta: Optional[dict], factor=None) -> torch.Tensor:
         return torch.stack([
             self._cost(match_cost, preds, gts, img_meta, factor)
             for match_cost in self.match_costs
@@ -98,7 +96,7 @@ class BatchHungarianAssigner(HungarianAssigner):
             return -overlaps * match_cost.weight
         return match_cost(pred_instances=preds, gt_instances=gts, img_meta=img_meta)
 
-    def _image_costs(self, preds, gts, metas) -> List[np.ndarray]:
+    def _image_costs(self, preds, gts, metas, factors=None) -> List[np.ndarray]:
         """Host cost matrices, each image's sets costed together; one copy to the host."""
         groups = {}  # pairs of one image share their gt and meta objects
         for k, (gt, meta) in enumerate(zip(gts, metas)):
@@ -106,8 +104,9 @@ class BatchHungarianAssigner(HungarianAssigner):
         costs: List[Optional[torch.Tensor]] = [None] * len(preds)
         for members in groups.values():
             k0 = members[0]
+            factor = None if factors is None else factors[k0]
             for k, c in zip(members, self._costs([preds[k] for k in members], gts[k0],
-                                                 metas[k0])):
+                                                 metas[k0], factor)):
                 costs[k] = c
         # float32 as the stock solver sees it (a bfloat16 cost has no numpy dtype)
         host = to_host(torch.cat([c.reshape(-1).float() for c in costs])).numpy()
@@ -117,7 +116,7 @@ class BatchHungarianAssigner(HungarianAssigner):
             offset += len(p) * len(g)
         return out
 
-    def _cross_batch_costs(self, preds, gts, metas) -> List[np.ndarray]:
+    def _cross_batch_costs(self, preds, gts, metas, factors=None) -> List[np.ndarray]:
         """Host cost matrices the way detrex's ``HungarianMatcher`` makes them: one matrix
         of every prediction of the call against every gt of the call (images crossed),
         copied to the host whole; each pair's block is then solved.
@@ -175,15 +174,10 @@ class BatchHungarianAssigner(HungarianAssigner):
         todo = [k for k, (num_preds, num_gts) in enumerate(sizes) if num_preds and num_gts]
         host_costs: List[Optional[np.ndarray]] = [None] * n
         if todo:
-            self._factors = {} if factors is None else {
-                id(gt_instances[k]): factors[k] for k in todo}
-            try:
-                costs = (self._cross_batch_costs if self.batched_costs else
-                         self._image_costs)([pred_instances[k] for k in todo],
-                                            [gt_instances[k] for k in todo],
-                                            [img_metas[k] for k in todo])
-            finally:
-                self._factors = {}
+            costs = (self._cross_batch_costs if self.batched_costs else self._image_costs)(
+                [pred_instances[k] for k in todo], [gt_instances[k] for k in todo],
+                [img_metas[k] for k in todo],
+                None if factors is None else [factors[k] for k in todo])
             for k, cost in zip(todo, costs):
                 host_costs[k] = cost
         gt_inds_host = []

@@ -188,7 +188,8 @@ class BatchMatchingDINOHead(DINOHead):
         assignments = self.assigner.assign_batch(preds, gts, metas, host=True,
                                                  factors=pair_factors)
         return lean_dino_losses(self, set_cls, set_bbox, has_enc, assignments, dn_cls,
-                                dn_bbox, dn_meta, batch_gt_instances, batch_img_metas)
+                                dn_bbox, dn_meta, batch_gt_instances, batch_img_metas,
+                                factors)
 
     def get_targets(self, cls_scores_list: List[Tensor], bbox_preds_list: List[Tensor],
                     batch_gt_instances, batch_img_metas: List[dict]) -> tuple:

@@ -93,7 +93,7 @@ def lean_dino_losses(head, set_cls: Sequence[Tensor], set_bbox: Sequence[Tensor]
                      has_enc: bool, assignments: Sequence[tuple],
                      dn_cls: Optional[Tensor], dn_bbox: Optional[Tensor],
                      dn_meta: Optional[Dict[str, int]], batch_gt_instances,
-                     batch_img_metas: List[dict]) -> Dict[str, Tensor]:
+                     batch_img_metas: List[dict], factors: Tensor) -> Dict[str, Tensor]:
     """The loss dict of ``DINOHead.loss_by_feat`` (same keys, same order).
 
     Args:
@@ -106,6 +106,7 @@ def lean_dino_losses(head, set_cls: Sequence[Tensor], set_bbox: Sequence[Tensor]
         assignments: per set and image (set-major), ``(pos_inds, pos_gt_inds, num_neg)``
             on the host (``BatchHungarianAssigner.assign_batch(host=True)``).
         dn_cls, dn_bbox: denoising outputs (layers, B, Qdn, C / 4), or None.
+        factors: (B, 4) float32 ``[w, h, w, h]`` of each image on the device.
     """
     B = len(batch_img_metas)
     C = head.cls_out_channels
@@ -143,18 +144,14 @@ def lean_dino_losses(head, set_cls: Sequence[Tensor], set_bbox: Sequence[Tensor]
         pos += [dn_pos] * num_dn_layers
         neg += [dn_pos] * num_dn_layers  # mmdet: neg_inds = pos_inds + half a group
     gt_image = np.repeat(np.arange(B, dtype=np.int64), gt_counts)
-    sizes = [[m['img_shape'][1], m['img_shape'][0]] * 2 for m in batch_img_metas]
-    parts = [np.asarray(pos, np.int64), np.asarray(neg, np.int64),
-             np.asarray(sizes, np.int64).reshape(-1), gt_image,
+    parts = [np.asarray(pos, np.int64), np.asarray(neg, np.int64), gt_image,
              np.concatenate(rows or [np.zeros(0, np.int64)]),
              np.concatenate(gts or [np.zeros(0, np.int64)]),
              np.concatenate(dn_rows or [np.zeros(0, np.int64)]),
              np.concatenate(dn_gts or [np.zeros(0, np.int64)])]
     lengths = [len(p) for p in parts]
     packed = host_to_device(np.concatenate(parts), device)
-    (pos_t, neg_t, sizes_t, gt_image_t, rows_t, gts_t, dn_rows_t,
-     dn_gts_t) = packed.split(lengths)
-    factors = sizes_t.view(B, 4).float()  # [w, h, w, h] per image
+    pos_t, neg_t, gt_image_t, rows_t, gts_t, dn_rows_t, dn_gts_t = packed.split(lengths)
 
     # -- targets -------------------------------------------------------------------------
     gt_labels = torch.cat([g.labels for g in batch_gt_instances])
