@@ -41,6 +41,23 @@ def parse_args(argv=None):
                         help='deterministic mode (cuDNN), for reproducible runs')
     from projects.dino_dinov2.engine.config_setup import add_common_arguments
     add_common_arguments(parser, 'the dir to save logs and models')
+    tune = parser.add_argument_group(
+        'fine-tuning (EMA and the best checkpoint are on by default with --data-root, off '
+        'for the recipe configs)')
+    tune.add_argument('--ema', action=argparse.BooleanOptionalAction, default=None,
+                      help='keep an EMA of the weights (decay 0.993, 100-iteration warm-up, '
+                           "RF-DETR's); validation, test and the checkpoints' state_dict use "
+                           'it, the raw weights are kept too (ema_state_dict)')
+    tune.add_argument('--save-best', action=argparse.BooleanOptionalAction, default=None,
+                      help='keep best_coco_bbox_mAP_{iter,epoch}_N.pth, the checkpoint of the '
+                           'highest validation mAP, beside the last ones (resume-safe)')
+    tune.add_argument('--early-stop', type=int, metavar='N',
+                      help='stop after N validations without a better bbox mAP (resume-safe; '
+                           'turns --save-best on)')
+    tune.add_argument('--aug', choices=['recipe', 'small'], default='recipe',
+                      help="recipe: the config's augmentation; small: + mild photometric "
+                           'jitter, scale/translate jitter and more cropping, for datasets '
+                           'under ~1,000 images (datasets/augment.py)')
     wandb = parser.add_argument_group('Weights & Biases')
     wandb.add_argument('--wandb', action='store_true', help='log to Weights & Biases')
     wandb.add_argument('--wandb-project', '--wandb_project', default='dino-dinov2')
@@ -93,6 +110,10 @@ def main(argv=None):
     engine.log_at_start(cfg, engine.schedule_for_run(
         cfg, batch_lr, args.epochs, dataset, engine.sets_schedule(args.cfg_options)))
     engine.log_batch_and_lr(cfg, batch_lr)
+    for line in engine.apply_run_options(cfg, own_data=files is not None, ema=args.ema,
+                                         save_best=args.save_best,
+                                         early_stop=args.early_stop, aug=args.aug):
+        engine.log_at_start(cfg, line)
     load_from = args.load_from or cfg.get('load_from', None)
     if load_from and args.resume is None:  # fine-tuning: checked, class-aware loading
         engine.check_checkpoint_file(load_from)

@@ -71,6 +71,10 @@ def check_splits(splits: Sequence[Split], check_images: bool = True) -> DatasetR
         if s.problems[CLIPPED]:
             add(Finding('warning', s.name, f'{s.problems[CLIPPED]} boxes partly outside the '
                                            f'image, clipped ({_examples(s.examples[CLIPPED])})'))
+        for reason in [r for r in s.problems if r.startswith('label line: ')]:  # YOLO
+            add(Finding('warning', s.name, f'{s.problems[reason]} YOLO label lines skipped: '
+                                           f'{reason[len("label line: "):]} '
+                                           f'({_examples(s.examples[reason])})'))
         if s.duplicate_files:
             add(Finding('warning', s.name, f'{len(s.duplicate_files)} image files listed more '
                                            f'than once: {_examples(s.duplicate_files)}'))

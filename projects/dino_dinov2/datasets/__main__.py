@@ -1,7 +1,10 @@
-"""``python -m projects.dino_dinov2.datasets [--out data/synthetic] [--num-train 256] ...``"""
+"""``python -m projects.dino_dinov2.datasets [--out data/synthetic] [--num-train 256]
+[--layout coco|folders|yolo] ...``"""
 import argparse
 import os.path as osp
+import tempfile
 
+from .layouts_out import LAYOUTS, write_layout
 from .synthetic import DEFAULT_NUM_CLASSES, generate_synthetic_coco
 
 
@@ -16,7 +19,18 @@ def main(argv=None):
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--force', action='store_true',
                         help='regenerate even if the annotation files exist')
+    parser.add_argument('--layout', choices=LAYOUTS, default='coco',
+                        help='coco: annotations/instances_{train,val}.json + train/, val/; '
+                             'folders: train/, valid/ each with _annotations.coco.json; '
+                             'yolo: data.yaml + {train,valid}/{images,labels} (the layouts '
+                             'tools/train.py --data-root reads)')
     args = parser.parse_args(argv)
+    if args.layout != 'coco':
+        with tempfile.TemporaryDirectory() as tmp:
+            generate_synthetic_coco(tmp, args.num_train, args.num_val, seed=args.seed,
+                                    image_size=args.image_size, num_classes=args.num_classes)
+            print(f'{args.layout}: {write_layout(tmp, args.out, args.layout)}')
+        return
     anns = [osp.join(args.out, 'annotations', f'instances_{s}.json') for s in ('train', 'val')]
     if not args.force and all(osp.isfile(a) for a in anns):
         print(f'synthetic dataset already in {args.out} (use --force to regenerate)')

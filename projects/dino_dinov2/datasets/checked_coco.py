@@ -21,6 +21,11 @@ was thrown away. :class:`CheckedCocoDataset` is that dataset plus:
   an :class:`ImageFileError` naming the image.
 
 The validated dict is handed to pycocotools directly, so a large file is parsed once.
+
+A YOLO export reads the same way: ``ann_file`` names its ``data.yaml`` and ``yolo_split``
+the split; the labels become a COCO dict in memory (``datasets/yolo.py``), nothing is
+written next to the data, and the label lines skipped there are counted in the same log
+line.
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ from mmengine.fileio import exists, get_local_path
 from mmengine.logging import print_log
 
 from .errors import AnnotationFileError, DatasetError, ImageFileError
+from .yolo import describe_skipped, is_yolo_yaml, load_split
 
 # Why a box is dropped, in the order the checks run (and the log lists them).
 DROP_REASONS = ('non-finite coordinates', 'zero or negative size', 'unknown category id',
@@ -162,6 +168,21 @@ def read_coco_file(path: str, backend_args: Optional[dict] = None,
     return data
 
 
+def read_annotations(path: str, split: Optional[str] = None,
+                     backend_args: Optional[dict] = None, test_mode: bool = False) -> dict:
+    """The checked COCO dict of ``path``: a COCO file (:func:`read_coco_file`), or the
+    ``split`` of a YOLO ``data.yaml`` read into COCO form (boxes already checked there;
+    the lines skipped are in ``data['yolo_skipped']``, ``data['yolo_examples']``)."""
+    if not is_yolo_yaml(path):
+        return read_coco_file(path, backend_args, test_mode)
+    if split is None:
+        raise DatasetError(f'{path}: a YOLO data.yaml needs the split to read (the '
+                           "dataset's yolo_split: 'train', 'val' or 'test')")
+    data, skipped, examples = load_split(path, split)
+    data['yolo_skipped'], data['yolo_examples'] = skipped, examples
+    return data
+
+
 @DATASETS.register_module()
 class CheckedCocoDataset(CocoDataset):
     """mmdet's ``CocoDataset`` with a checked annotation file and counted box repairs.
@@ -172,15 +193,20 @@ class CheckedCocoDataset(CocoDataset):
     ``'images'``, ``'images without boxes'``, ``'images filtered'``.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, yolo_split: Optional[str] = None, **kwargs) -> None:
         self.report: Counter = Counter()
+        self.yolo_split = yolo_split
+        self.yolo_note = ''
         super().__init__(*args, **kwargs)
 
     # -- loading ---------------------------------------------------------------------------
 
     def load_data_list(self) -> List[dict]:
         self._check_paths()
-        data = read_coco_file(self.ann_file, self.backend_args, self.test_mode)
+        data = read_annotations(self.ann_file, self.yolo_split, self.backend_args,
+                                self.test_mode)
+        self.yolo_note = describe_skipped(data.pop('yolo_skipped', Counter()),
+                                          data.pop('yolo_examples', {}))
         self._check_classes(data)
         self._file_cat_ids = {c['id'] for c in data['categories']}
         image_ids = {img['id'] for img in data['images']}
@@ -295,8 +321,11 @@ class CheckedCocoDataset(CocoDataset):
             parts.append(f'{empty} images without boxes ' + (
                 f'(filtered: filter_cfg.filter_empty_gt; {filtered} images filtered in all)'
                 if filtered else '(kept)'))
-        level = logging.WARNING if dropped or r[CLIPPED] else logging.INFO
-        print_log(f'{type(self).__name__} {self.ann_file}: ' + '; '.join(parts),
+        if self.yolo_note:
+            parts.append(self.yolo_note)
+        level = logging.WARNING if dropped or r[CLIPPED] or self.yolo_note else logging.INFO
+        source = self.ann_file + (f' ({self.yolo_split})' if self.yolo_split else '')
+        print_log(f'{type(self).__name__} {source}: ' + '; '.join(parts),
                   logger='current', level=level)
 
     # -- images the pipeline skipped -------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .checked_coco import CLIPPED, DROP_REASONS, check_box, read_coco_file
+from .checked_coco import CLIPPED, DROP_REASONS, check_box, read_annotations
 from .errors import DatasetError, ImageFileError
 
 
@@ -71,9 +71,11 @@ def classes_of(data: dict, path: str) -> Tuple[Tuple[str, ...], Tuple[int, ...]]
 
 def summarize_split(name: str, ann_file: str, img_dir: str, check_images: bool = False,
                     max_examples: int = 3) -> SplitSummary:
-    """Read ``ann_file`` (checked) and summarise it; with ``check_images`` every image
-    file under ``img_dir`` is read and decoded as training reads it."""
-    data = read_coco_file(ann_file)
+    """Read ``ann_file`` (checked; a YOLO ``data.yaml``: its split ``name``) and summarise
+    it; with ``check_images`` every image file under ``img_dir`` is read and decoded as
+    training reads it."""
+    data = read_annotations(ann_file, name)
+    yolo_skipped, yolo_examples = data.pop('yolo_skipped', {}), data.pop('yolo_examples', {})
     classes, cat_ids = classes_of(data, ann_file)
     name_of = dict(zip(cat_ids, classes))
     s = SplitSummary(name, ann_file, img_dir, classes, cat_ids, images=len(data['images']),
@@ -110,6 +112,9 @@ def summarize_split(name: str, ann_file: str, img_dir: str, check_images: bool =
     orphans = sum(1 for ann in data.get('annotations', []) if ann['image_id'] not in image_ids)
     if orphans:
         s.problems['unknown image id'] += orphans
+    for kind, n in yolo_skipped.items():  # label lines a YOLO read skipped
+        s.problems[f'label line: {kind}'] += n
+        s.examples[f'label line: {kind}'].append(yolo_examples.get(kind, ''))
     s.boxes = len(boxes)
     s.image_sizes = np.asarray(sizes, dtype=float).reshape(-1, 2)
     s.box_sizes = np.asarray(boxes, dtype=float).reshape(-1, 2)

@@ -9,6 +9,11 @@ Two layouts are recognised, the ones COCO itself and labelling tools export:
   ``test/``, each with its COCO file (``_annotations.coco.json``, or the one ``.json``
   there) beside its images.
 
+* **YOLO** (Ultralytics, Roboflow): a ``data.yaml`` (or ``data.yml``) in the folder, or
+  ``--data-root`` naming the yaml itself; its ``names`` are the classes and its ``train``,
+  ``val``, ``test`` keys the image folders (``datasets/yolo.py``), read into COCO form in
+  memory. A split's ``ann_file`` is then the yaml, its ``img_dir`` the split's folder.
+
 ``--train-ann FILE --train-img DIR`` (and ``--val-*``, ``--test-*``) name the files of
 any other layout, or replace what was found under ``--data-root``.
 """
@@ -20,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 from .errors import DatasetError
+from .yolo import find_data_yaml, is_yolo_yaml, read_data_yaml
 
 SPLIT_FOLDERS = {'train': ('train', ), 'val': ('valid', 'val'), 'test': ('test', )}
 ROBOFLOW_FILE = '_annotations.coco.json'
@@ -34,7 +40,7 @@ class Split:
 
 @dataclass
 class DataLayout:
-    kind: str  # 'COCO 2017 layout', 'one folder per split', 'files given'
+    kind: str  # 'COCO 2017 layout', 'one folder per split', 'YOLO data.yaml', 'files given'
     root: Optional[str]
     splits: Dict[str, Split] = field(default_factory=dict)
 
@@ -92,9 +98,16 @@ def find_layout(data_root: Optional[str] = None, files: Optional[Dict[str, tuple
             raise DatasetError(f'--{split}-img: image folder not found: {img}')
     layout = DataLayout('files given', data_root)
     if data_root is not None:
-        if not osp.isdir(data_root):
+        yaml_path = data_root if is_yolo_yaml(data_root) and osp.isfile(data_root) else None
+        if yaml_path is None and not osp.isdir(data_root):
             raise DatasetError(f'--data-root: folder not found: {data_root}')
-        if osp.isdir(osp.join(data_root, 'annotations')):
+        if yaml_path is None and not osp.isdir(osp.join(data_root, 'annotations')):
+            yaml_path = find_data_yaml(data_root)
+        if yaml_path is not None:
+            layout.kind = 'YOLO data.yaml'
+            _, folders = read_data_yaml(yaml_path)
+            found = {s: Split(s, osp.abspath(yaml_path), f[0]) for s, f in folders.items()}
+        elif osp.isdir(osp.join(data_root, 'annotations')):
             layout.kind = 'COCO 2017 layout'
             found = {s: _coco2017_split(data_root, s) for s in ('train', 'val', 'test')}
         else:
@@ -106,9 +119,10 @@ def find_layout(data_root: Optional[str] = None, files: Optional[Dict[str, tuple
     for split in ('train', 'val'):
         if split not in layout.splits:
             where = (f'{data_root}: no {split} split found (expected '
-                     f'annotations/instances_{split}*.json for the COCO 2017 layout, or '
+                     f'annotations/instances_{split}*.json for the COCO 2017 layout, '
                      f'{"/ or ".join(SPLIT_FOLDERS[split])}/{ROBOFLOW_FILE} for one folder '
-                     'per split)') if data_root else f'no {split} split given'
+                     f'per split, or a {split}: key in data.yaml)') if data_root else \
+                f'no {split} split given'
             raise DatasetError(f'{where}; or name it with --{split}-ann FILE '
                                f'--{split}-img DIR')
     return layout

@@ -10,20 +10,42 @@ does (relative to the yaml's ``path:`` key, else to the yaml's folder; Roboflow'
 pixels ``[x, y, w, h]``, categories ``1..N`` named from ``names``), nothing written next to
 the user's data.
 
-A bad line (not 5 numbers, values outside 0..1, a class index not in ``names``) is an error
-naming the file and line (``strict=True``), or is skipped and counted.
+A bad line is an error naming the file and line, or is skipped and counted, as the COCO
+checks treat a broken file and a bad box: a line that is not 5 numbers is an error; a class
+index not in ``names``, values outside 0..1 and an empty box are skipped and counted when
+training reads the split (:func:`load_split`, :data:`SKIPPED`), errors with
+``read_yolo_split(strict=True)``.
 """
 from __future__ import annotations
 
 import collections
+import copy
+import functools
 import glob
+import os
 import os.path as osp
-from typing import Dict, List, Optional, Tuple
+from typing import Collection, Dict, List, Optional, Tuple
 
 from .errors import DatasetError
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 SPLIT_KEYS = {'train': ('train', ), 'val': ('val', 'valid'), 'test': ('test', )}
+YAML_NAMES = ('data.yaml', 'data.yml')
+# what a training run skips (and counts) rather than stops on: a box, not the file, is bad
+SKIPPED = ('class index not in names', 'values outside 0..1', 'empty box')
+
+
+def is_yolo_yaml(path) -> bool:
+    """Whether an annotation path names a YOLO data.yaml (not a COCO .json)."""
+    return isinstance(path, str) and path.lower().endswith(('.yaml', '.yml'))
+
+
+def find_data_yaml(folder: str) -> Optional[str]:
+    """The ``data.yaml`` (or ``data.yml``) of a YOLO export folder, if there is one."""
+    for name in YAML_NAMES:
+        if osp.isfile(osp.join(folder, name)):
+            return osp.join(folder, name)
+    return None
 
 
 def _names(value, yaml_path: str) -> List[str]:
@@ -100,13 +122,19 @@ def _image_size(path: str) -> Tuple[int, int]:
         raise DatasetError(f'{path}: not an image ({e})') from None
 
 
-def read_yolo_split(folders: List[str], names: List[str], strict: bool = True
+def read_yolo_split(folders: List[str], names: List[str], strict: bool = True,
+                    skip: Optional[Collection[str]] = None, examples: Optional[dict] = None
                     ) -> Tuple[dict, collections.Counter]:
     """A COCO dict of the images under ``folders`` (``file_name``: the image's absolute
-    path) and their YOLO labels, and the counts of the lines skipped (``strict=False``) by
-    kind of problem."""
+    path) and their YOLO labels, and the counts of the lines skipped by kind of problem.
+
+    ``strict=True`` stops on any bad line; ``strict=False`` skips them all; ``skip``: the
+    kinds skipped (the others stop). ``examples`` (a dict) collects the first
+    ``file:line`` of each kind skipped."""
     images, annotations = [], []
     skipped: collections.Counter = collections.Counter()
+    if skip is None:
+        skip = () if strict else None  # None: every kind
     found = [p for folder in folders
              for p in glob.glob(osp.join(folder, '**', '*'), recursive=True)]
     paths = sorted(p for p in found if p.lower().endswith(IMAGE_SUFFIXES))
@@ -125,17 +153,27 @@ def read_yolo_split(folders: List[str], names: List[str], strict: bool = True
                 continue
             problem, box = _parse(line, len(names))
             if problem:
-                if strict:
+                kind = problem.split(':')[0]
+                if skip is not None and kind not in skip:
                     raise DatasetError(f'{labels}:{number}: {problem} (got "{line.strip()}")')
-                skipped[problem.split(':')[0]] += 1
+                skipped[kind] += 1
+                if examples is not None:
+                    examples.setdefault(kind, f'{labels}:{number}')
                 continue
             c, cx, cy, w, h = box
+            x1, y1 = _edge(cx - w / 2) * width, _edge(cy - h / 2) * height
+            x2, y2 = _edge(cx + w / 2) * width, _edge(cy + h / 2) * height
             annotations.append(dict(
                 id=len(annotations) + 1, image_id=image_id, category_id=int(c) + 1,
-                bbox=[(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height],
-                area=w * width * h * height, iscrowd=0))
+                bbox=[x1, y1, x2 - x1, y2 - y1], area=(x2 - x1) * (y2 - y1), iscrowd=0))
     categories = [dict(id=i + 1, name=n) for i, n in enumerate(names)]
     return dict(images=images, annotations=annotations, categories=categories), skipped
+
+
+def _edge(v: float) -> float:
+    """A box edge, with the rounding of the label file's 6 decimals (an edge 1e-6 past the
+    border) put back on the border; a box really past it is left to the box checks."""
+    return 0.0 if -1e-4 < v < 0 else 1.0 if 1 < v < 1 + 1e-4 else v
 
 
 def _parse(line: str, num_classes: int) -> Tuple[Optional[str], Optional[tuple]]:
@@ -154,3 +192,36 @@ def _parse(line: str, num_classes: int) -> Tuple[Optional[str], Optional[tuple]]
     if values[3] <= 0 or values[4] <= 0:
         return 'empty box: w and h must be above 0', None
     return None, tuple(values)
+
+
+@functools.lru_cache(maxsize=16)
+def _load_split(yaml_path: str, split: str, stamp: tuple):
+    names, splits = read_data_yaml(yaml_path)
+    if split not in splits:
+        keys = '/'.join(SPLIT_KEYS.get(split, (split, )))
+        raise DatasetError(f'{yaml_path}: no {keys}: folder for the {split} split')
+    examples: dict = {}
+    coco, skipped = read_yolo_split(splits[split], names, skip=SKIPPED, examples=examples)
+    return coco, skipped, examples
+
+
+def load_split(yaml_path: str, split: str) -> Tuple[dict, collections.Counter, dict]:
+    """``(COCO dict, skipped lines by kind, first file:line of each kind)`` of one split of
+    a YOLO export, read as training reads it (:data:`SKIPPED` kinds skipped, the rest an
+    error). Read once per process for the dataset, its metric and the summary (the yaml's
+    and the split folders' modification times key the cache); each caller gets a copy."""
+    yaml_path = osp.abspath(yaml_path)
+    if not osp.isfile(yaml_path):
+        raise DatasetError(f'{yaml_path}: no such file')
+    stamp = (os.stat(yaml_path).st_mtime_ns, split)
+    coco, skipped, examples = _load_split(yaml_path, split, stamp)
+    return copy.deepcopy(coco), collections.Counter(skipped), dict(examples)
+
+
+def describe_skipped(skipped: collections.Counter, examples: dict) -> str:
+    """'skipped 3 label lines (2 values outside 0..1, e.g. a.txt:4; 1 ...)' or ''."""
+    if not skipped:
+        return ''
+    parts = [f'{n} {kind}' + (f', e.g. {examples[kind]}' if kind in examples else '')
+             for kind, n in skipped.items()]
+    return f'skipped {sum(skipped.values())} label lines ({"; ".join(parts)})'

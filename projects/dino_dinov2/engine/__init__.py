@@ -20,6 +20,7 @@ from .launcher import (LaunchError, LaunchInfo, detect_launcher, expand_nodelist
 from .loops import ResumableIterBasedTrainLoop, SkipFirstBatches, release_dataloader_workers
 from .lr_scaling import (BatchLr, apply_batch_and_lr, loader_batch_size, log_batch_and_lr,
                          lr_scale_factor)
+from .run_options import apply_run_options, set_early_stop, set_ema, set_save_best
 from .schedule import (describe_schedule, scale_schedule, schedule_for_run, set_epochs,
                        sets_schedule)
 from .user_errors import USER_ERRORS, exit_on_user_error
@@ -49,5 +50,6 @@ __all__ = [
     'check_data_paths', 'NanGuardHook', 'NonFiniteLossError', 'USER_ERRORS',
     'exit_on_user_error', 'check_checkpoint_fits', 'check_checkpoint_for', 'checkpoint_kind',
     'read_last_checkpoint',
+    'apply_run_options', 'set_ema', 'set_save_best', 'set_early_stop',
     'LaunchError', 'check_device', 'check_config_device', 'LeanOptimWrapperConstructor'
 ]

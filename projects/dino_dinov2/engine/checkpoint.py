@@ -296,6 +296,18 @@ def check_checkpoint_for(path: str, flag: str) -> dict:
     raise CheckpointError(f'{what}: this file holds {_KIND_TEXT[kind]}; {hint}')
 
 
+def describe_weights(obj) -> str:
+    """Which weights a checkpoint's ``state_dict`` holds: the EMA (``--ema``: the raw ones
+    are in ``ema_state_dict``) or the trained ones."""
+    ema = obj.get('ema_state_dict') if isinstance(obj, dict) else None
+    if not ema:
+        return 'the trained weights (no EMA in this checkpoint)'
+    steps = ema.get('steps')
+    updates = f', {int(steps)} updates' if steps is not None else ''
+    return (f'the EMA weights (state_dict{updates}; the raw weights are in its '
+            'ema_state_dict)')
+
+
 def model_state_of(obj) -> dict:
     """The model weights of a training checkpoint or plain detector state dict."""
     state = obj.get('state_dict', obj)
@@ -321,11 +333,11 @@ def check_checkpoint_fits(model: torch.nn.Module, path: str, flag: str) -> None:
     """:class:`CheckpointError` unless ``path``'s weights fit ``model`` exactly (``--resume``,
     ``tools/test.py``): a checkpoint of another config is named as such, before the
     Runner loads it (mmengine would warn about every tensor, then stop on the optimizer's
-    parameter groups, or evaluate a partly random model)."""
+    parameter groups, or evaluate a partly random model). Returns the loaded checkpoint."""
     obj = check_checkpoint_for(path, flag)
     problems = fit_problems(model, model_state_of(obj))
     if not problems:
-        return
+        return obj
     more = f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''
     what = f'{flag} {path}' if flag.startswith('--') else path
     classes = [p for k, p in problems if k.startswith(('bbox_head.cls_branches.',

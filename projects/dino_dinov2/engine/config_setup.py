@@ -17,6 +17,7 @@ from mmengine.logging import print_log
 from ..datasets.coco_summary import compare_classes, summarize_split
 from ..datasets.errors import DatasetError
 from ..datasets.layout import find_layout
+from ..datasets.yolo import is_yolo_yaml
 from ..evaluation import per_class_rows, per_class_table
 from ..errors import ConfigError
 from .checkpoint import CheckpointError, check_checkpoint_file, read_last_checkpoint
@@ -205,6 +206,8 @@ def use_dataset(cfg: Config, data_root: Optional[str] = None,
         ds.ann_file = osp.abspath(layout.splits[split].ann_file)
         ds.data_prefix = dict(img=osp.abspath(layout.splits[split].img_dir) + osp.sep)
         ds.metainfo = dict(classes=classes)
+        if is_yolo_yaml(ds.ann_file):  # read into COCO form in memory, by split
+            ds.type, ds.yolo_split = 'CheckedCocoDataset', split
     for key, split in (('val_evaluator', 'val'), ('test_evaluator', test_split)):
         evaluator = cfg.get(key, None)
         for metric in evaluator if isinstance(evaluator, list) else [evaluator]:
@@ -212,6 +215,8 @@ def use_dataset(cfg: Config, data_root: Optional[str] = None,
                 metric.ann_file = osp.abspath(layout.splits[split].ann_file)
                 if metric.get('type') == 'CocoMetric':  # + AP, AP50, boxes of each class
                     metric.type = 'PerClassCocoMetric'
+                if is_yolo_yaml(metric.ann_file):
+                    metric.type, metric.yolo_split = 'PerClassCocoMetric', split
     cfg.model.bbox_head.num_classes = len(classes)
     shown = ', '.join(classes[:20]) + (f', ... ({len(classes) - 20} more)'
                                        if len(classes) > 20 else '')

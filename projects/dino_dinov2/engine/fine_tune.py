@@ -18,6 +18,7 @@ import torch
 from mmengine.model import is_model_wrapper
 
 from .checkpoint import (CheckpointError, check_checkpoint_fits, check_checkpoint_for,
+                         describe_weights,
                          checkpoint_kind, fit_problems, model_state_of, read_last_checkpoint)
 
 # parameters whose shape follows the number of classes, by detector part
@@ -125,7 +126,8 @@ def check_run_checkpoints(runner, load_from: Optional[str] = None,
     if load_from:
         check_fine_tuning(model, load_from, run_classes(runner.cfg))
     if test_checkpoint:
-        check_checkpoint_fits(model, test_checkpoint, 'test')
+        obj = check_checkpoint_fits(model, test_checkpoint, 'test')
+        runner.logger.info(f'testing {test_checkpoint}: {describe_weights(obj)}')
 
 
 def _latest(work_dir: str) -> Optional[str]:

@@ -8,6 +8,8 @@ every class, ``per_class/<name>_AP``, ``per_class/<name>_AP50`` and
 ``per_class/<name>_boxes`` next to CocoMetric's own keys, and logs them as one table.
 The per-class figures come from a second pycocotools evaluation of the same detections
 (``CocoMetric`` keeps its ``COCOeval`` to itself); it is used where ``--data-root`` is.
+It also evaluates against a YOLO export: ``ann_file`` its ``data.yaml`` and ``yolo_split``
+the split, the ground truth read in memory as the dataset reads it.
 """
 from __future__ import annotations
 
@@ -30,6 +32,24 @@ def _mean(precision: np.ndarray) -> float:
 @METRICS.register_module()
 class PerClassCocoMetric(CocoMetric):
     """``CocoMetric`` (bbox) plus each class's AP, AP50 and boxes (see module doc)."""
+
+    def __init__(self, ann_file=None, *args, yolo_split=None, **kwargs) -> None:
+        from ..datasets.yolo import is_yolo_yaml
+        if not is_yolo_yaml(ann_file):
+            super().__init__(ann_file, *args, **kwargs)
+            return
+        from mmdet.datasets.api_wrappers import COCO
+
+        from ..datasets.checked_coco import read_annotations
+        super().__init__(None, *args, **kwargs)
+        data = read_annotations(ann_file, yolo_split, test_mode=True)
+        data.pop('yolo_skipped', None)
+        data.pop('yolo_examples', None)
+        coco = COCO()
+        coco.dataset = data
+        coco.createIndex()
+        coco.img_ann_map, coco.cat_img_map = coco.imgToAnns, coco.catToImgs  # mmdet aliases
+        self._coco_api = coco
 
     def compute_metrics(self, results: list) -> Dict[str, float]:
         metrics = super().compute_metrics(results)

@@ -4,6 +4,7 @@ from .batch_matching_dino_head import BatchMatchingDINOHead
 from .deformable_attention import (SwitchableMultiScaleDeformableAttention, mmcv_has_cuda_ops,
                                    msda_mmcv, msda_pytorch, resolve_impl,
                                    use_deformable_attention)
+from .ema import LeanExpMomentumEMA
 from .fast_dino import FastDINO
 from .focal_loss import Float32FocalLoss
 from .lean_data_preprocessor import LeanDetDataPreprocessor
@@ -18,5 +19,5 @@ __all__ = [
     'msda_mmcv', 'msda_pytorch', 'resolve_impl', 'use_deformable_attention', 'HAS_TRITON',
     'TritonMSDAFunction', 'msda_triton', 'FastDINO', 'BatchHungarianAssigner',
     'BatchMatchingDINOHead', 'checkpoint_layers', 'is_checkpointed', 'Float32FocalLoss',
-    'LeanDetDataPreprocessor', 'LeanCdnQueryGenerator'
+    'LeanDetDataPreprocessor', 'LeanCdnQueryGenerator', 'LeanExpMomentumEMA'
 ]

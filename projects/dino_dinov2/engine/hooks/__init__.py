@@ -2,11 +2,14 @@
 from .batch_lr_logger_hook import BatchLrLoggerHook
 from .checkpoint_hook import AtomicCheckpointHook
 from .deferred_runtime_info_hook import DeferredRuntimeInfoHook
+from .early_stop_hook import ResumableEarlyStoppingHook
+from .ema_hook import DetEMAHook
 from .fine_tune_load_hook import FineTuneLoadHook
 from .nan_guard_hook import NanGuardHook, NonFiniteLossError
 from .preemption_hook import PREEMPTED_EXIT_CODE, PreemptionHook
 from .run_info_hook import RunInfoHook
 
-__all__ = ['AtomicCheckpointHook', 'DeferredRuntimeInfoHook', 'BatchLrLoggerHook',
+__all__ = ['AtomicCheckpointHook', 'DeferredRuntimeInfoHook', 'DetEMAHook',
+           'ResumableEarlyStoppingHook', 'BatchLrLoggerHook',
            'FineTuneLoadHook', 'NanGuardHook',
            'NonFiniteLossError', 'PREEMPTED_EXIT_CODE', 'PreemptionHook', 'RunInfoHook']

@@ -1,0 +1,74 @@
+"""``ResumableEarlyStoppingHook``: mmengine's ``EarlyStoppingHook`` whose count survives
+``--resume`` and preemption, and whose stop is one log line naming the best checkpoint.
+
+mmengine's hook keeps its best score and the validations without a better one as
+attributes: a resumed run starts counting from zero again, so a job preempted every few
+validations never stops early. Here both live in the message hub's runtime info
+(``early_stopping``), which every checkpoint saves and ``--resume`` restores (the
+checkpoint of a validation's iteration is written after that validation:
+:class:`AtomicCheckpointHook`). A run resumed after it had stopped early stops again at once.
+"""
+from __future__ import annotations
+
+from mmengine.hooks import EarlyStoppingHook
+from mmengine.registry import HOOKS
+
+STATE_KEY = 'early_stopping'
+
+
+@HOOKS.register_module()
+class ResumableEarlyStoppingHook(EarlyStoppingHook):
+    """Stop after ``patience`` validations without a new best ``monitor`` (default
+    ``coco/bbox_mAP``, higher is better).
+
+    Priority ``LOW`` (mmengine's is ``LOWEST``): after the EMA's swap back, before the
+    checkpoint hook, so the checkpoint written after a validation holds the count that
+    validation left."""
+    priority = 'LOW'
+
+    def __init__(self, monitor: str = 'coco/bbox_mAP', patience: int = 5, **kwargs) -> None:
+        if patience < 1:
+            from ...errors import ConfigError
+            raise ConfigError(f'early stopping: patience must be at least 1, got {patience}')
+        super().__init__(monitor=monitor, patience=patience, **kwargs)
+        self.best_iter = None
+
+    def before_train(self, runner) -> None:
+        state = runner.message_hub.get_info(STATE_KEY)
+        if state:
+            self.best_score = state['best_score']
+            self.wait_count = state['wait_count']
+            self.best_iter = state.get('best_iter')
+            runner.logger.info(f'early stopping: resumed at {self.wait_count} of '
+                               f'{self.patience} validations without a better {self.monitor} '
+                               f'(best {self.best_score:.4f})')
+            if self.wait_count >= self.patience:
+                runner.train_loop.stop_training = True
+                runner.logger.info(self._stop_line(runner))
+        else:
+            runner.logger.info(f'early stopping: after {self.patience} validations without a '
+                               f'better {self.monitor}')
+
+    def after_val_epoch(self, runner, metrics) -> None:
+        if not runner.train_loop or self.monitor not in (metrics or {}):
+            return super().after_val_epoch(runner, metrics or {})
+        before = self.best_score
+        stop, _ = self._check_stop_condition(metrics[self.monitor])
+        if self.best_score != before:
+            self.best_iter = runner.iter
+        runner.message_hub.update_info(STATE_KEY, dict(
+            best_score=float(self.best_score), wait_count=self.wait_count,
+            best_iter=self.best_iter))
+        if stop:
+            runner.train_loop.stop_training = True
+            runner.logger.info(self._stop_line(runner))
+
+    def _stop_line(self, runner) -> str:
+        best = runner.message_hub.get_info('best_ckpt')
+        where = f'; best checkpoint: {best}' if best else ''
+        at = f' at iteration {self.best_iter}' if self.best_iter is not None else ''
+        return (f'early stop: {self.monitor} did not improve in {self.wait_count} validations '
+                f'(best {self.best_score:.4f}{at}){where}')
+
+
+__all__ = ['ResumableEarlyStoppingHook']
