@@ -62,6 +62,8 @@ def _write(root, coco, name='ann.json'):
 
 
 def _dataset(root, ann='ann.json', pipeline=(), **kwargs):
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmdet')  # the pipeline's transforms are mmdet's (and this project's)
     kwargs.setdefault('metainfo', dict(classes=CLASSES))
     return CheckedCocoDataset(data_root=str(root), ann_file=ann,
                               data_prefix=dict(img='images/'), pipeline=list(pipeline),

@@ -47,6 +47,7 @@ AFFINE = dict(type='RandomApply', prob=0.5, transforms=[dict(
     type='RandomAffine', max_rotate_degree=0.0, max_shear_degree=0.0,
     scaling_ratio_range=(0.75, 1.25), max_translate_ratio=0.1)])
 CROP_BRANCH_PROB = 0.7
+RESIZE_ONLY_PROB = 0.3
 EXTRA_CROP = dict(type='RandomApply', prob=0.5, transforms=[dict(
     type='RandomCrop', crop_type='relative_range', crop_size=(0.6, 0.6),
     allow_negative_crop=True)])
@@ -65,7 +66,7 @@ def small_data_pipeline(pipeline: List[dict]) -> List[dict]:
                           'put the augmentation after')
     choice = _index(out, 'RandomChoice')
     if choice >= 0 and len(out[choice].get('transforms', [])) == 2:
-        out[choice]['prob'] = [1 - CROP_BRANCH_PROB, CROP_BRANCH_PROB]
+        out[choice]['prob'] = [RESIZE_ONLY_PROB, CROP_BRANCH_PROB]
         extra = []
     else:  # no crop branch: crop before the first resize
         extra = [copy.deepcopy(EXTRA_CROP)]

@@ -205,16 +205,31 @@ def _load_split(yaml_path: str, split: str, stamp: tuple):
     return coco, skipped, examples
 
 
+def _stamp(yaml_path: str) -> int:
+    """A hash of the modification times of the yaml and of every file under the label
+    folders beside its image folders (an edited label file reads again)."""
+    times = [os.stat(yaml_path).st_mtime_ns]
+    try:
+        _, splits = read_data_yaml(yaml_path)
+    except DatasetError:
+        return hash(tuple(times))
+    for folders in splits.values():
+        for folder in folders:
+            labels = osp.dirname(label_path(osp.join(folder, 'x.jpg')))
+            for path, _, names in os.walk(labels):
+                times += [os.stat(osp.join(path, n)).st_mtime_ns for n in sorted(names)]
+    return hash(tuple(times))
+
+
 def load_split(yaml_path: str, split: str) -> Tuple[dict, collections.Counter, dict]:
     """``(COCO dict, skipped lines by kind, first file:line of each kind)`` of one split of
     a YOLO export, read as training reads it (:data:`SKIPPED` kinds skipped, the rest an
     error). Read once per process for the dataset, its metric and the summary (the yaml's
-    and the split folders' modification times key the cache); each caller gets a copy."""
+    and the label files' modification times key the cache); each caller gets a copy."""
     yaml_path = osp.abspath(yaml_path)
     if not osp.isfile(yaml_path):
         raise DatasetError(f'{yaml_path}: no such file')
-    stamp = (os.stat(yaml_path).st_mtime_ns, split)
-    coco, skipped, examples = _load_split(yaml_path, split, stamp)
+    coco, skipped, examples = _load_split(yaml_path, split, _stamp(yaml_path))
     return copy.deepcopy(coco), collections.Counter(skipped), dict(examples)
 
 

@@ -68,7 +68,7 @@ def set_early_stop(cfg, patience: int) -> str:
     cfg.custom_hooks = hooks
     interval = cfg.train_cfg.get('val_interval', 1)
     unit = 'iterations' if 'max_iters' in cfg.train_cfg else 'epochs'
-    return (f'early stop: after {patience} validations (every {interval} {unit}) without a '
+    return (f'early stopping: after {patience} validations (every {interval} {unit}) without a '
             f'better {MONITOR}')
 
 

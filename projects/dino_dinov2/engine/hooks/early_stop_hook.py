@@ -45,9 +45,6 @@ class ResumableEarlyStoppingHook(EarlyStoppingHook):
             if self.wait_count >= self.patience:
                 runner.train_loop.stop_training = True
                 runner.logger.info(self._stop_line(runner))
-        else:
-            runner.logger.info(f'early stopping: after {self.patience} validations without a '
-                               f'better {self.monitor}')
 
     def after_val_epoch(self, runner, metrics) -> None:
         if not runner.train_loop or self.monitor not in (metrics or {}):
