@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""Check a COCO-format dataset before training on it.
+"""Check a COCO-format or YOLO dataset before training on it.
 
     python tools/check_dataset.py --data-root DIR [--show N] [--out-dir DIR]
     python tools/check_dataset.py ANN_FILE IMG_DIR [--show N]
 
---data-root takes the layouts tools/train.py --data-root takes (COCO 2017, or one folder
-per split as Roboflow and CVAT export); ANN_FILE IMG_DIR checks one file. Per split: images,
+--data-root takes the layouts tools/train.py --data-root takes (COCO 2017, one folder per
+split as Roboflow and CVAT export, or a YOLO data.yaml); ANN_FILE IMG_DIR checks one file. Per split: images,
 boxes, boxes per class, image and box sizes, and the problems found: boxes outside the
 image or degenerate, missing or unreadable images, duplicate ids, images without boxes,
 categories without boxes, crowd boxes. --show N draws N images per split with their

@@ -142,6 +142,46 @@ def test_ema_weights_are_validated_and_both_kept(tmp_path, tiny_synthetic_data, 
                if k.startswith('backbone.'))
 
 
+def test_checkpoint_written_during_validation_keeps_the_ema_layout():
+    """A preemption checkpoint written while the EMA weights are swapped in (a signal
+    during validation) holds the same state_dict/ema_state_dict as one written outside."""
+    from types import SimpleNamespace
+
+    from mmengine.logging import MMLogger
+
+    from projects.dino_dinov2.engine.hooks import DetEMAHook
+
+    torch.manual_seed(0)
+    net = _Net()
+    runner = SimpleNamespace(model=net, logger=MMLogger.get_current_instance(), iter=0,
+                             epoch=0, _resume=False)
+    hook = DetEMAHook()
+    hook.before_run(runner)
+    for i in range(3):
+        with torch.no_grad():
+            net.head.weight.add_(1.0)
+        runner.iter = i
+        hook.after_train_iter(runner, i)
+
+    def save():
+        ckpt = dict(state_dict={k: v.clone() for k, v in net.state_dict().items()})
+        hook.before_save_checkpoint(runner, ckpt)
+        return {k: {n: t.clone() for n, t in v.items()} for k, v in ckpt.items()}
+
+    outside = save()
+    hook.before_val_epoch(runner)
+    during = save()
+    hook.after_val_epoch(runner)
+    for part in ('state_dict', 'ema_state_dict'):
+        assert outside[part].keys() == during[part].keys()
+        for key in outside[part]:
+            assert torch.equal(outside[part][key], during[part][key]), (part, key)
+    assert not torch.equal(outside['state_dict']['head.weight'],
+                           outside['ema_state_dict']['module.head.weight'])
+    assert torch.equal(outside['ema_state_dict']['module.head.weight'], net.head.weight)
+    assert 'module.frozen.weight' not in outside['ema_state_dict']  # shared: written once
+
+
 # -- best checkpoint and early stopping across --resume -------------------------------------
 
 SCORES = {1: 0.30, 2: 0.50, 3: 0.40, 4: 0.45, 5: 0.60, 6: 0.70}

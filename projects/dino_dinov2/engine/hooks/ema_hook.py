@@ -31,6 +31,8 @@ class DetEMAHook(EMAHook):
         if ema_type in ('LeanExpMomentumEMA', 'ExpMomentumEMA'):
             kwargs['gamma'] = gamma
         super().__init__(ema_type=ema_type, momentum=momentum, **kwargs)
+        if ema_type in ('LeanExpMomentumEMA', 'ExpMomentumEMA'):
+            self.ema_cfg['_scope_'] = 'mmdet'  # registered there, whatever the default scope
         self.swapped = False
 
     def before_run(self, runner) -> None:
