@@ -5,11 +5,11 @@
     python tools/check_dataset.py ANN_FILE IMG_DIR [--show N]
 
 --data-root takes the layouts tools/train.py --data-root takes (COCO 2017, one folder per
-split as Roboflow and CVAT export, or a YOLO data.yaml); ANN_FILE IMG_DIR checks one file. Per split: images,
-boxes, boxes per class, image and box sizes, and the problems found: boxes outside the
-image or degenerate, missing or unreadable images, duplicate ids, images without boxes,
-categories without boxes, crowd boxes. --show N draws N images per split with their
-boxes and class names into OUT_DIR/<split>_samples.png. Exit 1 when training would stop
+split as Roboflow and CVAT export, or a YOLO data.yaml); ANN_FILE IMG_DIR checks one file.
+Per split: images, boxes, boxes per class, image and box sizes, and the problems found:
+boxes outside the image or degenerate, missing or unreadable images, duplicate ids, images
+without boxes, categories without boxes, crowd boxes, skipped YOLO label lines. --show N
+draws N images per split with their boxes and class names into OUT_DIR/<split>_samples.png. Exit 1 when training would stop
 on an error found (missing or unreadable images, a file that is not COCO, classes that
 differ between splits, nothing to train on), else 0.
 """

@@ -187,9 +187,8 @@ def test_checkpoint_written_during_validation_keeps_the_ema_layout():
 SCORES = {1: 0.30, 2: 0.50, 3: 0.40, 4: 0.45, 5: 0.60, 6: 0.70}
 
 
-def test_best_checkpoint_survives_resume_after_better_then_worse(tmp_path,
-                                                                  tiny_synthetic_data,
-                                                                  one_torch_thread):
+def test_best_checkpoint_survives_resume_after_better_then_worse(
+        tmp_path, tiny_synthetic_data, one_torch_thread):
     config = _config(tmp_path, scores=SCORES)
     work = str(tmp_path / 'work')
     _train(config, tiny_synthetic_data, work, 3, '--save-best')  # 0.30, 0.50 (best), 0.40
@@ -274,7 +273,7 @@ def test_yolo_export_reads_the_same_boxes_as_its_coco_file(tmp_path, tiny_synthe
 
 
 def test_yolo_data_root_trains_validates_and_tests(tmp_path, tiny_synthetic_data,
-                                                         one_torch_thread, capsys):
+                                                   one_torch_thread, capsys):
     from projects.dino_dinov2.datasets.layouts_out import write_yolo
     root = str(tmp_path / 'yolo')
     write_yolo(tiny_synthetic_data, root)

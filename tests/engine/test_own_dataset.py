@@ -132,7 +132,7 @@ def test_any_other_mismatch_is_an_error_naming_the_key(tmp_path, coco80_checkpoi
 @pytest.mark.parametrize('config, epochs, want', [
     # 5 images at total batch 2: 3 iterations a pass; lr step at 82,500/90,000 of the run
     (RECIPE, 3, dict(max_iters=9, val_interval=3, step=8)),
-    (SYNTHETIC, 3, dict(max_epochs=3, val_interval=2, step=2)),  # step 10/12 of 3 epochs
+    (SYNTHETIC, 3, dict(max_epochs=3, val_interval=1, step=2)),  # step 10/12 of 3 epochs
 ])
 def test_epochs_convert_to_the_loop_the_config_uses(config, epochs, want):
     cfg = engine.load_config(config)
@@ -141,8 +141,9 @@ def test_epochs_convert_to_the_loop_the_config_uses(config, epochs, want):
         if key in want:
             assert cfg.train_cfg[key] == want[key], key
     assert cfg.param_scheduler[0].milestones == [want['step']]
+    # validation and a checkpoint at least once per epoch
+    assert cfg.default_hooks.checkpoint.interval == (3 if 'max_iters' in want else 1)
     if 'max_iters' in want:
-        assert cfg.default_hooks.checkpoint.interval == 3  # at least once per epoch
         assert cfg.param_scheduler[0].end == 9
     assert line.startswith(f'schedule: {epochs} epochs over 5 training images')
 

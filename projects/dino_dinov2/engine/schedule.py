@@ -134,8 +134,8 @@ def set_epochs(cfg, epochs: float, images: int, total_batch: int) -> str:
 
     An epoch-based loop gets ``max_epochs=epochs``; an iteration-based one
     ``epochs x ceil(images / total_batch)`` iterations. Either way the lr steps stay at
-    the same fraction of the schedule, and an iteration loop validates and saves a
-    checkpoint at least once per epoch. Returns the log line.
+    the same fraction of the schedule, and the run validates and saves a checkpoint at least
+    once per epoch (every epoch for an epoch loop). Returns the log line.
     """
     if epochs <= 0:
         raise ConfigError(f'--epochs must be positive, got {epochs}')
@@ -157,6 +157,11 @@ def set_epochs(cfg, epochs: float, images: int, total_batch: int) -> str:
         before = train_cfg.max_epochs
         length = max(1, int(round(epochs)))
         train_cfg.max_epochs = length
+        if 'val_interval' in train_cfg:
+            train_cfg.val_interval = 1
+        ckpt = (cfg.get('default_hooks', None) or {}).get('checkpoint', None)
+        if ckpt and ckpt.get('by_epoch', True):
+            ckpt.interval = 1
         unit = f' (total batch {total_batch})'
     by_epoch = not is_iter_based(cfg)
     for sched in _schedulers(cfg):

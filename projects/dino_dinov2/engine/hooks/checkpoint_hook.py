@@ -71,12 +71,7 @@ class AtomicCheckpointHook(CheckpointHook):
         self.last_ckpt = self.file_backend.join_path(self.out_dir, ckpt_filename)
         runner.message_hub.update_info('last_ckpt', self.last_ckpt)
         try:
-            runner.save_checkpoint(
-                self.out_dir, ckpt_filename, self.file_client_args,
-                save_optimizer=self.save_optimizer,
-                save_param_scheduler=self.save_param_scheduler,
-                meta=meta, by_epoch=self.by_epoch, backend_args=self.backend_args,
-                **self.args)
+            self._write(runner, ckpt_filename, meta)
             if is_main_process():
                 write_last_checkpoint(runner.work_dir, self.last_ckpt)
         except OSError as e:  # disk full, quota, permissions, a vanished mount
@@ -89,6 +84,12 @@ class AtomicCheckpointHook(CheckpointHook):
                 self.file_backend.remove(path)
             elif self.file_backend.isdir(path):  # deepspeed saves folders
                 self.file_backend.rmtree(path)
+
+    def _write(self, runner, ckpt_filename: str, meta: dict) -> None:
+        runner.save_checkpoint(
+            self.out_dir, ckpt_filename, self.file_client_args,
+            save_optimizer=self.save_optimizer, save_param_scheduler=self.save_param_scheduler,
+            meta=meta, by_epoch=self.by_epoch, backend_args=self.backend_args, **self.args)
 
     def _resume_state(self, runner) -> dict:
         info = runner.message_hub.runtime_info
@@ -106,12 +107,7 @@ class AtomicCheckpointHook(CheckpointHook):
         _, ckpt_filename, meta = saved
         path = self.file_backend.join_path(self.out_dir, ckpt_filename)
         try:
-            runner.save_checkpoint(
-                self.out_dir, ckpt_filename, self.file_client_args,
-                save_optimizer=self.save_optimizer,
-                save_param_scheduler=self.save_param_scheduler,
-                meta=meta, by_epoch=self.by_epoch, backend_args=self.backend_args,
-                **self.args)
+            self._write(runner, ckpt_filename, meta)
         except OSError as e:
             raise checkpoint_write_error(path, e, path) from None
         runner.logger.info(f'{ckpt_filename} written again with this validation\'s best score '
