@@ -9,9 +9,9 @@ split as Roboflow and CVAT export, or a YOLO data.yaml); ANN_FILE IMG_DIR checks
 Per split: images, boxes, boxes per class, image and box sizes, and the problems found:
 boxes outside the image or degenerate, missing or unreadable images, duplicate ids, images
 without boxes, categories without boxes, crowd boxes, skipped YOLO label lines. --show N
-draws N images per split with their boxes and class names into OUT_DIR/<split>_samples.png. Exit 1 when training would stop
-on an error found (missing or unreadable images, a file that is not COCO, classes that
-differ between splits, nothing to train on), else 0.
+draws N images per split with their boxes and class names into OUT_DIR/<split>_samples.png.
+Exit 1 when training would stop on an error found (missing or unreadable images, a file
+that is not COCO, classes that differ between splits, nothing to train on), else 0.
 """
 import argparse
 import os.path as osp
