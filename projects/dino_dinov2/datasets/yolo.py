@@ -96,8 +96,10 @@ def read_data_yaml(yaml_path: str) -> Tuple[List[str], Dict[str, List[str]]]:
             if not osp.exists(path) and str(entry).startswith('../'):
                 path = osp.normpath(osp.join(root, str(entry)[3:]))
             if not osp.isdir(path):
+                kind = (' (a .txt list of images is not read here: give the image folder)'
+                        if str(entry).endswith('.txt') else '')
                 raise DatasetError(f'{yaml_path}: {key}: {entry} is not a folder (looked at '
-                                   f'{path})')
+                                   f'{path}){kind}')
             folders.append(path)
         splits[split] = folders
     if 'train' not in splits:

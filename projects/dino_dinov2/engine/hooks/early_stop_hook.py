@@ -21,16 +21,19 @@ class ResumableEarlyStoppingHook(EarlyStoppingHook):
     """Stop after ``patience`` validations without a new best ``monitor`` (default
     ``coco/bbox_mAP``, higher is better).
 
-    Priority ``LOW`` (mmengine's is ``LOWEST``): after the EMA's swap back, before the
+    Any rise counts as better (``min_delta=0``; mmengine's default 0.1 is a tenth of the
+    whole mAP range). Priority ``LOW`` (mmengine's is ``LOWEST``): after the EMA's swap back, before the
     checkpoint hook, so the checkpoint written after a validation holds the count that
     validation left."""
     priority = 'LOW'
 
-    def __init__(self, monitor: str = 'coco/bbox_mAP', patience: int = 5, **kwargs) -> None:
+    def __init__(self, monitor: str = 'coco/bbox_mAP', patience: int = 5,
+                 min_delta: float = 0.0, **kwargs) -> None:
         if patience < 1:
             from ...errors import ConfigError
             raise ConfigError(f'early stopping: patience must be at least 1, got {patience}')
-        super().__init__(monitor=monitor, patience=patience, **kwargs)
+        # mmengine's default min_delta=0.1 would count a rise of 0.09 mAP as "no better"
+        super().__init__(monitor=monitor, patience=patience, min_delta=min_delta, **kwargs)
         self.best_iter = None
 
     def before_train(self, runner) -> None:
