@@ -120,6 +120,16 @@ def test_lean_ema_equals_mmdet_exp_momentum_ema_and_shares_frozen_tensors():
     assert other._step == 5 and other.momentum_at(5) == lean.momentum_at(5)
 
 
+def test_ema_cost_counts_the_host_syncs_and_the_copy(capsys):
+    from projects.dino_dinov2.analysis.ema_cost import ema_cost_rows, format_rows
+    rows = ema_cost_rows(_Net(), repeats=1)
+    mmdet, lean = rows
+    assert mmdet['syncs'] > 0 and lean['syncs'] == 0  # mmengine reads `steps` per tensor
+    assert mmdet['copied'] == 4 * 4 + 4 + 4 * 2 + 2 and lean['copied'] == 4 * 2 + 2
+    assert lean['ops'] < mmdet['ops']
+    assert '| LeanExpMomentumEMA | 0.0 M |' in format_rows(rows)
+
+
 def test_ema_weights_are_validated_and_both_kept(tmp_path, tiny_synthetic_data, one_torch_thread):
     VALIDATED.clear()
     work = str(tmp_path / 'work')
