@@ -22,9 +22,9 @@ class ResumableEarlyStoppingHook(EarlyStoppingHook):
     ``coco/bbox_mAP``, higher is better).
 
     Any rise counts as better (``min_delta=0``; mmengine's default 0.1 is a tenth of the
-    whole mAP range). Priority ``LOW`` (mmengine's is ``LOWEST``): after the EMA's swap back, before the
-    checkpoint hook, so the checkpoint written after a validation holds the count that
-    validation left."""
+    whole mAP range). Priority ``LOW`` (mmengine's is ``LOWEST``): after the EMA's swap
+    back, before the checkpoint hook, so the checkpoint written after a validation holds
+    the count that validation left."""
     priority = 'LOW'
 
     def __init__(self, monitor: str = 'coco/bbox_mAP', patience: int = 5,
