@@ -31,6 +31,18 @@ def load_tool(name: str):
     return module
 
 
+def exit_code(main, argv) -> int:
+    """A tool's ``main(argv)`` run as its ``__main__`` block runs it (inside
+    ``exit_on_user_error``): the exit status it would end with (0, 2 for bad input, 1 for a
+    bug), the message on stderr."""
+    from projects.dino_dinov2.engine.user_errors import exit_on_user_error
+    try:
+        with exit_on_user_error():
+            return main(argv) or 0
+    except SystemExit as e:
+        return e.code
+
+
 def free_port() -> int:
     """A TCP port free on this machine now (for MASTER_PORT / PORT)."""
     with socket.socket() as s:

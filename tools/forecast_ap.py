@@ -59,7 +59,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     from projects.dino_dinov2.analysis import curve_fitting as fitting
-    from projects.dino_dinov2.analysis import log_readers as readers, reports
+    from projects.dino_dinov2.analysis import reports
     try:
         curve = fitting.load_curve(args.curve, args.metric, args.run, args.iters_per_epoch,
                                    args.x_column, args.y_column)
@@ -83,9 +83,9 @@ def main(argv=None):
             'forecast')
         paths = reports.write_report(result, out_dir, title=f'{curve.metric} forecast: '
                                      f'{curve.name}')
-    except (fitting.ForecastError, readers.CurveDataError, OSError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
+    except OSError as e:  # a folder that cannot be read or written: the user's to fix
+        from projects.dino_dinov2.errors import UserError
+        raise UserError(f'{e.filename}: {e.strerror}' if e.filename else str(e)) from None
     print(reports.summary_markdown(result, f'{curve.metric} forecast: {curve.name}'))
     for path in paths.values():
         print(f'wrote {path}')
@@ -93,4 +93,6 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    from projects.dino_dinov2.engine.user_errors import exit_on_user_error
+    with exit_on_user_error():  # a bad curve: 'error: ...', exit 2; a bug: exit 1
+        sys.exit(main())

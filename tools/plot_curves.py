@@ -48,9 +48,9 @@ def main(argv=None):
         runs = readers.load_many(args.inputs, args.labels, args.iters_per_epoch)
         written = reports.save_curves(runs, args.out_dir, metric=args.metric,
                                       axis=args.x_axis, window=args.smooth)
-    except (readers.CurveDataError, OSError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
+    except OSError as e:  # a folder that cannot be read or written: the user's to fix
+        from projects.dino_dinov2.errors import UserError
+        raise UserError(f'{e.filename}: {e.strerror}' if e.filename else str(e)) from None
     for run in runs:
         ap = run.val.get(args.metric)
         last = f', last {args.metric} {ap.values[-1]:.2f}' if ap is not None and len(ap) else ''
@@ -63,4 +63,6 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    from projects.dino_dinov2.engine.user_errors import exit_on_user_error
+    with exit_on_user_error():  # a bad log or CSV: 'error: ...', exit 2; a bug: exit 1
+        sys.exit(main())

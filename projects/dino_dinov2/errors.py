@@ -7,6 +7,15 @@ callers expect (``ValueError``, ``RuntimeError``).
 """
 
 
+def first_line(error: BaseException, empty: str = None) -> str:
+    """The first line of an exception's message; ``empty`` (default: the exception's type
+    name) when it has none. The one helper for messages that quote a library's error."""
+    text = str(error).strip()
+    if text:
+        return text.splitlines()[0]
+    return type(error).__name__ if empty is None else empty
+
+
 class UserError(Exception):
     """Bad input: the message names the file, key or value at fault and what to do."""
 

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+from helpers import exit_code
 from projects.dino_dinov2.analysis import log_readers as readers, reports
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -193,8 +194,8 @@ def test_plot_curves_cli_several_inputs_one_legend_entry_each(tmp_path, capsys):
         write_csv(tmp_path / f'{name}.csv', ['Step', 'bbox/AP', 'total_loss', 'lr'],
                   [[s, 30 + offset + s / 1000, 4 - s / 1000, 1e-4] for s in (1000, 2000, 3000)])
     out = tmp_path / 'plots'
-    assert main([str(tmp_path / 'a.csv'), str(tmp_path / 'b.csv'), '--labels', 'run A',
-                 'run B', '--out-dir', str(out)]) == 0
+    assert exit_code(main, [str(tmp_path / 'a.csv'), str(tmp_path / 'b.csv'), '--labels',
+                            'run A', 'run B', '--out-dir', str(out)]) == 0
     series = json.loads((out / 'curves.json').read_text())
     assert [r['name'] for r in series['runs']] == ['run A', 'run B']
     assert series['runs'][1]['val']['AP']['value'] == [36.0, 37.0, 38.0]
@@ -207,11 +208,11 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
     write_csv(bad, ['Step', 'bbox/AP'], [[1000, 30], [2000, 'n/a']])
     with pytest.raises(readers.CurveDataError, match="'bbox/AP' row 3: not a number: 'n/a'"):
         readers.load_runs(str(bad))
-    assert main([str(bad), '--out-dir', str(tmp_path / 'o')]) == 2
+    assert exit_code(main, [str(bad), '--out-dir', str(tmp_path / 'o')]) == 2
     assert capsys.readouterr().err.startswith('error: ')
     empty_dir = tmp_path / 'empty'
     empty_dir.mkdir()
-    assert main([str(empty_dir), '--out-dir', str(tmp_path / 'o')]) == 2
+    assert exit_code(main, [str(empty_dir), '--out-dir', str(tmp_path / 'o')]) == 2
     assert 'no */vis_data/scalars.json' in capsys.readouterr().err
     no_metric = tmp_path / 'other.csv'
     write_csv(no_metric, ['Step', 'accuracy'], [[1, 0.5]])

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from helpers import exit_code
 from projects.dino_dinov2.analysis import curve_fitting as fitting
 
 # The recipe's scale: an evaluation every 2,500 iterations over 12 epochs of 7,500.
@@ -162,8 +163,9 @@ def test_cli_writes_json_markdown_and_png(tmp_path, capsys):
     curve = tmp_path / 'export.csv'
     write_wandb_csv(curve, y)
     out = tmp_path / 'fc'
-    rc = main([str(curve), '--target-epochs', '50', '--iters-per-epoch', '7500',
-               '--drop-at', str(drop), '--target-drop-epoch', '40', '--out-dir', str(out)])
+    rc = exit_code(main, [str(curve), '--target-epochs', '50', '--iters-per-epoch', '7500',
+                          '--drop-at', str(drop), '--target-drop-epoch', '40', '--out-dir',
+                          str(out)])
     assert rc == 0
     report = json.loads((out / 'forecast.json').read_text())
     assert report['target'] == 375000 and report['x_unit'] == 'iter'
@@ -186,7 +188,7 @@ def test_cli_reports_bad_input_as_error_and_exit_2(tmp_path, capsys):
     from tools.forecast_ap import main
     curve = tmp_path / 'bad.csv'
     curve.write_text('Step,bbox/AP\n2500,30.1\n5000,abc\n7500,35.0\n')
-    assert main([str(curve), '--target-iter', '375000']) == 2
+    assert exit_code(main, [str(curve), '--target-iter', '375000']) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith('error: ')
     assert "'bbox/AP' row 3: not a number: 'abc'" in err[0]
@@ -196,17 +198,17 @@ def test_cli_too_few_points_and_nan(tmp_path, capsys):
     from tools.forecast_ap import main
     few = tmp_path / 'few.csv'
     few.write_text('Step,bbox/AP\n2500,30.1\n5000,33.0\n7500,35.0\n')
-    assert main([str(few), '--target-iter', '375000', '--out-dir', str(tmp_path)]) == 2
+    assert exit_code(main, [str(few), '--target-iter', '375000', '--out-dir', str(tmp_path)]) == 2
     assert 'need at least 5 points' in capsys.readouterr().err
     nan = tmp_path / 'nan.csv'
     nan.write_text('Step,bbox/AP\n' + ''.join(
         f'{int(x)},{"NaN" if i == 2 else 30 + i}\n' for i, x in enumerate(X[:8])))
-    assert main([str(nan), '--target-iter', '375000', '--out-dir', str(tmp_path)]) == 2
+    assert exit_code(main, [str(nan), '--target-iter', '375000', '--out-dir', str(tmp_path)]) == 2
     assert 'NaN' in capsys.readouterr().err
     # a column of text: named, with the offending cell
     text = tmp_path / 'text.csv'
     text.write_text('Step,note\n1,good\n2,bad\n')
-    assert main([str(text), '--y-column', 'note', '--target-iter', '10']) == 2
+    assert exit_code(main, [str(text), '--y-column', 'note', '--target-iter', '10']) == 2
     assert "column 'note' row 2: not a number: 'good'" in capsys.readouterr().err
 
 
@@ -238,22 +240,22 @@ def test_mmengine_log_gives_iterations_and_the_lr_drop(tmp_path):
 
     from tools.forecast_ap import main
     out = tmp_path / 'fc'
-    assert main([str(tmp_path), '--target-epochs', '50', '--target-drop-epoch', '40',
-                 '--models', 'power-law', '--out-dir', str(out)]) == 0
+    assert exit_code(main, [str(tmp_path), '--target-epochs', '50', '--target-drop-epoch',
+                            '40', '--models', 'power-law', '--out-dir', str(out)]) == 0
     report = json.loads((out / 'forecast.json').read_text())
     assert report['target'] == 500.0 and report['lr_drop']['observed_at'] == 110.0
     assert report['lr_drop']['jump'] == pytest.approx(2.0, abs=1e-3)  # 0.02 -> 2 AP
     assert report['prediction']['value'] == pytest.approx(
         100 * fitting.CURVE_FAMILIES['power-law'].fn(500.0, 0.6, 1.0, 0.5) + 2.0, abs=1e-3)
     # --no-drop fits every point and adds nothing
-    assert main([str(tmp_path), '--target-epochs', '50', '--no-drop', '--models',
-                 'power-law', '--out-dir', str(out)]) == 0
+    assert exit_code(main, [str(tmp_path), '--target-epochs', '50', '--no-drop', '--models',
+                            'power-law', '--out-dir', str(out)]) == 0
     report = json.loads((out / 'forecast.json').read_text())
     assert report['lr_drop']['observed_at'] is None and report['n_fit_points'] == 12
 
 
 def test_the_short_real_run_is_too_short_to_forecast(synthetic_run, capsys):
     from tools.forecast_ap import main
-    assert main([synthetic_run, '--target-epochs', '16']) == 2
+    assert exit_code(main, [synthetic_run, '--target-epochs', '16']) == 2
     assert capsys.readouterr().err.strip() == (
         'error: curve: need at least 5 points to fit and backtest the models, got 2')

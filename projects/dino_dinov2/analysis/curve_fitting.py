@@ -23,8 +23,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..errors import UserError, first_line
 
-class ForecastError(ValueError):
+
+class ForecastError(UserError, ValueError):
     """A curve that cannot be forecast (too few points, NaN, bad x, ...)."""
 
 
@@ -211,7 +213,7 @@ def fit_model(model: CurveModel, x: np.ndarray, y: np.ndarray) -> Fit:
                     model.fn, x, y, p0=p0, jac=model.jac, method='trf',
                     bounds=(model.lower, model.upper), x_scale='jac', max_nfev=2000)
         except (RuntimeError, ValueError, OptimizeWarning) as e:
-            last_err = str(e).splitlines()[0]
+            last_err = first_line(e)
             continue
         resid = y - model.fn(x, *params)
         rss = float(np.sum(resid ** 2))

@@ -29,8 +29,10 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..errors import UserError
 
-class CurveDataError(ValueError):
+
+class CurveDataError(UserError, ValueError):
     """A log or CSV that cannot be read as learning curves (message names file and key)."""
 
 

@@ -19,6 +19,7 @@ from mmcv.transforms import LoadImageFromFile
 from mmdet.registry import TRANSFORMS
 from mmengine.logging import print_log
 
+from ..errors import first_line
 from .errors import ImageFileError
 
 
@@ -61,7 +62,7 @@ class CheckedLoadImageFromFile(LoadImageFromFile):
         except FileNotFoundError:
             return self._bad(filename, 'image file not found')
         except Exception as e:  # noqa: BLE001 - decoders raise many types; named below
-            detail = str(e).splitlines()[0] if str(e) else ''
+            detail = first_line(e, '')
             if isinstance(e, AssertionError) and 'failed to load image' in detail:
                 detail = ''
             problem = 'cannot decode the image (corrupt, truncated or not an image'

@@ -26,6 +26,7 @@ import os
 import os.path as osp
 from typing import Collection, Dict, List, Optional, Tuple
 
+from ..errors import first_line
 from .errors import DatasetError
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
@@ -73,7 +74,7 @@ def read_data_yaml(yaml_path: str) -> Tuple[List[str], Dict[str, List[str]]]:
         with open(yaml_path) as f:
             data = yaml.safe_load(f)
     except yaml.YAMLError as e:
-        raise DatasetError(f'{yaml_path}: not YAML ({str(e).splitlines()[0]})') from None
+        raise DatasetError(f'{yaml_path}: not YAML ({first_line(e)})') from None
     if not isinstance(data, dict):
         raise DatasetError(f'{yaml_path}: not a YOLO data.yaml (a mapping with names and '
                            'train/val paths)')

@@ -42,7 +42,7 @@ import torch
 from mmengine.fileio import LocalBackend, register_backend
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 # -- 1. loading with an allow-list ------------------------------------------------------
 
@@ -157,11 +157,6 @@ def check_checkpoint_file(path: str) -> None:
     load_local_checkpoint(path, map_location='cpu')  # legacy format: load to check
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _refusal(e: BaseException) -> str:
     """What torch's weights-only unpickler refused, from its long message."""
     text = str(e)
@@ -195,9 +190,9 @@ def load_local_checkpoint(filename: str, map_location=None):
                 'allowed (engine/checkpoint.py)') from None
         if 'zip archive' in str(e) or isinstance(e, (EOFError, zipfile.BadZipFile)):
             raise CheckpointError(f'checkpoint {filename} is truncated or damaged '
-                                  f'({_first_line(e)}){_others(filename)}') from None
+                                  f'({first_line(e)}){_others(filename)}') from None
         raise CheckpointError(f'{filename} is not a readable PyTorch checkpoint '
-                              f'({type(e).__name__}: {_first_line(e)})') from None
+                              f'({type(e).__name__}: {first_line(e)})') from None
 
 
 _LOADER_REGISTERED = False

@@ -32,7 +32,7 @@ from mmengine.logging import MessageHub, print_log
 from mmengine.registry import VISBACKENDS
 from mmengine.visualization import WandbVisBackend
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 
 WANDB_MODES = ('online', 'offline')
 RUN_ID_FILE = 'wandb_run_id'
@@ -70,7 +70,7 @@ class SafeWandbVisBackend(WandbVisBackend):
             self._wandb.define_metric('*', step_metric=STEP_METRIC)
         except Exception as e:  # noqa: BLE001  (any failure to start must not stop training)
             self._failed = True
-            print_log(f'W&B could not start ({type(e).__name__}: {_first_line(e)}); '
+            print_log(f'W&B could not start ({type(e).__name__}: {first_line(e, "")}); '
                       'training goes on without W&B logging', logger='current',
                       level=logging.WARNING)
             return
@@ -126,7 +126,7 @@ class SafeWandbVisBackend(WandbVisBackend):
             fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001  (W&B trouble must not stop training)
             self._failed = True
-            print_log(f'W&B logging failed ({type(e).__name__}: {_first_line(e)}); training '
+            print_log(f'W&B logging failed ({type(e).__name__}: {first_line(e, "")}); training '
                       'goes on without W&B logging', logger='current', level=logging.WARNING)
 
     def _ensure(self) -> bool:
@@ -135,11 +135,6 @@ class SafeWandbVisBackend(WandbVisBackend):
             self._init_env()
             self._env_initialized = True
         return not self._failed
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else ''
 
 
 def wandb_init_kwargs(project: Optional[str] = None, group: Optional[str] = None,

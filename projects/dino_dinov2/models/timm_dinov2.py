@@ -21,7 +21,7 @@ import torch.nn as nn
 from mmdet.registry import MODELS
 from mmengine.model import BaseModule
 
-from ..errors import ConfigError, UserError
+from ..errors import ConfigError, UserError, first_line
 from ..engine.checkpoint import checkpoint_kind
 
 # DINOv2 ViTs timm ships with pretrained weights (LVD-142M); any other timm ViT name also
@@ -82,7 +82,7 @@ def read_state_dict(path: str) -> dict:
     except Exception as e:  # noqa: BLE001 - any failure means "not a checkpoint"
         raise WeightFileError(
             f'{path} is not a readable weight file ({type(e).__name__}: '
-            f'{str(e).splitlines()[0] if str(e) else ""})') from None
+            f'{first_line(e, "")})') from None
     kind = checkpoint_kind(obj)  # the classification every checkpoint flag uses
     if kind == 'detectron2':
         raise WeightFileError(f'{path} is a detectron2/detrex checkpoint: its keys are '
@@ -157,7 +157,7 @@ def create_model(model_name: str, pretrained: bool, kwargs: dict) -> nn.Module:
         if not pretrained:
             raise
         gated = 'dinov3' in model_name
-        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        detail = first_line(e)
         raise WeightFileError(
             f'cannot download the pretrained weights of {model_name} ({type(e).__name__}: '
             f'{detail[:200]})'
