@@ -20,7 +20,6 @@ from ..models.deformable_attention import (mmcv_has_cuda_ops, msda_mmcv, msda_py
 from ..models.triton_deformable_attention import msda_triton, triton_runs_on
 
 RECIPE_LEVELS = ((100, 167), (50, 84), (25, 42), (13, 21))
-LAYERS = {'encoder': None, 'decoder': 1000}  # queries: one per value / 900 + 100
 
 
 @dataclass

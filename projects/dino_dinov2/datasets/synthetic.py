@@ -139,7 +139,3 @@ def generate_synthetic_coco(out_dir: str = 'data/synthetic', num_train: int = 25
         'train': generate_split(out_dir, 'train', num_train, seed, **kwargs),
         'val': generate_split(out_dir, 'val', num_val, seed, **kwargs),
     }
-
-
-def synthetic_classes(num_classes: int = DEFAULT_NUM_CLASSES) -> Tuple[str, ...]:
-    return tuple(name for name, _ in CLASSES[:num_classes])

@@ -37,17 +37,6 @@ DINOV2_MODELS = (
     'vit_giant_patch14_reg4_dinov2.lvd142m',
 )
 
-# DINOv3 ViTs in timm (LVD-1689M weights, gated behind Meta's license on the hub); the
-# ``_qkvb`` variants keep the query/value biases of Meta's checkpoints.
-DINOV3_MODELS = (
-    'vit_small_patch16_dinov3.lvd1689m',
-    'vit_small_plus_patch16_dinov3.lvd1689m',
-    'vit_base_patch16_dinov3.lvd1689m',
-    'vit_large_patch16_dinov3.lvd1689m',
-    'vit_huge_plus_patch16_dinov3.lvd1689m',
-    'vit_7b_patch16_dinov3.lvd1689m',
-)
-
 # Keys under which common checkpoint formats nest the weights.
 _NESTED_KEYS = ('model', 'state_dict', 'teacher', 'student', 'module')
 
