@@ -17,24 +17,5 @@ if [ $# -lt 4 ]; then
     echo "usage: $0 PARTITION JOB_NAME CONFIG WORK_DIR [tools/train.py args...]" >&2
     exit 2
 fi
-PARTITION=$1
-JOB_NAME=$2
-CONFIG=$3
-WORK_DIR=$4
-GPUS=${GPUS:-8}
-GPUS_PER_NODE=${GPUS_PER_NODE:-$(( GPUS < 8 ? GPUS : 8 ))}
-CPUS_PER_TASK=${CPUS_PER_TASK:-5}
-read -r -a srun_args <<< "${SRUN_ARGS:-}"
-PYTHON=${PYTHON:-python3}
-
-cmd=(srun -p "$PARTITION" --job-name="$JOB_NAME" --gres=gpu:"$GPUS_PER_NODE"
-     --ntasks="$GPUS" --ntasks-per-node="$GPUS_PER_NODE" --cpus-per-task="$CPUS_PER_TASK"
-     --kill-on-bad-exit=1 ${srun_args[@]+"${srun_args[@]}"}
-     "$PYTHON" -u "$(dirname "$0")/train.py" "$CONFIG" --work-dir="$WORK_DIR"
-     --launcher=slurm "${@:5}")
-
-if [ "${DRY_RUN:-0}" = 1 ]; then
-    printf '%q ' "${cmd[@]}"; echo
-    exit 0
-fi
-exec "${cmd[@]}"
+source "$(dirname "$0")/slurm_common.sh"
+srun_exec "$1" "$2" train.py "$3" --work-dir="$4" --launcher=slurm "${@:5}"
