@@ -31,8 +31,8 @@ class ScriptedMetric(BaseMetric):
     """``coco/bbox_mAP`` = ``scores[epoch]`` (the epoch the run validates after)."""
     default_prefix = 'coco'
 
-    def __init__(self, scores: dict, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, scores: dict, ann_file=None, **kwargs):
+        super().__init__(**kwargs)  # ann_file: the tiny run's option, not read
         self.scores = {int(k): v for k, v in scores.items()}
 
     def process(self, data_batch, data_samples):
@@ -69,7 +69,7 @@ def _config(tmp_path, scores=None, probe=False) -> str:
 def _train(config, data, work, epochs, *flags):
     options = [o for o in tiny_run_options(data, epochs, val=True)
                if not o.startswith(('train_cfg.val_begin', 'train_cfg.val_interval',
-                                    'default_hooks.checkpoint', 'val_evaluator'))]
+                                    'default_hooks.checkpoint'))]
     load_tool('train').main([config, '--work-dir', work, '--seed', '0', *flags,
                              '--cfg-options', *options, 'train_cfg.val_begin=1',
                              'train_cfg.val_interval=1', 'default_hooks.checkpoint.interval=1',

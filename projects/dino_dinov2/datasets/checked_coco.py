@@ -168,6 +168,18 @@ def read_coco_file(path: str, backend_args: Optional[dict] = None,
     return data
 
 
+def coco_api(data: dict, api=None):
+    """A pycocotools index (mmdet's ``COCO`` wrapper, or ``api``) of an already read and
+    checked COCO dict, with mmdet's alias names."""
+    if api is None:
+        from mmdet.datasets.api_wrappers import COCO as api
+    coco = api()
+    coco.dataset = data
+    coco.createIndex()
+    coco.img_ann_map, coco.cat_img_map = coco.imgToAnns, coco.catToImgs  # mmdet aliases
+    return coco
+
+
 def read_annotations(path: str, split: Optional[str] = None,
                      backend_args: Optional[dict] = None, test_mode: bool = False) -> dict:
     """The checked COCO dict of ``path``: a COCO file (:func:`read_coco_file`), or the
@@ -213,10 +225,7 @@ class CheckedCocoDataset(CocoDataset):
         orphans = sum(1 for a in data.get('annotations', []) if a['image_id'] not in image_ids)
         data.setdefault('annotations', [])
 
-        coco = self.COCOAPI()
-        coco.dataset = data
-        coco.createIndex()
-        coco.img_ann_map, coco.cat_img_map = coco.imgToAnns, coco.catToImgs  # mmdet aliases
+        coco = coco_api(data, self.COCOAPI)
         # mmdet's load_data_list opens the file through self.COCOAPI(path); handing it
         # the index built from the checked dict avoids parsing a large file twice.
         self.COCOAPI = lambda _path: coco

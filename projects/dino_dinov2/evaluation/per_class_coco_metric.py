@@ -38,18 +38,12 @@ class PerClassCocoMetric(CocoMetric):
         if not is_yolo_yaml(ann_file):
             super().__init__(ann_file, *args, **kwargs)
             return
-        from mmdet.datasets.api_wrappers import COCO
-
-        from ..datasets.checked_coco import read_annotations
+        from ..datasets.checked_coco import coco_api, read_annotations
         super().__init__(None, *args, **kwargs)
         data = read_annotations(ann_file, yolo_split, test_mode=True)
         data.pop('yolo_skipped', None)
         data.pop('yolo_examples', None)
-        coco = COCO()
-        coco.dataset = data
-        coco.createIndex()
-        coco.img_ann_map, coco.cat_img_map = coco.imgToAnns, coco.catToImgs  # mmdet aliases
-        self._coco_api = coco
+        self._coco_api = coco_api(data)
 
     def compute_metrics(self, results: list) -> Dict[str, float]:
         metrics = super().compute_metrics(results)

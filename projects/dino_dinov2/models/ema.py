@@ -77,6 +77,7 @@ class LeanExpMomentumEMA(BaseAveragedModel):
         # frozen tensors: the model's own; left out of the EMA's checkpoint entry
         self.shared_names = [name for name, p in self.module.named_parameters()
                              if id(p) in frozen]
+        self._pairs = None  # (model, its tensors in avg_parameters' order, buffer pairs)
 
     def avg_func(self, averaged_param, source_param, steps) -> None:  # mmengine's interface
         averaged_param.lerp_(source_param, self.momentum_at(int(steps)))
@@ -85,17 +86,27 @@ class LeanExpMomentumEMA(BaseAveragedModel):
         """The model's weight in the update after ``step`` earlier updates."""
         return (1 - self.momentum) * math.exp(-float(1 + step) / self.gamma) + self.momentum
 
+    def _tensors_of(self, model: nn.Module):
+        """The averaged tensors, the model's matching ones and the buffer pairs, looked up
+        once per model (its parameters are updated in place, never replaced)."""
+        if self._pairs is None or self._pairs[0] is not model:
+            source = dict(model.named_parameters())
+            avg: List[torch.Tensor] = list(self.avg_parameters.values())
+            src = [source[name].detach() for name in self.avg_parameters]
+            buffers = list(zip(self.module.buffers(), model.buffers()))
+            self._pairs = (model, avg, src, buffers)
+        return self._pairs[1:]
+
     @torch.no_grad()
     def update_parameters(self, model: nn.Module) -> None:
-        source = dict(model.named_parameters())
-        avg: List[torch.Tensor] = list(self.avg_parameters.values())
-        src: List[torch.Tensor] = [source[name].detach().to(a.device)
-                                   for name, a in self.avg_parameters.items()]
+        avg, src, buffers = self._tensors_of(model)
+        if avg and src[0].device != avg[0].device:  # an average kept on another device
+            src = [s.to(a.device) for s, a in zip(src, avg)]
         if self._step == 0:
             torch._foreach_copy_(avg, src)
         elif self._step % self.interval == 0:
             torch._foreach_lerp_(avg, src, self.momentum_at(self._step))
-        for b_avg, b_src in zip(self.module.buffers(), model.buffers()):
+        for b_avg, b_src in buffers:
             b_avg.copy_(b_src.to(b_avg.device))
         self._step += 1
         self.steps.fill_(self._step)  # a kernel, not a host read

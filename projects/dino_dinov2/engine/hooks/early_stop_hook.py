@@ -50,7 +50,7 @@ class ResumableEarlyStoppingHook(EarlyStoppingHook):
                 runner.logger.info(self._stop_line(runner))
 
     def after_val_epoch(self, runner, metrics) -> None:
-        if not runner.train_loop or self.monitor not in (metrics or {}):
+        if self.monitor not in (metrics or {}):  # mmengine's warning (or error if strict)
             return super().after_val_epoch(runner, metrics or {})
         before = self.best_score
         stop, _ = self._check_stop_condition(metrics[self.monitor])
