@@ -35,7 +35,7 @@ def exit_code(main, argv) -> int:
     """A tool's ``main(argv)`` run as its ``__main__`` block runs it (inside
     ``exit_on_user_error``): the exit status it would end with (0, 2 for bad input, 1 for a
     bug), the message on stderr."""
-    from projects.dino_dinov2.engine.user_errors import exit_on_user_error
+    from projects.dino_dinov2.cli.error_exit import exit_on_user_error
     try:
         with exit_on_user_error():
             return main(argv) or 0
@@ -180,3 +180,10 @@ class RankWeightsHook(Hook):
         model = runner.model.module if hasattr(runner.model, 'module') else runner.model
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()},
                    osp.join(runner.work_dir, f'rank{runner.rank}_weights.pth'))
+
+
+def read_checkpoint(path: str, map_location='cpu'):
+    """A checkpoint as the project reads it (``torch.load(weights_only=True)`` with
+    MMEngine's classes allowed): what the tests inspect of a run's files."""
+    from projects.dino_dinov2.checkpoint import load_local_checkpoint
+    return load_local_checkpoint(str(path), map_location=map_location)

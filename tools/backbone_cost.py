@@ -51,6 +51,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    from projects.dino_dinov2.engine.user_errors import exit_on_user_error
+    from projects.dino_dinov2.cli.error_exit import exit_on_user_error
     with exit_on_user_error():
         sys.exit(main())

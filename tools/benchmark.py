@@ -193,7 +193,7 @@ def host_profile_main(args) -> int:
 def inference_main(args) -> int:
     import os
 
-    from projects.dino_dinov2.analysis import inference_benchmark as ib
+    from projects.dino_dinov2.deploy import inference_benchmark as ib
     from projects.dino_dinov2.deploy import parse_shape
     shape = parse_shape(args.shape)
     config, checkpoint = args.configs
@@ -212,7 +212,7 @@ def inference_main(args) -> int:
 
 def main(argv=None):
     args = parse_args(argv)
-    from projects.dino_dinov2.engine import check_device
+    from projects.dino_dinov2.cli import check_device
     check_device(args.device)
     if args.deform_attn:
         return deform_attn_main(args)
@@ -260,6 +260,6 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    from projects.dino_dinov2.engine.user_errors import exit_on_user_error
+    from projects.dino_dinov2.cli.error_exit import exit_on_user_error
     with exit_on_user_error():  # bad input: 'error: ...', exit 2; a bug: exit 1
         sys.exit(main())

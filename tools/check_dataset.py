@@ -44,8 +44,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from projects.dino_dinov2.analysis.dataset_check import (check_splits, draw_samples,
-                                                             format_report)
+    from projects.dino_dinov2.datasets.check import (check_splits, draw_samples,
+                                                     format_report)
     from projects.dino_dinov2.datasets.layout import Split, find_layout
     if args.data_root is not None:
         layout = find_layout(args.data_root)
@@ -64,6 +64,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    from projects.dino_dinov2.engine.user_errors import exit_on_user_error
+    from projects.dino_dinov2.cli.error_exit import exit_on_user_error
     with exit_on_user_error():  # a folder that is no dataset: 'error: ...', exit 2
         sys.exit(main())

@@ -44,38 +44,38 @@ def main(argv=None):
     args = parse_args(argv)
     import torch
 
-    from projects.dino_dinov2 import engine
-    from projects.dino_dinov2.engine import original_checkpoint as oc
+    from projects.dino_dinov2 import cli
+    from projects.dino_dinov2 import original_checkpoint as oc
 
-    engine.check_checkpoint_file(args.original)
+    cli.check_checkpoint_file(args.original)
     if args.trust_pickle:
         obj = torch.load(args.original, map_location='cpu', weights_only=False)
     else:
         try:
-            obj = engine.load_local_checkpoint(args.original, map_location='cpu')
-        except engine.CheckpointError as e:
+            obj = cli.load_local_checkpoint(args.original, map_location='cpu')
+        except cli.CheckpointError as e:
             if 'allow-list' not in str(e):
                 raise
-            raise engine.CheckpointError(f'{e}; if you trust the file, convert it with '
-                                         '--trust-pickle') from None
-    state = oc.original_state_of(obj)
+            raise cli.CheckpointError(f'{e}; if you trust the file, convert it with '
+                                      '--trust-pickle') from None
+    state = cli.original_state_of(obj)
     if state is None:
-        kind = engine.checkpoint_kind(obj)
+        kind = cli.checkpoint_kind(obj)
         raise oc.ConversionError(f'{args.original} is not a checkpoint of the original '
                                  f'(detrex DINO keys such as transformer.level_embeds are '
-                                 f'missing); it is {engine.checkpoint.describe_kind(kind)}')
+                                 f'missing); it is {cli.describe_kind(kind)}')
     config = args.config
     if config is None:
         width = state.get('backbone.net.timm_model.model.cls_token', torch.empty(0)).shape[-1]
         config = osp.join(ROOT, CONFIGS.get(width, CONFIGS[768]))
         print(f'config: {osp.relpath(config, ROOT)} (the checkpoint\'s ViT is {width} wide)')
-    cfg = engine.load_config(config, args.cfg_options)
+    cfg = cli.load_config(config, args.cfg_options)
     model = oc.build_target_model(cfg)
     converted, info = oc.convert_for_model(state, model, cfg)
     checkpoint = oc.converted_checkpoint(converted, info, args.original)
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
-    engine.atomic_write(buffer.getvalue(), args.out)  # never a half-written OUT
+    cli.atomic_write(buffer.getvalue(), args.out)  # never a half-written OUT
     order = ('the config\'s class order' if info['classes'] else 'COCO\'s class order')
     print(f'converted {info["converted"]} tensors of {args.original} ({info["num_tensors"]} '
           f'in the file: {info["aliases_and_stats"]} shared head aliases and pixel '
@@ -85,6 +85,6 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    from projects.dino_dinov2.engine.user_errors import exit_on_user_error
+    from projects.dino_dinov2.cli.error_exit import exit_on_user_error
     with exit_on_user_error():  # bad input: 'error: ...', exit 2; a bug: exit 1
         sys.exit(main())

@@ -93,6 +93,6 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    from projects.dino_dinov2.engine.user_errors import exit_on_user_error
+    from projects.dino_dinov2.cli.error_exit import exit_on_user_error
     with exit_on_user_error():  # a bad curve: 'error: ...', exit 2; a bug: exit 1
         sys.exit(main())

@@ -40,8 +40,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from projects.dino_dinov2.analysis import inference
-    from projects.dino_dinov2.engine import check_device
+    from projects.dino_dinov2.deploy import inference
+    from projects.dino_dinov2.cli import check_device
     check_device(args.device)
     model = None
     if args.backend == 'onnxruntime':
@@ -67,6 +67,6 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    from projects.dino_dinov2.engine.user_errors import exit_on_user_error
+    from projects.dino_dinov2.cli.error_exit import exit_on_user_error
     with exit_on_user_error():  # bad input: 'error: ...', exit 2; a bug: exit 1
         sys.exit(main())

@@ -26,7 +26,7 @@ def parse_args(argv=None):
     parser.add_argument('--onnx', metavar='MODEL.onnx',
                         help='the exported graph (model.json beside it), with --backend '
                         'onnxruntime')
-    from projects.dino_dinov2.engine.config_setup import add_common_arguments
+    from projects.dino_dinov2.cli import add_common_arguments
     add_common_arguments(parser, 'the directory to save the evaluation metrics')
     args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
@@ -39,7 +39,7 @@ def main(argv=None):
     from mmengine.runner import Runner
     from mmengine.registry import RUNNERS
 
-    from projects.dino_dinov2 import engine
+    from projects.dino_dinov2 import cli
 
     onnx_info = None
     if args.backend == 'onnxruntime':
@@ -48,30 +48,31 @@ def main(argv=None):
             raise deploy.ExportError('--backend onnxruntime needs --onnx MODEL.onnx')
         deploy.onnx_export.require('onnxruntime')
         onnx_info = deploy.read_sidecar(args.onnx)
-    cfg = engine.load_config(args.config, args.cfg_options)
-    engine.set_work_dir(cfg, args.work_dir, args.config)
-    skipped = engine.skip_backbone_download(cfg)  # the checkpoint holds those weights
+    cfg = cli.load_config(args.config, args.cfg_options)
+    cli.set_work_dir(cfg, args.work_dir, args.config)
+    skipped = cli.skip_backbone_download(cfg)  # the checkpoint holds those weights
     if skipped:
-        engine.log_at_start(cfg, skipped)
-    files = engine.dataset_files(args)
+        cli.log_at_start(cfg, skipped)
+    files = cli.dataset_files(args)
     if files is not None:  # --data-root ...: its test split (else val), its classes
-        line, _ = engine.use_dataset(cfg, args.data_root, files, test=True)
-        engine.log_at_start(cfg, line)
-    engine.setup_launcher(cfg, args.launcher)  # process group before the Runner
-    engine.check_data_paths(cfg, ['test_dataloader'])
+        line, _ = cli.use_dataset(cfg, args.data_root, files, test=True)
+        cli.log_at_start(cfg, line)
+    cli.setup_launcher(cfg, args.launcher)  # process group before the Runner
+    cli.check_data_paths(cfg, ['test_dataloader'])
     if onnx_info is not None:  # the graph's letterbox replaces the pipeline's resize
         from projects.dino_dinov2.deploy.runtime import use_letterbox_pipeline
         use_letterbox_pipeline(cfg)
         h, w = onnx_info['input']['shape'][2:]
-        engine.log_at_start(cfg, f'backend: onnxruntime on {args.onnx} ({h}x{w} input, '
-                                 'images letterboxed as its model.json says)')
-    engine.check_checkpoint_file(args.checkpoint)  # missing or truncated: one-line error
+        cli.log_at_start(cfg, f'backend: onnxruntime on {args.onnx} ({h}x{w} input, '
+                         'images letterboxed as its model.json says)')
+    cli.check_checkpoint_file(args.checkpoint)  # missing or truncated: one-line error
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
-        engine.enable_visualization(cfg, args.show, args.show_dir, args.wait_time)
+        cli.enable_visualization(cfg, args.show, args.show_dir, args.wait_time)
 
+    cli.install_checkpoint_loader()  # weights_only=True with mmengine's classes allowed
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    engine.check_run_checkpoints(runner, test_checkpoint=args.checkpoint)
+    cli.check_run_checkpoints(runner, test_checkpoint=args.checkpoint)
     if onnx_info is not None:
         from projects.dino_dinov2.deploy.runtime import OnnxRuntimeDetector
         runner.model = OnnxRuntimeDetector(args.onnx, onnx_info)
@@ -84,12 +85,12 @@ def main(argv=None):
     try:
         metrics = runner.test()
     finally:
-        engine.release_dataloader_workers(runner)
-    engine.print_metrics(metrics)
+        cli.release_dataloader_workers(runner)
+    cli.print_metrics(metrics)
     return metrics
 
 
 if __name__ == '__main__':
-    from projects.dino_dinov2.engine.user_errors import exit_on_user_error
+    from projects.dino_dinov2.cli.error_exit import exit_on_user_error
     with exit_on_user_error():  # bad data/config/checkpoint: 'error: ...', exit 2
         main()

@@ -39,7 +39,7 @@ def parse_args(argv=None):
     parser.add_argument('--seed', type=int, help='random seed')
     parser.add_argument('--deterministic', action='store_true',
                         help='deterministic mode (cuDNN), for reproducible runs')
-    from projects.dino_dinov2.engine.config_setup import add_common_arguments
+    from projects.dino_dinov2.cli import add_common_arguments
     add_common_arguments(parser, 'the dir to save logs and models')
     tune = parser.add_argument_group(
         'fine-tuning (EMA and the best checkpoint are on by default with --data-root, off '
@@ -86,56 +86,57 @@ def main(argv=None):
     from mmengine.runner import Runner
     from mmengine.registry import RUNNERS
 
-    from projects.dino_dinov2 import engine
+    from projects.dino_dinov2 import cli
 
-    cfg = engine.load_config(args.config, args.cfg_options)
-    engine.set_work_dir(cfg, args.work_dir, args.config)
-    files = engine.dataset_files(args)
+    cfg = cli.load_config(args.config, args.cfg_options)
+    cli.set_work_dir(cfg, args.work_dir, args.config)
+    files = cli.dataset_files(args)
     dataset = None
     if files is not None:  # --data-root / --train-ann ...: the user's own data and classes
-        line, dataset = engine.use_dataset(cfg, args.data_root, files)
-        engine.log_at_start(cfg, line)
-    engine.check_data_paths(cfg, ['train_dataloader'] + (['val_dataloader']
-                                                         if cfg.get('val_cfg') else []))
-    engine.check_config_device(cfg)
-    launch = engine.setup_launcher(cfg, args.launcher)  # process group before the Runner
+        line, dataset = cli.use_dataset(cfg, args.data_root, files)
+        cli.log_at_start(cfg, line)
+    cli.check_data_paths(cfg, ['train_dataloader'] + (['val_dataloader']
+                                                      if cfg.get('val_cfg') else []))
+    cli.check_config_device(cfg)
+    launch = cli.setup_launcher(cfg, args.launcher)  # process group before the Runner
     if args.amp:
-        engine.enable_amp(cfg)
+        cli.enable_amp(cfg)
     if args.seed is not None:
         cfg.randomness = dict(cfg.get('randomness', None) or {}, seed=args.seed)
     if args.deterministic:
         cfg.randomness = dict(cfg.get('randomness', None) or {}, deterministic=True)
-    batch_lr = engine.apply_batch_and_lr(cfg, args.batch_size, args.lr, args.auto_scale_lr,
-                                         launch.world_size)
-    engine.log_at_start(cfg, engine.schedule_for_run(
-        cfg, batch_lr, args.epochs, dataset, engine.sets_schedule(args.cfg_options)))
-    engine.log_batch_and_lr(cfg, batch_lr)
-    for line in engine.apply_run_options(cfg, own_data=files is not None, ema=args.ema,
-                                         save_best=args.save_best,
-                                         early_stop=args.early_stop, aug=args.aug):
-        engine.log_at_start(cfg, line)
+    batch_lr = cli.apply_batch_and_lr(cfg, args.batch_size, args.lr, args.auto_scale_lr,
+                                      launch.world_size)
+    cli.log_at_start(cfg, cli.schedule_for_run(
+        cfg, batch_lr, args.epochs, dataset, cli.sets_schedule(args.cfg_options)))
+    cli.log_batch_and_lr(cfg, batch_lr)
+    for line in cli.apply_run_options(cfg, own_data=files is not None, ema=args.ema,
+                                      save_best=args.save_best,
+                                      early_stop=args.early_stop, aug=args.aug):
+        cli.log_at_start(cfg, line)
     load_from = args.load_from or cfg.get('load_from', None)
     if load_from and args.resume is None:  # fine-tuning: checked, class-aware loading
-        engine.check_checkpoint_file(load_from)
-        engine.enable_fine_tuning(cfg, load_from)
-    engine.set_resume(cfg, args.resume)
+        cli.check_checkpoint_file(load_from)
+        cli.enable_fine_tuning(cfg, load_from)
+    cli.set_resume(cfg, args.resume)
     if args.wandb:
-        engine.enable_wandb(cfg, project=args.wandb_project, group=args.group,
-                            job_type=args.job_type, entity=args.wandb_entity,
-                            mode=args.wandb_mode, resume_id=args.wandb_resume_id,
-                            resume=args.resume is not None)
-    engine.enable_preemption(cfg)  # SIGTERM/SIGUSR1: checkpoint, exit 75 (docs/launching.md)
+        cli.enable_wandb(cfg, project=args.wandb_project, group=args.group,
+                         job_type=args.job_type, entity=args.wandb_entity,
+                         mode=args.wandb_mode, resume_id=args.wandb_resume_id,
+                         resume=args.resume is not None)
+    cli.enable_preemption(cfg)  # SIGTERM/SIGUSR1: checkpoint, exit 75 (docs/launching.md)
 
+    cli.install_checkpoint_loader()  # weights_only=True with mmengine's classes allowed
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     # checkpoints that do not fit this config's model: one line now, not after the start
-    engine.check_run_checkpoints(runner, load_from if args.resume is None else None)
+    cli.check_run_checkpoints(runner, load_from if args.resume is None else None)
     try:
         runner.train()
     finally:
-        engine.release_dataloader_workers(runner)
+        cli.release_dataloader_workers(runner)
 
 
 if __name__ == '__main__':
-    from projects.dino_dinov2.engine.user_errors import exit_on_user_error
+    from projects.dino_dinov2.cli.error_exit import exit_on_user_error
     with exit_on_user_error():  # bad data/config/checkpoint: 'error: ...', exit 2
         main()

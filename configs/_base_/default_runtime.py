@@ -9,6 +9,9 @@ default_scope = 'mmdet'
 # (with each validation). The original kept every checkpoint (36 of ~1 GB for ViT-B 12ep);
 # the last 3 are kept here (max_keep_ckpts=-1 keeps all).
 default_hooks = dict(
+    # checkpoints read with torch.load(weights_only=True) and MMEngine's own classes allowed
+    # (torch >= 2.6): installed when the Runner is built, before resume/load_from reads one
+    checkpoint_loader=dict(type='CheckpointLoaderHook'),
     # the logged values copied to the host once per log line, not one read per value per
     # step (defer=False: mmengine's RuntimeInfoHook); the NaN guard checks them there
     runtime_info=dict(type='DeferredRuntimeInfoHook'),

@@ -1,7 +1,11 @@
 """dino-dinov2: DINO detectors on DINOv2 backbones for MMDetection 3.x.
 
-Importing the package registers its modules in mmdet's registries (configs load it
-with ``custom_imports``) and makes mmengine's checkpoints load on torch >= 2.6.
+Importing the package registers its modules in mmdet's and mmengine's registries (configs
+load it with ``custom_imports``) and changes nothing else process-wide: the checkpoint
+loader for torch >= 2.6 is installed by what loads (``CheckpointLoaderHook`` in
+``configs/_base_/default_runtime.py``, the tools). Layers, lowest first: errors <
+checkpoint < original_checkpoint < models, datasets < evaluation < engine < cli < deploy <
+analysis (README, Architecture).
 """
 from . import datasets, engine, evaluation, models  # noqa: F401  (registration)
 

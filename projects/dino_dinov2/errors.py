@@ -2,7 +2,7 @@
 
 Every error raised for bad input (data, config, launcher environment, weights,
 checkpoints, a NaN loss) derives from :class:`UserError`; the tools print it as one line and
-exit with status 2 (``engine/user_errors.py``). Each also derives from the builtin type
+exit with status 2 (``cli/error_exit.py``). Each also derives from the builtin type
 callers expect (``ValueError``, ``RuntimeError``).
 """
 

@@ -54,7 +54,7 @@ def test_infer_cli_writes_boxes_json_and_drawn_images(synthetic_run, synthetic_d
 def test_score_threshold_filters_json_and_drawing(synthetic_run, synthetic_data, tmp_path):
     from mmdet.apis import inference_detector
 
-    from projects.dino_dinov2.analysis import inference
+    from projects.dino_dinov2.deploy import inference
     image = osp.join(synthetic_data, 'val', '000000.png')
     ckpt = osp.join(synthetic_run, 'epoch_2.pth')
     model = inference.load_detector(SYNTHETIC, ckpt, device='cpu')

@@ -11,9 +11,9 @@ import torch
 
 from config_runs import (CONFIGS, SHRINK_MODEL, as_argv, data_options, make_dataset_for,
                          scale_options, schedule_options)
-from helpers import load_tool
+from helpers import load_tool, read_checkpoint
 
-from projects.dino_dinov2 import engine
+from projects.dino_dinov2 import cli
 
 SIX_AP = ('bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'bbox_mAP_s', 'bbox_mAP_m', 'bbox_mAP_l')
 
@@ -24,7 +24,7 @@ def _log_text(work_dir: str) -> str:
 
 @pytest.mark.parametrize('config', CONFIGS, ids=[osp.basename(c) for c in CONFIGS])
 def test_config_trains_validates_resumes_and_tests(config, tmp_path, one_torch_thread, capsys):
-    cfg = engine.load_config(config)
+    cfg = cli.load_config(config)
     data_root = str(tmp_path / 'data')
     counts = make_dataset_for(cfg, data_root)
     shrink = {**data_options(cfg, data_root), **SHRINK_MODEL, **scale_options(cfg)}
@@ -36,7 +36,7 @@ def test_config_trains_validates_resumes_and_tests(config, tmp_path, one_torch_t
     train.main([config, '--work-dir', work_dir, '--cfg-options',
                 *as_argv({**shrink, **schedule_options(cfg, 2)})])
     first = 'iter_2.pth' if iter_based else 'epoch_2.pth'
-    ckpt = torch.load(osp.join(work_dir, first), map_location='cpu')
+    ckpt = read_checkpoint(osp.join(work_dir, first), map_location='cpu')
     assert ckpt['meta']['iter'] == 2
     log = _log_text(work_dir)
     batch = cfg.train_dataloader.batch_size
@@ -53,7 +53,7 @@ def test_config_trains_validates_resumes_and_tests(config, tmp_path, one_torch_t
     train.main([config, '--work-dir', work_dir, '--resume', '--cfg-options',
                 *as_argv({**shrink, **schedule_options(cfg, 4)})])
     last = 'iter_4.pth' if iter_based else 'epoch_4.pth'
-    resumed = torch.load(osp.join(work_dir, last), map_location='cpu')
+    resumed = read_checkpoint(osp.join(work_dir, last), map_location='cpu')
     assert resumed['meta']['iter'] == 4
     log = _log_text(work_dir)
     assert 'resumed epoch' in log or 'Resuming at iteration 2' in log

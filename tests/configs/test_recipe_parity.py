@@ -14,7 +14,7 @@ from mmengine.runner import Runner
 
 from conftest import init_weights_quietly
 from config_runs import REPO, SHRINK_MODEL, data_options, make_dataset_for, scale_options
-from projects.dino_dinov2 import engine
+from projects.dino_dinov2 import cli, engine
 from projects.dino_dinov2.models import LN2d
 
 from mmdet.registry import DATASETS, METRICS, MODELS
@@ -26,7 +26,7 @@ SCHEDULES = {'12ep': (90000, 82500, 2500), '50ep': (375000, 300000, 2500)}
 
 
 def _config(name, **options):
-    return engine.load_config(osp.join(REPO, 'configs', name), dict(SHRINK_MODEL, **options))
+    return cli.load_config(osp.join(REPO, 'configs', name), dict(SHRINK_MODEL, **options))
 
 
 def _model(cfg):
@@ -141,7 +141,7 @@ def test_iteration_schedule_and_cadence(name, tmp_path):
 ])
 def test_schedule_keeps_the_images_seen_at_another_total_batch(total, want):
     cfg = _config('dino_dinov2_b_12ep.py')
-    line = engine.scale_schedule(cfg, total, 16)
+    line = cli.scale_schedule(cfg, total, 16)
     got = (cfg.train_cfg.max_iters, cfg.param_scheduler[0].milestones[0],
            cfg.train_cfg.val_interval)
     assert got == want
@@ -154,15 +154,15 @@ def test_schedule_keeps_the_images_seen_at_another_total_batch(total, want):
 
 def test_schedule_set_on_the_command_line_is_kept():
     cfg = _config('dino_dinov2_b_12ep.py', **{'train_cfg.max_iters': 100})
-    line = engine.scale_schedule(cfg, 2, 16, fixed=engine.sets_schedule(
+    line = cli.scale_schedule(cfg, 2, 16, fixed=cli.sets_schedule(
         {'train_cfg.max_iters': 100}))
     assert cfg.train_cfg.max_iters == 100 and 'as set by --cfg-options' in line
-    assert not engine.sets_schedule({'model.num_queries': 10})
+    assert not cli.sets_schedule({'model.num_queries': 10})
 
 
 def test_epoch_schedule_is_not_rescaled():
     cfg = _config('dino_dinov2_synthetic.py')
-    line = engine.scale_schedule(cfg, 1, 4)
+    line = cli.scale_schedule(cfg, 1, 4)
     assert cfg.train_cfg.max_epochs == 12 and 'epochs are passes over the data' in line
 
 
@@ -213,7 +213,7 @@ def test_original_configs_amp_is_float16_with_a_scaler():
     for name, dtype in (('dino_dinov2_s_12ep_original.py', torch.float16),
                         ('dino_dinov2_s_12ep.py', None)):
         cfg = _config(name)
-        engine.enable_amp(cfg)
+        cli.enable_amp(cfg)
         model = _model(cfg)
         optim = build_optim_wrapper(model, copy.deepcopy(cfg.optim_wrapper))
         if dtype is not None and torch.cuda.is_available():

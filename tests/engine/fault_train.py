@@ -11,7 +11,7 @@ import time
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, REPO)
 
-from projects.dino_dinov2.engine import checkpoint  # noqa: E402
+from projects.dino_dinov2 import checkpoint  # noqa: E402
 
 
 def main():

@@ -5,14 +5,14 @@ import os.path as osp
 from mmengine.config import Config
 
 from conftest import REPO
-from projects.dino_dinov2 import engine
-from projects.dino_dinov2.engine import config_text
+from projects.dino_dinov2 import cli
+from projects.dino_dinov2.cli import config_text
 
 RECIPE = osp.join(REPO, 'configs', 'dino_dinov2_s_12ep.py')
 
 
 def test_same_text_as_mmengine_once_per_content(monkeypatch):
-    cfg = engine.load_config(RECIPE)
+    cfg = cli.load_config(RECIPE)
     assert isinstance(cfg, config_text.TextCachedConfig)
     calls = []
     real = Config.pretty_text.fget

@@ -239,17 +239,17 @@ def test_early_stop_fires_at_the_right_validation_and_resumes_its_count(
 
 
 def test_switches_need_validation_and_positive_patience(tmp_path):
-    from projects.dino_dinov2 import engine
+    from projects.dino_dinov2 import cli
     from projects.dino_dinov2.errors import ConfigError
-    cfg = engine.load_config(SYNTHETIC_CONFIG)
+    cfg = cli.load_config(SYNTHETIC_CONFIG)
     with pytest.raises(ConfigError, match='--early-stop 0: give the number of validations'):
-        engine.apply_run_options(cfg, own_data=True, early_stop=0)
+        cli.apply_run_options(cfg, own_data=True, early_stop=0)
     cfg.val_cfg = None
     with pytest.raises(ConfigError, match='--save-best needs validation during training'):
-        engine.apply_run_options(cfg, own_data=True)
-    recipe = engine.load_config(osp.join(osp.dirname(SYNTHETIC_CONFIG),
-                                         'dino_dinov2_s_12ep.py'))
-    lines = engine.apply_run_options(recipe, own_data=False)
+        cli.apply_run_options(cfg, own_data=True)
+    recipe = cli.load_config(osp.join(osp.dirname(SYNTHETIC_CONFIG),
+                                      'dino_dinov2_s_12ep.py'))
+    lines = cli.apply_run_options(recipe, own_data=False)
     assert lines[:2] == ['EMA: off (validation and checkpoints use the trained weights)',
                          'best checkpoint: off']  # the recipe stays the original's
     assert not any(h.get('type') == 'DetEMAHook' for h in recipe.get('custom_hooks', []))
@@ -308,8 +308,8 @@ def test_yolo_data_root_trains_validates_and_tests(tmp_path, tiny_synthetic_data
 
 
 def test_bad_yolo_inputs_get_one_line(tmp_path, tiny_synthetic_data):
-    from projects.dino_dinov2 import engine
-    from projects.dino_dinov2.analysis.dataset_check import check_splits
+    from projects.dino_dinov2 import cli
+    from projects.dino_dinov2.datasets.check import check_splits
     from projects.dino_dinov2.datasets import DatasetError, find_layout
     from projects.dino_dinov2.datasets.layouts_out import write_yolo
     root = tmp_path / 'yolo'
@@ -318,8 +318,8 @@ def test_bad_yolo_inputs_get_one_line(tmp_path, tiny_synthetic_data):
     good = label.read_text()
     # a box past the image: skipped, counted, named in the data summary and the checker
     label.write_text(good + '0 0.5 1.7 0.2 0.2\n')
-    cfg = engine.load_config(SYNTHETIC_CONFIG)
-    engine.use_dataset(cfg, str(root))
+    cfg = cli.load_config(SYNTHETIC_CONFIG)
+    cli.use_dataset(cfg, str(root))
     report = check_splits(list(find_layout(str(root)).splits.values()), check_images=False)
     assert any(f'1 YOLO label lines skipped: values outside 0..1 ({label}:' in f.text
                for f in report.findings)
@@ -327,7 +327,7 @@ def test_bad_yolo_inputs_get_one_line(tmp_path, tiny_synthetic_data):
     n = len(good.splitlines()) + 1
     label.write_text(good + '0 0.5 0.5\n')
     with pytest.raises(DatasetError, match=f'{label}:{n}: 5 numbers expected'):
-        engine.use_dataset(engine.load_config(SYNTHETIC_CONFIG), str(root))
+        cli.use_dataset(cli.load_config(SYNTHETIC_CONFIG), str(root))
     label.write_text(good)
     (root / 'data.yaml').write_text('train: ../train/images\nnames: [a, b, c]\n')
     with pytest.raises(DatasetError, match='no val split found .* or a val: key in data.yaml'):
@@ -340,9 +340,9 @@ def test_small_preset_keeps_the_recipe_and_adds_documented_steps(tmp_path, tiny_
     from mmengine.dataset import Compose
     from mmengine.registry import init_default_scope
 
-    from projects.dino_dinov2 import engine
+    from projects.dino_dinov2 import cli
     from projects.dino_dinov2.datasets.augment import small_data_pipeline
-    recipe = engine.load_config(osp.join(osp.dirname(SYNTHETIC_CONFIG), 'dino_dinov2_s_12ep.py'))
+    recipe = cli.load_config(osp.join(osp.dirname(SYNTHETIC_CONFIG), 'dino_dinov2_s_12ep.py'))
     before = recipe.train_dataloader.dataset.pipeline
     after = small_data_pipeline(before)
     kinds = [t['type'] for t in after]
@@ -351,7 +351,7 @@ def test_small_preset_keeps_the_recipe_and_adds_documented_steps(tmp_path, tiny_
     assert after[7]['prob'] == [0.3, 0.7] and 'prob' not in before[3]
     # the synthetic pipeline (no crop branch) gets a crop before its resize; it runs
     init_default_scope('mmdet')
-    synthetic = engine.load_config(SYNTHETIC_CONFIG).train_dataloader.dataset.pipeline
+    synthetic = cli.load_config(SYNTHETIC_CONFIG).train_dataloader.dataset.pipeline
     pipeline = small_data_pipeline(synthetic)
     assert [t['type'] for t in pipeline][5:7] == ['RandomApply', 'RandomApply']
     run = Compose(pipeline)

@@ -10,8 +10,9 @@ from mmengine.testing import RunnerTestCase
 from mmengine.testing.runner_test_case import ToyModel
 
 import projects.dino_dinov2  # noqa: F401  (registers the hooks)
-from projects.dino_dinov2.engine import NonFiniteLossError, read_last_checkpoint
-from projects.dino_dinov2.engine.checkpoint import check_checkpoint_file
+from projects.dino_dinov2.checkpoint import read_last_checkpoint
+from projects.dino_dinov2.engine import NonFiniteLossError
+from projects.dino_dinov2.checkpoint import check_checkpoint_file
 
 
 class NanAtIterationModel(ToyModel):

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from conftest import REPO, SYNTHETIC_CONFIG, clean_env
-from helpers import (HERE, free_port, isolated_wandb_env, offline_runs, tiny_run_options,
-                     wait_for_iteration, wandb_run)
+from helpers import (HERE, free_port, isolated_wandb_env, offline_runs, read_checkpoint,
+                     tiny_run_options, wait_for_iteration, wandb_run)
 
 
 @pytest.fixture(scope='module')
@@ -72,7 +72,7 @@ def test_preemption_stops_both_ranks_with_exit_75(torchrun_run):
     assert torchrun_run['preempted_rc'] == 75, log[-4000:]
     assert 'got SIGUSR1: forwarding it to the training processes' in log
     assert 'Preempted by SIGUSR1' in log and re.search(r'exitcode\s*:\s*75', log)
-    ckpt = torch.load(torchrun_run['last_checkpoint'], map_location='cpu')
+    ckpt = read_checkpoint(torchrun_run['last_checkpoint'], map_location='cpu')
     stopped = ckpt['meta']['iter']
     assert osp.basename(torchrun_run['last_checkpoint']) == f'iter_{stopped}.pth'
     assert 1 <= stopped <= 4
@@ -82,12 +82,12 @@ def test_preemption_stops_both_ranks_with_exit_75(torchrun_run):
 
 def test_two_ranks_end_with_identical_weights(torchrun_run):
     work_dir = torchrun_run['work_dir']
-    w0 = torch.load(osp.join(work_dir, 'rank0_weights.pth'))
-    w1 = torch.load(osp.join(work_dir, 'rank1_weights.pth'))
+    w0 = read_checkpoint(osp.join(work_dir, 'rank0_weights.pth'))
+    w1 = read_checkpoint(osp.join(work_dir, 'rank1_weights.pth'))
     assert w0.keys() == w1.keys()
     for k in w0:
         torch.testing.assert_close(w0[k], w1[k], rtol=0, atol=0, msg=k)
-    ckpt = torch.load(osp.join(work_dir, 'epoch_1.pth'), map_location='cpu')
+    ckpt = read_checkpoint(osp.join(work_dir, 'epoch_1.pth'), map_location='cpu')
     assert ckpt['meta']['iter'] == 4  # 8 images / (2 processes x 1)
     for k, v in ckpt['state_dict'].items():
         torch.testing.assert_close(v, w0[k], rtol=0, atol=0, msg=k)
@@ -102,7 +102,7 @@ def test_distributed_on_gloo_with_the_effective_batch_logged(torchrun_run):
     m = re.search(r'param group lr ([0-9.e+-]+): (\d+) tensors \(([^)]*)\)', log)
     assert m and float(m.group(1)) == pytest.approx(lr, rel=1e-3)
     assert 'backbone' in m.group(3)  # the synthetic config trains it at the full lr
-    ckpt = torch.load(osp.join(torchrun_run['work_dir'], 'epoch_1.pth'), map_location='cpu')
+    ckpt = read_checkpoint(osp.join(torchrun_run['work_dir'], 'epoch_1.pth'), map_location='cpu')
     assert all(g['lr'] == pytest.approx(lr, rel=1e-12)
                for g in ckpt['optimizer']['param_groups'])
 

@@ -7,9 +7,10 @@ import torch
 from mmengine.optim import build_optim_wrapper
 
 from conftest import REPO, SYNTHETIC_CONFIG
-from projects.dino_dinov2.engine import apply_batch_and_lr, load_config, lr_scale_factor
+from projects.dino_dinov2.cli import apply_batch_and_lr, load_config
+from projects.dino_dinov2.engine import lr_scale_factor
 from projects.dino_dinov2.engine.hooks.batch_lr_logger_hook import param_group_lrs
-from projects.dino_dinov2.engine.lr_scaling import BatchLr
+from projects.dino_dinov2.cli.lr_scaling import BatchLr
 
 RECIPE = osp.join(REPO, 'configs', 'dino_dinov2_s_12ep.py')
 

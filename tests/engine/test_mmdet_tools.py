@@ -7,10 +7,9 @@ import sys
 
 import mmdet
 import pytest
-import torch
 
 from conftest import REPO, SYNTHETIC_CONFIG, clean_env, data_cfg_options, run_tool
-from helpers import tiny_run_options, wait_for_iteration
+from helpers import read_checkpoint, tiny_run_options, wait_for_iteration
 from projects.dino_dinov2.engine import PREEMPTED_EXIT_CODE
 
 MMDET_TOOLS = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools')
@@ -39,7 +38,7 @@ def test_mmdet_train_preempted_resumed_and_tested(tiny_synthetic_data, tmp_path)
     assert proc.wait(timeout=300) == PREEMPTED_EXIT_CODE, open(log.name).read()[-3000:]
     log.close()
     last = open(osp.join(work_dir, 'last_checkpoint')).read().strip()
-    ckpt = torch.load(last, map_location='cpu')
+    ckpt = read_checkpoint(last, map_location='cpu')
     assert 2 <= ckpt['meta']['iter'] < 8 and 'preemption' in ckpt
     assert osp.basename(last) == f'iter_{ckpt["meta"]["iter"]}.pth'
 
@@ -47,7 +46,7 @@ def test_mmdet_train_preempted_resumed_and_tested(tiny_synthetic_data, tmp_path)
                     env={'OMP_NUM_THREADS': '1'})
     assert f'resumed epoch: {(ckpt["meta"]["iter"] - 1) // 4}, iter: {ckpt["meta"]["iter"]}' \
         in proc.stdout + proc.stderr
-    assert torch.load(osp.join(work_dir, 'epoch_2.pth'), map_location='cpu')['meta']['iter'] == 8
+    assert read_checkpoint(osp.join(work_dir, 'epoch_2.pth'))['meta']['iter'] == 8
     proc = run_tool([sys.executable, osp.join(MMDET_TOOLS, 'test.py'), SYNTHETIC_CONFIG,
                      osp.join(work_dir, 'epoch_2.pth'), '--work-dir', work_dir,
                      '--cfg-options', *data_cfg_options(tiny_synthetic_data),

@@ -9,10 +9,10 @@ from mmengine.registry import init_default_scope
 
 from config_runs import (OWN_CLASSES, REPO, SHRINK_MODEL, as_argv, scale_options,
                          write_own_dataset)
-from helpers import load_tool
+from helpers import load_tool, read_checkpoint
 from conftest import init_weights_quietly
-from projects.dino_dinov2 import engine
-from projects.dino_dinov2.engine import CheckpointError
+from projects.dino_dinov2 import cli, engine
+from projects.dino_dinov2.cli import CheckpointError
 
 from mmdet.registry import MODELS
 
@@ -22,13 +22,13 @@ CLASS_KEYS = ('bbox_head.cls_branches.', 'dn_query_generator.label_embedding.')
 
 
 def _shrink(config):
-    return {**SHRINK_MODEL, **scale_options(engine.load_config(config))}
+    return {**SHRINK_MODEL, **scale_options(cli.load_config(config))}
 
 
 def _model(config, options, data_root=None):
-    cfg = engine.load_config(config, options)
+    cfg = cli.load_config(config, options)
     if data_root:
-        engine.use_dataset(cfg, data_root)
+        cli.use_dataset(cfg, data_root)
     init_default_scope('mmdet')
     torch.manual_seed(0)
     return init_weights_quietly(MODELS.build(cfg.model))
@@ -65,8 +65,8 @@ def test_one_command_trains_validates_and_tests_on_own_data(
     assert 'schedule: 1 epochs over 5 training images' in out
     assert ('(2 iterations per epoch at total batch 3): 2 iterations' in out if iter_based
             else '(total batch 4): 1 epochs' in out)
-    ckpt = torch.load(osp.join(work, 'iter_2.pth' if iter_based else 'epoch_1.pth'),
-                      map_location='cpu')
+    ckpt = read_checkpoint(osp.join(work, 'iter_2.pth' if iter_based else 'epoch_1.pth'),
+                           map_location='cpu')
     assert ckpt['meta']['iter'] == 2  # one pass over the 5 training images
     assert tuple(ckpt['meta']['dataset_meta']['classes']) == OWN_CLASSES
     state = ckpt['state_dict']
@@ -98,7 +98,7 @@ def test_fine_tuning_loads_everything_but_the_class_dependent_tensors(
     model = _model(RECIPE, _shrink(RECIPE), data_root=root)
     fresh = copy.deepcopy(model.state_dict())
     line = engine.load_for_fine_tuning(model, coco80_checkpoint)
-    saved = torch.load(coco80_checkpoint, map_location='cpu')['state_dict']
+    saved = read_checkpoint(coco80_checkpoint, map_location='cpu')['state_dict']
     reinit = []
     for key, value in model.state_dict().items():
         if saved[key].shape == value.shape:
@@ -135,8 +135,8 @@ def test_any_other_mismatch_is_an_error_naming_the_key(tmp_path, coco80_checkpoi
     (SYNTHETIC, 3, dict(max_epochs=3, val_interval=1, step=2)),  # step 10/12 of 3 epochs
 ])
 def test_epochs_convert_to_the_loop_the_config_uses(config, epochs, want):
-    cfg = engine.load_config(config)
-    line = engine.set_epochs(cfg, epochs, images=5, total_batch=2)
+    cfg = cli.load_config(config)
+    line = cli.set_epochs(cfg, epochs, images=5, total_batch=2)
     for key in ('max_iters', 'max_epochs', 'val_interval'):
         if key in want:
             assert cfg.train_cfg[key] == want[key], key
@@ -149,7 +149,7 @@ def test_epochs_convert_to_the_loop_the_config_uses(config, epochs, want):
 
 
 def test_epochs_and_a_schedule_in_cfg_options_conflict():
-    cfg = engine.load_config(RECIPE)
-    batch = engine.apply_batch_and_lr(cfg)
+    cfg = cli.load_config(RECIPE)
+    batch = cli.apply_batch_and_lr(cfg)
     with pytest.raises(ValueError, match='--epochs and --cfg-options train_cfg'):
-        engine.schedule_for_run(cfg, batch, epochs=2, user_schedule=True)
+        cli.schedule_for_run(cfg, batch, epochs=2, user_schedule=True)

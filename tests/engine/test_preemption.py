@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import REPO, SYNTHETIC_CONFIG, clean_env
-from helpers import free_port, read_scalars, tiny_run_options, wait_for_iteration
+from helpers import free_port, read_checkpoint, read_scalars, tiny_run_options, wait_for_iteration
 from projects.dino_dinov2.engine import PREEMPTED_EXIT_CODE, PreemptionHook
 from projects.dino_dinov2.engine.hooks.preemption_hook import (
     SkipFirstBatches, get_rng_state, set_rng_state)
@@ -21,7 +21,7 @@ ITERS = 8  # 2 epochs of 4 iterations
 
 def _checkpoint_of(run):
     last = run['last_checkpoint'].strip()  # what last_checkpoint said after the signal
-    return last, torch.load(last, map_location='cpu')
+    return last, read_checkpoint(last, map_location='cpu')
 
 
 def test_exit_code_is_documented():
@@ -65,8 +65,8 @@ def test_resume_continues_like_an_uninterrupted_run(preempted_runs):
             assert got[it][key] == expected[it][key], (it, key, got[it][key],
                                                        expected[it][key])
         assert got[it]['lr'] == expected[it]['lr']
-    final = torch.load(osp.join(res['work_dir'], 'epoch_2.pth'), map_location='cpu')
-    final_ref = torch.load(osp.join(ref['work_dir'], 'epoch_2.pth'), map_location='cpu')
+    final = read_checkpoint(osp.join(res['work_dir'], 'epoch_2.pth'), map_location='cpu')
+    final_ref = read_checkpoint(osp.join(ref['work_dir'], 'epoch_2.pth'), map_location='cpu')
     for k, v in final_ref['state_dict'].items():
         torch.testing.assert_close(final['state_dict'][k], v, rtol=0, atol=0, msg=k)
 

@@ -14,9 +14,10 @@ from mmengine.config import Config
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint
 
-from projects.dino_dinov2.engine import (CheckpointError, atomic_write, check_checkpoint_file,
-                                         load_local_checkpoint, set_resume)
-from projects.dino_dinov2.engine.checkpoint import remove_stale_temp_files
+from projects.dino_dinov2.cli import (CheckpointError, atomic_write, check_checkpoint_file,
+                                      install_checkpoint_loader, load_local_checkpoint,
+                                      set_resume)
+from projects.dino_dinov2.checkpoint import remove_stale_temp_files
 
 
 def _mmengine_like_checkpoint(path):
@@ -84,6 +85,7 @@ def test_stale_temporary_files_of_dead_processes_are_removed(tmp_path):
 def test_mmengine_checkpoints_load_through_mmengine(tmp_path):
     path = _mmengine_like_checkpoint(tmp_path / 'epoch_1.pth')
     check_checkpoint_file(path)
+    install_checkpoint_loader()  # what CheckpointLoaderHook and the tools do before loading
     ckpt = _load_checkpoint(path, map_location='cpu')  # mmengine's entry: our loader
     assert ckpt['meta']['iter'] == 4 and ckpt['state_dict']['w'].sum() == 3
     assert CheckpointLoader._get_checkpoint_loader(path) is load_local_checkpoint
@@ -94,13 +96,14 @@ def test_arbitrary_pickled_object_is_refused(tmp_path):
     path = str(tmp_path / 'evil.pth')
     torch.save({'state_dict': {'w': torch.ones(1)}, 'extra': Payload(marker)}, path)
     check_checkpoint_file(path)  # a complete archive: it is the content that is refused
+    install_checkpoint_loader()
     with pytest.raises(CheckpointError) as e:
         _load_checkpoint(path, map_location='cpu')
     assert str(e.value) == (
         f'refused to load {path}: it holds a pickled object outside the allow-list '
         '(Unsupported global: GLOBAL posix.mkdir); checkpoints are read with '
         'torch.load(weights_only=True) and only the classes MMEngine saves are allowed '
-        '(engine/checkpoint.py)')
+        '(checkpoint.py)')
     assert not osp.exists(marker)
     # the allow-list's getattr reaches HistoryBuffer's statistics methods, nothing else
     torch.save({'x': GetAttr()}, path)

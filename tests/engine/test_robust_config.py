@@ -4,7 +4,7 @@ import pytest
 
 from conftest import SYNTHETIC_CONFIG, data_cfg_options
 from helpers import tiny_run_options
-from projects.dino_dinov2.engine import ConfigError, check_data_paths, load_config
+from projects.dino_dinov2.cli import ConfigError, check_data_paths, load_config
 
 
 def _options(strings):

@@ -15,8 +15,9 @@ from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
 from conftest import SYNTHETIC_CONFIG
-from helpers import tiny_run_options
-from projects.dino_dinov2.engine import NonFiniteLossError, load_config
+from helpers import read_checkpoint, tiny_run_options
+from projects.dino_dinov2.cli import load_config
+from projects.dino_dinov2.engine import NonFiniteLossError
 
 
 class NanLossAt(Hook):
@@ -89,7 +90,7 @@ def test_nan_loss_stops_with_iteration_and_keeps_last_good_checkpoint(
     assert sorted(osp.basename(p) for p in glob.glob(osp.join(str(tmp_path), '*.pth'))) == [
         'epoch_1.pth']
     assert open(osp.join(str(tmp_path), 'last_checkpoint')).read() == good
-    ckpt = torch.load(good, map_location='cpu')
+    ckpt = read_checkpoint(good, map_location='cpu')
     assert ckpt['meta']['iter'] == 4 and _finite(ckpt['state_dict'])
     # the weights in memory were spoiled by the NaN step: that is why nothing is saved
     assert not _finite(runner.model.state_dict())
@@ -117,7 +118,7 @@ def test_fp16_loss_scaler_skips_the_step_and_training_goes_on(tiny_synthetic_dat
     runner.register_hook(fault)
     runner.train()
     assert fault.scales[4] == 2.0 ** 8 and fault.scales[5] == 2.0 ** 7  # skipped, halved
-    ckpt = torch.load(osp.join(str(tmp_path), 'epoch_2.pth'), map_location='cpu')
+    ckpt = read_checkpoint(osp.join(str(tmp_path), 'epoch_2.pth'), map_location='cpu')
     assert ckpt['meta']['iter'] == 8 and _finite(ckpt['state_dict'])
     log = open(glob.glob(osp.join(str(tmp_path), '*', '*.log'))[0]).read()
     assert ('Non-finite loss at iteration 6: the float16 loss scaler skipped the step '

@@ -15,10 +15,10 @@ import timm
 import torch
 from PIL import Image
 
-from helpers import load_tool
+from helpers import load_tool, read_checkpoint
 from conftest import REPO, SYNTHETIC_CONFIG, data_cfg_options
 from helpers import TINY_MODEL_OPTIONS, tiny_run_options
-from projects.dino_dinov2.engine import exit_on_user_error
+from projects.dino_dinov2.cli import exit_on_user_error
 
 
 def _digest(folder):
@@ -49,7 +49,7 @@ def files(synthetic_run, tmp_path_factory):
     """Files a user mistakes for a checkpoint of the (tiny) synthetic run."""
     root = tmp_path_factory.mktemp('wrong_files')
     out = {'other config': osp.join(synthetic_run, 'epoch_2.pth')}  # the default-size model
-    ckpt = torch.load(out['other config'], map_location='cpu')
+    ckpt = read_checkpoint(out['other config'], map_location='cpu')
     torch.save(ckpt['state_dict'], root / 'plain.pth')
     out['plain state dict'] = str(root / 'plain.pth')
     torch.save(timm.create_model('vit_small_patch14_dinov2', pretrained=False,
@@ -131,7 +131,7 @@ def test_work_dir_that_cannot_be_created(tiny_synthetic_data, tmp_path, monkeypa
 def test_disk_full_while_writing_a_checkpoint(tiny_synthetic_data, tmp_path, monkeypatch,
                                               capsys):
     """ENOSPC on the second checkpoint: the first and the pointer stay as they were."""
-    from projects.dino_dinov2.engine import checkpoint
+    from projects.dino_dinov2 import checkpoint
     real = checkpoint.atomic_write
 
     def full_disk(data, path, **kwargs):
@@ -152,7 +152,7 @@ def test_disk_full_while_writing_a_checkpoint(tiny_synthetic_data, tmp_path, mon
     assert open(work / 'last_checkpoint').read().strip().endswith('epoch_1.pth')
     assert not osp.exists(work / 'epoch_2.pth')
     assert not [n for n in os.listdir(work) if '.tmp-' in n]
-    assert torch.load(work / 'epoch_1.pth', map_location='cpu')['meta']['epoch'] == 1
+    assert read_checkpoint(work / 'epoch_1.pth', map_location='cpu')['meta']['epoch'] == 1
 
 
 def test_port_in_use_for_dist_train(tmp_path):
@@ -292,4 +292,4 @@ def test_huge_image_and_the_same_image_twice_train(tmp_path, one_torch_thread):
     work = tmp_path / 'w'
     load_tool('train').main([SYNTHETIC_CONFIG, '--work-dir', str(work), '--batch-size', '3',
                              '--cfg-options', *_edge_options(tmp_path, ann)])
-    assert torch.load(work / 'epoch_1.pth', map_location='cpu')['meta']['iter'] == 1
+    assert read_checkpoint(work / 'epoch_1.pth', map_location='cpu')['meta']['iter'] == 1

@@ -18,7 +18,7 @@ import torch
 
 from conftest import REPO, SYNTHETIC_CONFIG, clean_env
 from helpers import load_tool, tiny_run_options
-from projects.dino_dinov2.engine import exit_on_user_error
+from projects.dino_dinov2.cli import exit_on_user_error
 
 
 def _error_line(argv, tool, monkeypatch, capsys):
@@ -152,7 +152,7 @@ def test_resume_from_checkpoint_with_pickled_object(tiny_synthetic_data, tmp_pat
     assert line == (f'error: refused to load {evil}: it holds a pickled object outside the '
                     'allow-list (Unsupported global: GLOBAL posix.mkdir); checkpoints are '
                     'read with torch.load(weights_only=True) and only the classes MMEngine '
-                    'saves are allowed (engine/checkpoint.py)')
+                    'saves are allowed (checkpoint.py)')
     assert not marker.exists() and 'Epoch(train)' not in out
 
 

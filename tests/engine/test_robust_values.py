@@ -9,8 +9,8 @@ from config_runs import (SHRINK_MODEL, as_argv, data_options, make_dataset_for, 
                          schedule_options, _scale_items)
 from helpers import load_tool
 from conftest import REPO, SYNTHETIC_CONFIG
-from projects.dino_dinov2 import engine
-from projects.dino_dinov2.engine import exit_on_user_error
+from projects.dino_dinov2 import cli
+from projects.dino_dinov2.cli import exit_on_user_error
 
 RECIPE = osp.join(REPO, 'configs', 'dino_dinov2_s_12ep.py')
 KEYS = ['train_dataloader.batch_size', 'val_dataloader.batch_size',
@@ -26,7 +26,7 @@ VALID = {('train_dataloader.num_workers', 0), ('optim_wrapper.optimizer.weight_d
 
 
 def _keys(config):
-    cfg = engine.load_config(config)
+    cfg = cli.load_config(config)
     length = 'train_cfg.max_iters' if 'max_iters' in cfg.train_cfg else 'train_cfg.max_epochs'
     scale = next(path for path, _ in _scale_items(cfg.train_dataloader.dataset.pipeline,
                                                   'train_dataloader.dataset.pipeline'))
@@ -35,7 +35,7 @@ def _keys(config):
 
 def _value(config, key, v):
     """v for a number; a pair of v for an image scale."""
-    cfg = engine.load_config(config)
+    cfg = cli.load_config(config)
     current = cfg
     for part in key.split('.'):
         current = current[int(part)] if isinstance(current, list) else current[part]
@@ -52,7 +52,7 @@ CASES = [(c, k, v) for c in (SYNTHETIC_CONFIG, RECIPE) for k in _keys(c) for v i
 def test_zero_and_minus_one(config, key, v, tmp_path, monkeypatch, capsys):
     value = _value(config, key, v)
     if (key, v) in VALID:
-        cfg = engine.load_config(config, {key: value})  # passes the checks; runs below
+        cfg = cli.load_config(config, {key: value})  # passes the checks; runs below
         assert cfg is not None
         return
     monkeypatch.setenv('LOCAL_RANK', '0')
@@ -78,7 +78,7 @@ def test_nan_words_and_unknown_names(key, value, says, tmp_path, monkeypatch, ca
     """With the data in place: a name the registry or timm lacks is met at the model's
     build, after the data paths are checked."""
     monkeypatch.setenv('LOCAL_RANK', '0')
-    cfg = engine.load_config(SYNTHETIC_CONFIG)
+    cfg = cli.load_config(SYNTHETIC_CONFIG)
     data = str(tmp_path / 'data')
     make_dataset_for(cfg, data)
     with pytest.raises(SystemExit) as e:
@@ -109,7 +109,7 @@ def test_flags_at_zero_and_below(flag, value, says, tmp_path, monkeypatch, capsy
 def test_the_valid_ones_run(config, tmp_path, one_torch_thread):
     """num_workers=0, weight_decay=0, checkpoint interval -1 together: trains 2 iterations
     and writes its checkpoint at the end."""
-    cfg = engine.load_config(config)
+    cfg = cli.load_config(config)
     data = str(tmp_path / 'data')
     make_dataset_for(cfg, data)
     options = {**data_options(cfg, data), **SHRINK_MODEL, **scale_options(cfg),

@@ -11,7 +11,8 @@ from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
 from conftest import SYNTHETIC_CONFIG, data_cfg_options, run_tool
-from projects.dino_dinov2 import engine
+from helpers import read_checkpoint
+from projects.dino_dinov2 import cli
 
 ITERS_PER_EPOCH = 4  # 16 images, batch 4
 
@@ -19,7 +20,7 @@ ITERS_PER_EPOCH = 4  # 16 images, batch 4
 def test_training_writes_checkpoints_logs_and_metrics(synthetic_run):
     assert open(osp.join(synthetic_run, 'last_checkpoint')).read().strip().endswith(
         'epoch_2.pth')
-    ckpt = torch.load(osp.join(synthetic_run, 'epoch_2.pth'), map_location='cpu')
+    ckpt = read_checkpoint(osp.join(synthetic_run, 'epoch_2.pth'), map_location='cpu')
     assert ckpt['meta']['epoch'] == 2 and ckpt['meta']['iter'] == 2 * ITERS_PER_EPOCH
     scalars = glob.glob(osp.join(synthetic_run, '*', 'vis_data', 'scalars.json'))
     assert scalars
@@ -63,20 +64,20 @@ class CaptureAtStart(Hook):
 def test_resume_continues_with_same_state(synthetic_run, synthetic_data, tmp_path):
     work_dir = str(tmp_path / 'resumed')
     shutil.copytree(synthetic_run, work_dir)
-    cfg = engine.load_config(SYNTHETIC_CONFIG)
+    cfg = cli.load_config(SYNTHETIC_CONFIG)
     cfg.merge_from_dict(dict(
         work_dir=work_dir, train_cfg=dict(max_epochs=3, val_interval=3),
         default_hooks=dict(checkpoint=dict(interval=1), logger=dict(interval=1))))
     for opt in data_cfg_options(synthetic_data):
         key, value = opt.split('=', 1)
         cfg.merge_from_dict({key: value})
-    engine.set_resume(cfg, 'auto')  # the latest checkpoint of the work dir: epoch_2
+    cli.set_resume(cfg, 'auto')  # the latest checkpoint of the work dir: epoch_2
     runner = Runner.from_cfg(cfg)
     capture = CaptureAtStart()
     runner.register_hook(capture, priority='LOWEST')
     runner.train()
 
-    ckpt = torch.load(osp.join(synthetic_run, 'epoch_2.pth'), map_location='cpu')
+    ckpt = read_checkpoint(osp.join(synthetic_run, 'epoch_2.pth'), map_location='cpu')
     assert (capture.epoch, capture.iter) == (2, 2 * ITERS_PER_EPOCH)
     for k, v in ckpt['state_dict'].items():
         torch.testing.assert_close(capture.model[k], v, rtol=0, atol=0, msg=k)
@@ -89,7 +90,7 @@ def test_resume_continues_with_same_state(synthetic_run, synthetic_data, tmp_pat
     saved_loss = ckpt['message_hub']['log_scalars']['train/loss']
     assert (capture.loss_history == saved_loss._log_history).all()
     # and the run went on to the end: epoch 3, 12 iterations in all
-    last = torch.load(osp.join(work_dir, 'epoch_3.pth'), map_location='cpu')
+    last = read_checkpoint(osp.join(work_dir, 'epoch_3.pth'), map_location='cpu')
     assert (last['meta']['epoch'], last['meta']['iter']) == (3, 3 * ITERS_PER_EPOCH)
 
 

@@ -9,8 +9,8 @@ import pytest
 from mmengine.config import Config
 
 from helpers import offline_runs, read_scalars, wandb_run
-from projects.dino_dinov2.engine import enable_wandb
-from projects.dino_dinov2.engine.wandb_setup import RUN_ID_FILE, wandb_init_kwargs
+from projects.dino_dinov2.cli import enable_wandb
+from projects.dino_dinov2.cli.wandb_setup import RUN_ID_FILE, wandb_init_kwargs
 
 LOSS_KEYS = ('loss', 'loss_cls', 'loss_bbox', 'loss_iou')
 

@@ -9,9 +9,9 @@ from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
 
 from conftest import REPO, init_weights_quietly
-from projects.dino_dinov2 import engine
+from projects.dino_dinov2 import cli
 from projects.dino_dinov2.models import TimmDinov2, WeightFileError
-from projects.dino_dinov2.models import timm_dinov2
+from projects.dino_dinov2.models import timm_backbone
 
 from mmdet.registry import MODELS
 
@@ -77,7 +77,7 @@ def test_mismatched_weight_file_names_the_key(tmp_path):
 def test_refused_download_points_at_the_license_and_the_local_file(monkeypatch):
     def refuse(*args, **kwargs):  # what huggingface_hub raises for a gated repository
         raise OSError('401 Client Error: Cannot access gated repo for url https://...')
-    monkeypatch.setattr(timm_dinov2.timm, 'create_model', refuse)
+    monkeypatch.setattr(timm_backbone.timm, 'create_model', refuse)
     with pytest.raises(WeightFileError) as err:
         TimmDinov2(BASE, pretrained=True)
     msg = str(err.value)
@@ -101,7 +101,7 @@ def test_fused_attention_switch_reaches_every_block():
 
 
 def test_frozen_backbone_unchanged_by_a_training_step():
-    cfg = engine.load_config(f'{REPO}/configs/dino_dinov3_s_12ep.py', {
+    cfg = cli.load_config(f'{REPO}/configs/dino_dinov3_s_12ep.py', {
         'model.backbone.pretrained': False, 'model.backbone.model_kwargs.depth': 1,
         'model.encoder.num_layers': 1, 'model.decoder.num_layers': 1,
         'model.num_queries': 20, 'model.dn_cfg.group_cfg.num_dn_queries': 8})

@@ -17,10 +17,9 @@ import torch
 
 from helpers import load_tool
 from projects.dino_dinov2.analysis import original_parity as op
-from projects.dino_dinov2.engine.checkpoint import load_local_checkpoint
-from projects.dino_dinov2.engine.original_checkpoint import (COCO_CATEGORIES, ConversionError,
-                                                             class_permutation, convert_state,
-                                                             original_state_of)
+from projects.dino_dinov2.checkpoint import load_local_checkpoint, original_state_of
+from projects.dino_dinov2.original_checkpoint import (COCO_CATEGORIES, ConversionError,
+                                                      class_permutation, convert_state)
 
 FIXTURES = osp.join(osp.dirname(osp.abspath(__file__)), 'fixtures')
 ORIGINAL = osp.join(FIXTURES, 'original.pth')
@@ -180,7 +179,7 @@ def test_converted_checkpoint_in_the_tools(records, tmp_path, monkeypatch, capsy
     ckpt = torch.load(out, map_location='cpu', weights_only=True)
     assert ckpt['meta']['dataset_meta']['classes'][0] == 'person'
     assert ckpt['meta']['converted_from']['sha256']
-    from projects.dino_dinov2.engine.checkpoint import CheckpointError, check_checkpoint_for
+    from projects.dino_dinov2.checkpoint import CheckpointError, check_checkpoint_for
     with pytest.raises(CheckpointError, match='without training state.*--load-from'):
         check_checkpoint_for(out, '--resume')  # weights only: a new run, not a resume
     options = [*op.TINY_CFG_OPTIONS, *_coco_val(tmp_path)]
@@ -199,7 +198,7 @@ def test_converted_checkpoint_in_the_tools(records, tmp_path, monkeypatch, capsy
     assert dets[0]['bbox'] == pytest.approx(rec['det_boxes'][0].tolist(), abs=0.01)
     # and fine-tuning from the converted file, on 3 classes
     from projects.dino_dinov2.engine.fine_tune import load_for_fine_tuning
-    from projects.dino_dinov2.engine.original_checkpoint import build_target_model
+    from projects.dino_dinov2.original_checkpoint import build_target_model
     cfg = op.preset_config('tiny')
     cfg.model.bbox_head.num_classes = 3
     line = load_for_fine_tuning(build_target_model(cfg), out, ['a', 'b', 'c'])
@@ -210,7 +209,7 @@ def test_fine_tuning_from_the_original_checkpoint(cfg):
     """--load-from the original's file: converted in memory, the class-dependent tensors
     re-initialised for another class count, and the log says both."""
     from projects.dino_dinov2.engine.fine_tune import load_for_fine_tuning
-    from projects.dino_dinov2.engine.original_checkpoint import build_target_model
+    from projects.dino_dinov2.original_checkpoint import build_target_model
     import copy
     small = copy.deepcopy(cfg)
     small.model.bbox_head.num_classes = 3
@@ -235,7 +234,7 @@ def test_conversion_errors_name_the_problem(tmp_path):
     other = tmp_path / 'other.pth'
     torch.save({'model': {'backbone.bottom_up.stem.conv1.weight': torch.zeros(1)},
                 'iteration': 5}, other)
-    from projects.dino_dinov2.engine.checkpoint import CheckpointError
+    from projects.dino_dinov2.checkpoint import CheckpointError
     with pytest.raises(CheckpointError, match='is not a checkpoint of the original'):
         tool.main([str(other), str(out)])
     assert not out.exists()

@@ -27,7 +27,7 @@ def main(argv=None):
     import torch
 
     from projects.dino_dinov2.analysis import original_parity as op
-    from projects.dino_dinov2.engine.checkpoint import CheckpointError
+    from projects.dino_dinov2.checkpoint import CheckpointError
 
     records_path = osp.join(args.dir, 'records.pth')
     if not osp.isfile(records_path):
@@ -54,6 +54,6 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    from projects.dino_dinov2.engine.user_errors import exit_on_user_error
+    from projects.dino_dinov2.cli.error_exit import exit_on_user_error
     with exit_on_user_error():
         sys.exit(main())

@@ -9,7 +9,7 @@
 # fused AdamW update where the device has one, the gradient norm logged without a host
 # read per step (paramwise_cfg merge_groups / fused / defer_grad_norm switch each off).
 # tools/train.py rescales the iteration counts to another total batch so the run sees the
-# same number of images (projects/dino_dinov2/engine/schedule.py); the lr: --auto-scale-lr.
+# same number of images (projects/dino_dinov2/cli/schedule.py); the lr: --auto-scale-lr.
 optim_wrapper = dict(
     type='OptimWrapper',
     constructor='LeanOptimWrapperConstructor',
@@ -24,7 +24,7 @@ optim_wrapper = dict(
 
 max_iters = 90000
 # the schedule in passes over COCO ("epochs" of 7,500 iterations): --data-root trains this
-# many passes over the user's dataset instead (engine/schedule.py set_epochs; or --epochs N)
+# many passes over the user's dataset instead (cli/schedule.py set_epochs; or --epochs N)
 max_epochs = 12
 train_cfg = dict(type='ResumableIterBasedTrainLoop', max_iters=max_iters, val_interval=2500)
 val_cfg = dict(type='ValLoop')

@@ -112,7 +112,7 @@ def load_variant_config(variant: Variant, pretrained: bool = False):
     import projects.dino_dinov2  # noqa: F401  (registers the plugin)
     from mmengine.registry import init_default_scope
 
-    from projects.dino_dinov2.engine import load_config
+    from ..cli.config_setup import load_config
     cfg = load_config(variant.config, variant.cfg_options or None)
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     backbone = cfg.model.get('backbone', {})
@@ -285,7 +285,7 @@ def _build_model(cfg, precision: str, device: torch.device, seed: int = 0):
     from mmdet.registry import MODELS
     from mmengine.optim import build_optim_wrapper
 
-    from projects.dino_dinov2.engine import enable_amp
+    from ..cli.config_setup import enable_amp
     torch.manual_seed(seed)
     model = MODELS.build(copy.deepcopy(cfg.model))
     model.init_weights()

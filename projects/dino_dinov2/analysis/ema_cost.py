@@ -62,9 +62,9 @@ def main(argv=None) -> List[dict]:
 
     from mmdet.registry import MODELS
 
-    from .. import engine
-    cfg = engine.load_config(args.config, dict(args.cfg_options))
-    engine.skip_backbone_download(cfg)
+    from ..cli.config_setup import load_config, skip_backbone_download
+    cfg = load_config(args.config, dict(args.cfg_options))
+    skip_backbone_download(cfg)
     init_default_scope('mmdet')
     model = MODELS.build(cfg.model)
     params = list(model.parameters())

@@ -1,7 +1,7 @@
 """Errors for input data that cannot be used as given (the user must fix the data).
 
 Each message is one line that names the file or folder at fault and the problem; the
-tools print it as ``error: <message>`` (see ``engine/user_errors.py``).
+tools print it as ``error: <message>`` (see ``cli/error_exit.py``).
 """
 
 

@@ -61,25 +61,27 @@ def load_model(config: str, checkpoint: str, cfg_options: Optional[dict] = None)
     checkpoint checked against the config's model first."""
     from mmengine.runner import load_checkpoint
 
-    from ..engine import check_checkpoint_file, check_checkpoint_fits, load_config
-    from ..engine.original_checkpoint import build_target_model
+    from ..checkpoint import (check_checkpoint_file, check_checkpoint_fits,
+                              install_checkpoint_loader)
+    from ..cli.config_setup import build_target_model, load_config
     check_checkpoint_file(checkpoint)
     cfg = load_config(config, cfg_options)
     model = build_target_model(cfg)
     check_checkpoint_fits(model, checkpoint, 'export')
+    install_checkpoint_loader()
     ckpt = load_checkpoint(model, checkpoint, map_location='cpu', strict=True,
                            logger='silent')
     meta = ckpt.get('meta', {}) if isinstance(ckpt, dict) else {}
     classes = (meta.get('dataset_meta') or {}).get('classes')
     if classes is None:
-        from ..engine.original_checkpoint import config_classes
+        from ..original_checkpoint import config_classes
         classes = config_classes(cfg)
     model.dataset_meta = dict(classes=tuple(classes or ()))
     return cfg, model.eval()
 
 
 def _sha256(path: str) -> str:
-    from ..engine.original_checkpoint import sha256
+    from ..original_checkpoint import sha256
     return sha256(path)
 
 
@@ -122,7 +124,7 @@ def export(config: str, checkpoint: str, out: str, shape: Tuple[int, int] = (512
            cfg_options: Optional[dict] = None) -> dict:
     """Write ``out`` (ONNX) and ``<out stem>.json`` (the sidecar); returns the sidecar
     with ``seconds``. Nothing is left at ``out`` when anything fails."""
-    from ..engine.checkpoint import atomic_write
+    from ..checkpoint import atomic_write
     from .exportable import ExportableDetector
     onnx = require('onnx')
     if batch < 1:

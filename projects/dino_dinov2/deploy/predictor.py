@@ -70,7 +70,7 @@ class Detector:
     @classmethod
     def from_checkpoint(cls, config: str, checkpoint: str, device: Optional[str] = None,
                         cfg_options: Optional[dict] = None) -> 'Detector':
-        from ..analysis.inference import class_names, load_detector
+        from .inference import class_names, load_detector
         model = load_detector(config, checkpoint, device, cfg_options)
         det = cls('pytorch', class_names(model))
         det.model = model

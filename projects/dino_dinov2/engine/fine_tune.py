@@ -17,9 +17,9 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from mmengine.model import is_model_wrapper
 
-from .checkpoint import (CheckpointError, check_checkpoint_fits, check_checkpoint_for,
-                         describe_weights,
-                         checkpoint_kind, fit_problems, model_state_of, read_last_checkpoint)
+from ..checkpoint import (CheckpointError, check_checkpoint_fits, check_checkpoint_for,
+                          describe_weights,
+                          checkpoint_kind, fit_problems, model_state_of, read_last_checkpoint)
 
 # parameters whose shape follows the number of classes, by detector part
 CLASS_DEPENDENT_PREFIXES = ('bbox_head.cls_branches.', 'dn_query_generator.label_embedding.')
@@ -59,8 +59,8 @@ def _convert_original(model: torch.nn.Module, path: str, obj: dict,
                       classes: Optional[Sequence[str]]):
     """The original's checkpoint in this project's names (shapes are checked by the
     caller: class-dependent tensors may differ)."""
-    from .original_checkpoint import ConversionError, coco_order, convert_state, \
-        original_state_of
+    from ..checkpoint import original_state_of
+    from ..original_checkpoint import ConversionError, coco_order, convert_state
     state = original_state_of(obj)
     if state is None:
         raise ConversionError(f'--load-from {path}: a detectron2/detrex checkpoint, but not of '
@@ -104,15 +104,6 @@ def load_for_fine_tuning(model: torch.nn.Module, path: str,
     return line
 
 
-def enable_fine_tuning(cfg, checkpoint: str) -> None:
-    """``--load-from CKPT``: a :class:`FineTuneLoadHook` instead of mmengine's non-strict
-    ``load_from``."""
-    cfg.load_from = None
-    hooks = [h for h in (cfg.get('custom_hooks', None) or [])
-             if h.get('type') != 'FineTuneLoadHook']
-    cfg.custom_hooks = hooks + [dict(type='FineTuneLoadHook', checkpoint=checkpoint)]
-
-
 def check_run_checkpoints(runner, load_from: Optional[str] = None,
                           test_checkpoint: Optional[str] = None) -> None:
     """Before a run starts: the checkpoint it resumes from (``runner``'s resume setting),
@@ -136,7 +127,7 @@ def _latest(work_dir: str) -> Optional[str]:
 
 def run_classes(cfg) -> Optional[Sequence[str]]:
     """The class names a run's config trains, or None (``original_checkpoint``)."""
-    from .original_checkpoint import config_classes
+    from ..original_checkpoint import config_classes
     try:
         return config_classes(cfg)
     except Exception:  # noqa: BLE001 - an unregistered dataset type: no class order

@@ -11,10 +11,12 @@ from .lean_data_preprocessor import LeanDetDataPreprocessor
 from .lean_denoising import LeanCdnQueryGenerator
 from .triton_deformable_attention import HAS_TRITON, TritonMSDAFunction, msda_triton
 from .simple_feature_pyramid import LN2d, SimpleFeaturePyramid
-from .timm_dinov2 import DINOV2_MODELS, TimmDinov2, WeightFileError, load_weight_file
+from .timm_backbone import (DINOV2_MODELS, TimmDinov2, TimmDinoViT, WeightFileError,
+                            load_weight_file)
 
 __all__ = [
-    'TimmDinov2', 'SimpleFeaturePyramid', 'LN2d', 'DINOV2_MODELS', 'WeightFileError',
+    'TimmDinoViT', 'TimmDinov2', 'SimpleFeaturePyramid', 'LN2d', 'DINOV2_MODELS',
+    'WeightFileError',
     'load_weight_file', 'SwitchableMultiScaleDeformableAttention', 'mmcv_has_cuda_ops',
     'msda_mmcv', 'msda_pytorch', 'resolve_impl', 'use_deformable_attention', 'HAS_TRITON',
     'TritonMSDAFunction', 'msda_triton', 'FastDINO', 'BatchHungarianAssigner',

@@ -8,7 +8,7 @@ from typing import Optional
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
-from ..lr_scaling import DEFAULT_BASE_BATCH, BatchLr, loader_batch_size
+from ..batch_lr import DEFAULT_BASE_BATCH, BatchLr, loader_batch_size
 
 
 def param_group_lrs(optimizer, named_parameters) -> "OrderedDict[float, list]":

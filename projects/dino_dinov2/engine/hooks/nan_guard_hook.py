@@ -34,8 +34,8 @@ from mmengine.dist import all_reduce, is_distributed
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
+from ...checkpoint import read_last_checkpoint
 from ...errors import UserError
-from ..checkpoint import read_last_checkpoint
 from mmengine.runner import EpochBasedTrainLoop
 
 

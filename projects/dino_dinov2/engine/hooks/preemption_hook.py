@@ -43,7 +43,7 @@ from mmengine.hooks import CheckpointHook, Hook
 from mmengine.registry import HOOKS
 from mmengine.runner import EpochBasedTrainLoop
 
-from ..checkpoint import write_last_checkpoint
+from ...checkpoint import write_last_checkpoint
 from ...errors import ConfigError
 from ..loops import ResumableIterBasedTrainLoop, SkipFirstBatches
 

@@ -5,7 +5,6 @@ so configs behave the same under this project's tools and under mmdet's.
 """
 from __future__ import annotations
 
-import copy
 import os
 import os.path as osp
 import tempfile
@@ -14,15 +13,12 @@ from typing import Optional
 from mmengine.config import Config
 from mmengine.logging import print_log
 
-from ..datasets.coco_summary import compare_classes, summarize_split
-from ..datasets.errors import DatasetError
-from ..datasets.layout import find_layout
-from ..datasets.yolo import is_yolo_yaml
-from ..evaluation import per_class_rows, per_class_table
+from ..checkpoint import CheckpointError, check_checkpoint_file, read_last_checkpoint
 from ..errors import ConfigError
-from .checkpoint import CheckpointError, check_checkpoint_file, read_last_checkpoint
+from ..evaluation import per_class_rows, per_class_table
 from .config_check import ConfigFileNotFoundError, check_cfg_options, check_values
 from .config_text import TextCachedConfig
+from .own_data import add_dataset_arguments
 
 
 def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
@@ -146,89 +142,6 @@ def enable_visualization(cfg: Config, show: bool, show_dir: Optional[str],
         hooks.visualization.test_out_dir = show_dir
 
 
-def print_metrics(metrics: dict) -> None:
-    """One line per COCO bbox metric, as 'bbox mAP: 0.612', then the per-class table
-    when the metric made one (:class:`PerClassCocoMetric`)."""
-    for key, value in metrics.items():
-        if key.startswith('coco/bbox'):
-            name = key.split('/', 1)[1].replace('bbox_', 'bbox ')
-            print(f'{name}: {value:.3f}' if isinstance(value, float) else f'{name}: {value}')
-    rows = per_class_rows(metrics)
-    if rows:
-        print(per_class_table(rows))
-
-
-def _innermost_dataset(loader_cfg):
-    """The dataset dict a dataloader reads files with (inside wrappers such as
-    ``RepeatDataset``/``ClassBalancedDataset``)."""
-    ds = loader_cfg.dataset
-    while isinstance(ds.get('dataset', None), dict):
-        ds = ds.dataset
-    return ds
-
-
-def use_dataset(cfg: Config, data_root: Optional[str] = None,
-                files: Optional[dict] = None, test: bool = False):
-    """``--data-root DIR`` / ``--train-ann ... --val-img ...``: train on the user's data.
-
-    Finds the splits (``datasets/layout.py``), reads each COCO file with the checks
-    training uses, takes the classes (names, in category-id order) and their number
-    from the training file, checks that the other splits name the same classes, and
-    points every dataloader, evaluator and ``model.bbox_head.num_classes`` at them
-    (DINO sizes its denoising label embedding from the head). ``test``: the test
-    dataloader and evaluator read the ``test`` split when there is one (``tools/test.py``);
-    otherwise the validation split.
-
-    Returns ``(log line, training SplitSummary)``.
-    """
-    layout = find_layout(data_root, files)
-    summaries = {name: summarize_split(name, split.ann_file, split.img_dir)
-                 for name, split in layout.splits.items()}
-    train = summaries['train']
-    for other in summaries.values():
-        if other is not train:
-            problem = compare_classes(train, other)
-            if problem:
-                raise DatasetError(problem)
-    if train.trainable_images == 0:
-        raise DatasetError(f'{train.ann_file}: no image has a box to train on')
-    classes = tuple(train.classes)
-    test_split = 'test' if test and 'test' in summaries else 'val'
-    if cfg.get('test_dataloader', None) is not None and \
-            cfg.get('test_dataloader') is cfg.get('val_dataloader'):
-        cfg.test_dataloader = copy.deepcopy(cfg.val_dataloader)
-    for key, split in (('train_dataloader', 'train'), ('val_dataloader', 'val'),
-                       ('test_dataloader', test_split)):
-        if not cfg.get(key, None):
-            continue
-        ds = _innermost_dataset(cfg[key])
-        ds.data_root = ''  # the paths below are whole
-        ds.ann_file = osp.abspath(layout.splits[split].ann_file)
-        ds.data_prefix = dict(img=osp.abspath(layout.splits[split].img_dir) + osp.sep)
-        ds.metainfo = dict(classes=classes)
-        if is_yolo_yaml(ds.ann_file):  # read into COCO form in memory, by split
-            ds.type, ds.yolo_split = 'CheckedCocoDataset', split
-    for key, split in (('val_evaluator', 'val'), ('test_evaluator', test_split)):
-        evaluator = cfg.get(key, None)
-        for metric in evaluator if isinstance(evaluator, list) else [evaluator]:
-            if isinstance(metric, dict) and 'ann_file' in metric:
-                metric.ann_file = osp.abspath(layout.splits[split].ann_file)
-                if metric.get('type') == 'CocoMetric':  # + AP, AP50, boxes of each class
-                    metric.type = 'PerClassCocoMetric'
-                if is_yolo_yaml(metric.ann_file):
-                    metric.type, metric.yolo_split = 'PerClassCocoMetric', split
-    cfg.model.bbox_head.num_classes = len(classes)
-    shown = ', '.join(classes[:20]) + (f', ... ({len(classes) - 20} more)'
-                                       if len(classes) > 20 else '')
-    line = (f'data: {layout.kind}' + (f' at {data_root}' if data_root else '') + '; '
-            + '; '.join(s.describe() for s in summaries.values())
-            + f'; {len(classes)} classes from {osp.basename(train.ann_file)}: {shown}')
-    return line, train
-
-
-SPLITS = ('train', 'val', 'test')
-
-
 def add_common_arguments(parser, work_dir_help: str) -> None:
     """The flags tools/train.py and tools/test.py share, as mmdet's tools spell them:
     ``--work-dir``, ``--cfg-options``, ``--launcher``, ``--local_rank``/``--local-rank``
@@ -242,46 +155,6 @@ def add_common_arguments(parser, work_dir_help: str) -> None:
                         'SLURM job step -> slurm, else one process (docs/launching.md)')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     add_dataset_arguments(parser)
-
-
-def add_dataset_arguments(parser) -> None:
-    """The flags that point a config at the user's own COCO-format data (tools/train.py
-    and tools/test.py)."""
-    group = parser.add_argument_group(
-        'your own dataset (COCO format; classes and their number come from the training '
-        'file)')
-    group.add_argument('--data-root', metavar='DIR',
-                       help='COCO 2017 layout (annotations/instances_{train,val}*.json + '
-                            'image folders) or one folder per split (train/, valid/ or '
-                            'val/, test/, each with its _annotations.coco.json)')
-    for split in SPLITS:
-        group.add_argument(f'--{split}-ann', metavar='FILE',
-                           help=f'the {split} COCO file (with --{split}-img)')
-        group.add_argument(f'--{split}-img', metavar='DIR',
-                           help=f'the folder of the {split} images')
-
-
-def dataset_files(args) -> Optional[dict]:
-    """``{split: (ann, img)}`` of the flags of :func:`add_dataset_arguments`, or None when
-    none of them is given."""
-    files = {s: (getattr(args, f'{s}_ann', None), getattr(args, f'{s}_img', None))
-             for s in SPLITS}
-    files = {s: v for s, v in files.items() if any(v)}
-    if not files and getattr(args, 'data_root', None) is None:
-        return None
-    return files
-
-
-def count_train_images(cfg: Config) -> int:
-    """Training images a run uses: those with a box when the config filters empty images
-    (``filter_cfg.filter_empty_gt``), else all (read from the config's training file)."""
-    ds = _innermost_dataset(cfg.train_dataloader)
-    ann = ds.ann_file if osp.isabs(ds.ann_file) else osp.join(ds.get('data_root', '') or '',
-                                                              ds.ann_file)
-    prefix = (ds.get('data_prefix', None) or {}).get('img', '')
-    summary = summarize_split('train', ann, prefix)
-    filtered = (ds.get('filter_cfg', None) or {}).get('filter_empty_gt', False)
-    return summary.trainable_images if filtered else summary.images
 
 
 def check_device(device: Optional[str], flag: str = '--device') -> None:
@@ -330,3 +203,36 @@ def enable_preemption(cfg, **kwargs) -> None:
     if not any(h and h.get('type') == 'PreemptionHook' for h in declared):
         hooks.append(dict(type='PreemptionHook', **kwargs))
     cfg.custom_hooks = hooks
+
+
+def print_metrics(metrics: dict) -> None:
+    """One line per COCO bbox metric, as 'bbox mAP: 0.612', then the per-class table
+    when the metric made one (:class:`PerClassCocoMetric`)."""
+    for key, value in metrics.items():
+        if key.startswith('coco/bbox'):
+            name = key.split('/', 1)[1].replace('bbox_', 'bbox ')
+            print(f'{name}: {value:.3f}' if isinstance(value, float) else f'{name}: {value}')
+    rows = per_class_rows(metrics)
+    if rows:
+        print(per_class_table(rows))
+
+
+def enable_fine_tuning(cfg, checkpoint: str) -> None:
+    """``--load-from CKPT``: a :class:`FineTuneLoadHook` instead of mmengine's non-strict
+    ``load_from``."""
+    cfg.load_from = None
+    hooks = [h for h in (cfg.get('custom_hooks', None) or [])
+             if h.get('type') != 'FineTuneLoadHook']
+    cfg.custom_hooks = hooks + [dict(type='FineTuneLoadHook', checkpoint=checkpoint)]
+
+
+def build_target_model(cfg):
+    """This project's detector of ``cfg`` with its backbone's pretrained weights off
+    (the converted checkpoint holds them): its state dict is the conversion's target."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    import projects.dino_dinov2  # noqa: F401  (registers the modules)
+    register_all_modules(init_default_scope=True)
+    skip_backbone_download(cfg)
+    return MODELS.build(cfg.model)

@@ -59,8 +59,6 @@ COCO_CATEGORIES = (
     (89, 'hair drier'), (90, 'toothbrush'),
 )
 
-# keys that only the original's layout has (a state dict is recognised by them)
-_SIGNATURE = ('transformer.level_embeds', 'transformer.tgt_embed.weight', 'label_enc.weight')
 _CLASS_ROWS = ('class_embed.', 'label_enc.weight')  # original keys whose rows are classes
 _ALIASES = ('transformer.decoder.class_embed.', 'transformer.decoder.bbox_embed.')
 _PIXEL_STATS = ('pixel_mean', 'pixel_std')
@@ -68,27 +66,6 @@ _PIXEL_STATS = ('pixel_mean', 'pixel_std')
 
 class ConversionError(CheckpointError):
     """An original checkpoint that does not map onto this project's model."""
-
-
-def is_original_state(state) -> bool:
-    """True for a state dict in the original's (detrex DINO) layout."""
-    return isinstance(state, dict) and all(k in state for k in _SIGNATURE)
-
-
-def original_state_of(obj) -> Optional[dict]:
-    """The model state dict of an original checkpoint (``{'model': ...}`` as detectron2
-    writes it, or the bare state dict; numpy arrays as in detectron2's ``.pkl`` files
-    become tensors), else None."""
-    state = None
-    if isinstance(obj, dict) and is_original_state(obj.get('model')):
-        state = obj['model']
-    elif is_original_state(obj):
-        state = obj
-    if state is None:
-        return None
-    import numpy as np
-    return {k: torch.from_numpy(np.asarray(v)) if isinstance(v, np.ndarray) else v
-            for k, v in state.items()}
 
 
 def class_permutation(classes: Sequence[str]) -> List[int]:
@@ -331,19 +308,6 @@ def config_classes(cfg) -> Optional[Tuple[str, ...]]:
     cls = DATASETS.get(dataset.get('type', '')) if dataset.get('type') else None
     classes = getattr(cls, 'METAINFO', {}).get('classes') if cls else None
     return tuple(classes) if classes else None
-
-
-def build_target_model(cfg):
-    """This project's detector of ``cfg`` with its backbone's pretrained weights off
-    (the converted checkpoint holds them): its state dict is the conversion's target."""
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-
-    import projects.dino_dinov2  # noqa: F401  (registers the modules)
-    from .config_setup import skip_backbone_download
-    register_all_modules(init_default_scope=True)
-    skip_backbone_download(cfg)
-    return MODELS.build(cfg.model)
 
 
 def convert_for_model(state: dict, model, cfg) -> Tuple[dict, dict]:

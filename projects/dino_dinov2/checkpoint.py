@@ -7,9 +7,11 @@
    allow-list (:func:`register_safe_globals`); any other pickled object is refused.
 2. **Reading and checking.** mmengine's ``load_from_local`` calls ``torch.load`` without
    ``weights_only`` and its errors do not name the file. :func:`load_local_checkpoint`
-   replaces it in mmengine's ``CheckpointLoader`` (local paths, registered when the plugin
-   is imported): ``weights_only=True`` with the allow-list, any failure one
-   :class:`CheckpointError` line naming the file and the checkpoints next to it.
+   replaces it in mmengine's ``CheckpointLoader`` for local paths, installed by the code
+   that loads (:func:`install_checkpoint_loader`: the configs' ``CheckpointLoaderHook``,
+   the tools; importing the package changes no loader): ``weights_only=True`` with the
+   allow-list, any failure one :class:`CheckpointError` line naming the file and the
+   checkpoints next to it.
    :func:`check_checkpoint_file` is the cheap check ``--resume`` runs before anything is
    built (a truncated file has lost its zip central directory, written last);
    :func:`checkpoint_kind` says what a file is (this project's checkpoint, a plain state
@@ -21,7 +23,7 @@
    checkpoint was already deleted. :class:`AtomicLocalBackend` (the ``atomic_local`` file
    backend, chosen through ``backend_args``: no patch of mmengine) writes a temporary
    file in the same folder, ``fsync``s it, ``os.replace``s it over the target and
-   ``fsync``s the folder; ``hooks/checkpoint_hook.py`` uses it for every save.
+   ``fsync``s the folder; ``engine/hooks/atomic_checkpoint_hook.py`` uses it for every save.
 
 The ``last_checkpoint`` pointer is written by :func:`write_last_checkpoint` and read by
 :func:`read_last_checkpoint`, nowhere else.
@@ -42,7 +44,7 @@ import torch
 from mmengine.fileio import LocalBackend, register_backend
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from ..errors import UserError, first_line
+from .errors import UserError, first_line
 
 # -- 1. loading with an allow-list ------------------------------------------------------
 
@@ -187,7 +189,7 @@ def load_local_checkpoint(filename: str, map_location=None):
                 f'refused to load {filename}: it holds a pickled object outside the '
                 f'allow-list ({_refusal(e)}); checkpoints are read with '
                 'torch.load(weights_only=True) and only the classes MMEngine saves are '
-                'allowed (engine/checkpoint.py)') from None
+                'allowed (checkpoint.py)') from None
         if 'zip archive' in str(e) or isinstance(e, (EOFError, zipfile.BadZipFile)):
             raise CheckpointError(f'checkpoint {filename} is truncated or damaged '
                                   f'({first_line(e)}){_others(filename)}') from None
@@ -195,22 +197,45 @@ def load_local_checkpoint(filename: str, map_location=None):
                               f'({type(e).__name__}: {first_line(e)})') from None
 
 
-_LOADER_REGISTERED = False
+def install_checkpoint_loader() -> None:
+    """Make :func:`load_local_checkpoint` mmengine's loader for local paths.
 
-
-def register_checked_loader() -> None:
-    """Make :func:`load_local_checkpoint` mmengine's loader for local paths (once)."""
-    global _LOADER_REGISTERED
-    if not _LOADER_REGISTERED:
+    Called by what loads a checkpoint (``CheckpointLoaderHook`` when a Runner is built
+    from a config of this project, the tools before they load), never at import."""
+    if CheckpointLoader._schemes.get('') is not load_local_checkpoint:
         CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint,
                                          force=True)
-        _LOADER_REGISTERED = True
 
 
 # -- what a checkpoint file is, and whether a flag can take it ------------------------------
 
 _DETECTOR_PARTS = ('backbone.', 'neck.', 'bbox_head.', 'encoder.', 'decoder.')
 _VIT_KEYS = ('cls_token', 'patch_embed.proj.weight')
+
+
+# keys that only the original's (detrex DINO) layout has: a state dict is recognised by them
+_SIGNATURE = ('transformer.level_embeds', 'transformer.tgt_embed.weight', 'label_enc.weight')
+
+
+def is_original_state(state) -> bool:
+    """True for a state dict in the original's (detrex DINO) layout."""
+    return isinstance(state, dict) and all(k in state for k in _SIGNATURE)
+
+
+def original_state_of(obj) -> Optional[dict]:
+    """The model state dict of an original checkpoint (``{'model': ...}`` as detectron2
+    writes it, or the bare state dict; numpy arrays as in detectron2's ``.pkl`` files
+    become tensors), else None."""
+    state = None
+    if isinstance(obj, dict) and is_original_state(obj.get('model')):
+        state = obj['model']
+    elif is_original_state(obj):
+        state = obj
+    if state is None:
+        return None
+    import numpy as np
+    return {k: torch.from_numpy(np.asarray(v)) if isinstance(v, np.ndarray) else v
+            for k, v in state.items()}
 
 
 def checkpoint_kind(obj) -> str:
@@ -223,7 +248,6 @@ def checkpoint_kind(obj) -> str:
     if isinstance(obj.get('model'), dict) and any(k in obj for k in ('__author__', 'iteration',
                                                                      'trainer')):
         return 'detectron2'
-    from .original_checkpoint import original_state_of
     if original_state_of(obj) is not None:  # the original's keys, however wrapped
         return 'detectron2'
     if isinstance(obj.get('state_dict'), dict) and 'meta' in obj:

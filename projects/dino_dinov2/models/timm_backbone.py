@@ -22,7 +22,7 @@ from mmdet.registry import MODELS
 from mmengine.model import BaseModule
 
 from ..errors import ConfigError, UserError, first_line
-from ..engine.checkpoint import checkpoint_kind
+from ..checkpoint import checkpoint_kind
 
 # DINOv2 ViTs timm ships with pretrained weights (LVD-142M); any other timm ViT name also
 # works (e.g. for the tiny from-scratch model of the synthetic config).
@@ -51,7 +51,7 @@ class WeightFileError(UserError, ValueError):
 
 def read_state_dict(path: str) -> dict:
     """Read a tensor state dict from ``path`` (``torch.load(weights_only=True)``, with the
-    allow-list and the file classification of ``engine/checkpoint.py``).
+    allow-list and the file classification of ``checkpoint.py``).
 
     Accepts a plain state dict or one nested under ``model``/``state_dict``/``teacher``
     (the original DINOv2 training checkpoints), and ``backbone.``/``module.`` prefixes.
@@ -159,10 +159,12 @@ def create_model(model_name: str, pretrained: bool, kwargs: dict) -> nn.Module:
 
 
 @MODELS.register_module()
+@MODELS.register_module(name='TimmDinov2')  # the earlier names, kept for configs
 @MODELS.register_module(name='TimmDinov3')
-class TimmDinov2(BaseModule):
+class TimmDinoViT(BaseModule):
     """A timm DINOv2 or DINOv3 ViT returning NCHW feature maps of chosen blocks
-    (registered as ``TimmDinov2`` and ``TimmDinov3``; see the module docstring).
+    (registered as ``TimmDinoViT``, and as ``TimmDinov2``/``TimmDinov3`` for configs
+    written before; see the module docstring).
 
     Args:
         model_name: timm model name, e.g. ``vit_base_patch14_dinov2.lvd142m`` or
@@ -306,3 +308,6 @@ class TimmDinov2(BaseModule):
         return tuple(self.vit.forward_intermediates(
             x, indices=list(self.out_indices), norm=self.final_norm,
             output_fmt='NCHW', intermediates_only=True))
+
+
+TimmDinov2 = TimmDinoViT  # the earlier class name (imports written before)

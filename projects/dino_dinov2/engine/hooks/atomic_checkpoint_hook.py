@@ -1,5 +1,5 @@
 """``AtomicCheckpointHook``: mmengine's ``CheckpointHook``, checkpoints and the
-``last_checkpoint`` pointer written atomically (why: ``engine/checkpoint.py``)."""
+``last_checkpoint`` pointer written atomically (why: ``checkpoint.py``)."""
 from __future__ import annotations
 
 import os.path as osp
@@ -9,8 +9,8 @@ from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook
 from mmengine.registry import HOOKS
 
-from ..checkpoint import (ATOMIC_BACKEND_ARGS, checkpoint_write_error, remove_stale_temp_files,
-                          write_last_checkpoint)
+from ...checkpoint import (ATOMIC_BACKEND_ARGS, checkpoint_write_error, remove_stale_temp_files,
+                           write_last_checkpoint)
 
 
 @HOOKS.register_module()

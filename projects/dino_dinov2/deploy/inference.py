@@ -39,15 +39,17 @@ def load_detector(config: str, checkpoint: str, device: Optional[str] = None,
     """mmdet's ``init_detector`` on a config file, pretrained backbone weights off."""
     import torch
 
-    import projects.dino_dinov2  # noqa: F401  (registers modules; safe checkpoint loading)
+    import projects.dino_dinov2  # noqa: F401  (registers the modules)
     from mmdet.apis import init_detector
 
-    from projects.dino_dinov2.engine import load_config, skip_backbone_download
+    from ..checkpoint import install_checkpoint_loader
+    from ..cli.config_setup import load_config, skip_backbone_download
     if not osp.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
     cfg = load_config(config, cfg_options)
     skip_backbone_download(cfg)
     device = device or ('cuda:0' if torch.cuda.is_available() else 'cpu')
+    install_checkpoint_loader()  # weights_only=True with mmengine's classes allowed
     return init_detector(cfg, checkpoint, device=device)
 
 

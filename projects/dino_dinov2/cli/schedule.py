@@ -202,7 +202,7 @@ def schedule_for_run(cfg, batch_lr, epochs: Optional[float] = None, dataset=None
         if dataset is not None:
             images = dataset.trainable_images
         else:
-            from .config_setup import count_train_images
+            from .own_data import count_train_images
             images = count_train_images(cfg)
         return set_epochs(cfg, epochs, images, batch_lr.total_batch)
     return scale_schedule(cfg, batch_lr.total_batch, batch_lr.base_batch, fixed=user_schedule)
