@@ -7,8 +7,9 @@ a ``--cfg-options`` a user could type:
 * the data: ``*_dataloader.dataset.data_root`` and ``*_evaluator.ann_file`` point at a
   COCO-layout folder the test writes (JPEGs of about 640x480, both orientations) at the
   config's own relative paths;
-* the model: pretrained weights off, 1 ViT block, 1 encoder + 1 decoder layer, 20 queries
-  (8 denoising), 20 detections per image (:data:`SHRINK_MODEL`);
+* the model: pretrained weights off and the tests' one tiny model (``helpers.TINY_MODEL``:
+  1 ViT block, 1 encoder + 1 decoder layer, 10 queries, 4 denoising, 10 detections per
+  image) (:data:`SHRINK_MODEL`);
 * the image scales: every ``scale``/``scales``/``crop_size`` of the pipelines x0.2 when
   the config's scales exceed 400 px (the recipe's 800x1333 becomes 160x266);
 * the schedule: 2 training iterations (2 epochs for an epoch-based config of 1 iteration
@@ -25,19 +26,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from conftest import REPO
+from helpers import REPO, TINY_MODEL
 
 CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs', '*.py')))
 
-SHRINK_MODEL = {
-    'model.backbone.pretrained': False,
-    'model.backbone.model_kwargs.depth': 1,
-    'model.encoder.num_layers': 1,
-    'model.decoder.num_layers': 1,
-    'model.num_queries': 20,
-    'model.dn_cfg.group_cfg.num_dn_queries': 8,
-    'model.test_cfg.max_per_img': 20,
-}
+SHRINK_MODEL = {'model.backbone.pretrained': False, **TINY_MODEL}
 SCALE_KEYS = ('scale', 'scales', 'crop_size')
 SHRINK_SCALE = 0.2  # applied when a config's image scales exceed LARGE_SCALE
 LARGE_SCALE = 400

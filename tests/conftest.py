@@ -1,10 +1,10 @@
-"""Shared fixtures: a tiny synthetic dataset and one short real training run on it."""
+"""Shared fixtures: a tiny synthetic dataset and one short real training run on it.
+
+Helpers the tests import live in ``helpers.py``; this file holds only fixtures."""
 import logging
 import os
 import os.path as osp
-import subprocess
 import sys
-from contextlib import contextmanager
 
 import pytest
 import torch
@@ -16,66 +16,10 @@ if 'TRITON_INTERPRET' not in os.environ and not torch.cuda.is_available():
     os.environ['TRITON_INTERPRET'] = '1'
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-SYNTHETIC_CONFIG = osp.join(REPO, 'configs', 'dino_dinov2_synthetic.py')
-
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-
-def data_cfg_options(data_root: str) -> list:
-    """``--cfg-options`` pointing the synthetic config at another data folder."""
-    data_root = data_root.rstrip('/') + '/'
-    return [
-        f'train_dataloader.dataset.data_root={data_root}',
-        f'val_dataloader.dataset.data_root={data_root}',
-        f'test_dataloader.dataset.data_root={data_root}',
-        f'val_evaluator.ann_file={data_root}annotations/instances_val.json',
-        f'test_evaluator.ann_file={data_root}annotations/instances_val.json',
-    ]
-
-
-def run_tool(args, cwd=REPO, env=None, timeout=900, check=True):
-    """Run a command-line tool in a fresh process; returns the CompletedProcess."""
-    full_env = dict(os.environ, PYTHONUNBUFFERED='1', **(env or {}))
-    proc = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True,
-                          timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f'{args} exited {proc.returncode}\n--- stdout\n'
-                             f'{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}')
-    return proc
-
-
-@contextmanager
-def captured_log():
-    """Messages of mmengine's current logger while the block runs."""
-    from mmengine.logging import MMLogger
-    records = []
-
-    class ListHandler(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    logger = MMLogger.get_current_instance()
-    handler = ListHandler(level=logging.DEBUG)
-    logger.addHandler(handler)
-    try:
-        yield records
-    finally:
-        logger.removeHandler(handler)
-
-
-def init_weights_quietly(model):
-    """``model.init_weights()`` without its INFO line per parameter (DINO's level
-    embedding is allocated uninitialised and set only there)."""
-    from mmengine.logging import MMLogger
-    logger = MMLogger.get_current_instance()
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        model.init_weights()
-    finally:
-        logger.setLevel(level)
-    return model
+from helpers import SYNTHETIC_CONFIG, clean_env, data_cfg_options, run_tool  # noqa: E402
 
 
 def _manager_classes():
@@ -116,13 +60,18 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+def _synthetic(tmp_path_factory, name: str, num_train: int, num_val: int, seed: int) -> str:
+    from projects.dino_dinov2.datasets import generate_synthetic_coco
+    root = str(tmp_path_factory.mktemp(name))
+    generate_synthetic_coco(root, num_train=num_train, num_val=num_val, seed=seed,
+                            progress=False)
+    return root
+
+
 @pytest.fixture(scope='session')
 def synthetic_data(tmp_path_factory):
     """16 train / 8 val synthetic images (128 px, 3 classes) in COCO format."""
-    from projects.dino_dinov2.datasets import generate_synthetic_coco
-    root = str(tmp_path_factory.mktemp('synthetic'))
-    generate_synthetic_coco(root, num_train=16, num_val=8, seed=0, progress=False)
-    return root
+    return _synthetic(tmp_path_factory, 'synthetic', 16, 8, seed=0)
 
 
 @pytest.fixture(scope='session')
@@ -139,24 +88,10 @@ def synthetic_run(synthetic_data, tmp_path_factory):
     return work_dir
 
 
-# --- launching, preemption and W&B (tests/engine/test_launch*, test_preemption*, test_wandb*)
-
-def clean_env(extra=None) -> dict:
-    """This process's environment without W&B or launcher variables, plus ``extra``."""
-    drop = ('WANDB_', 'SLURM_')
-    keep = {k: v for k, v in os.environ.items()
-            if not k.startswith(drop) and k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK',
-                                                    'MASTER_ADDR', 'MASTER_PORT')}
-    return dict(keep, PYTHONUNBUFFERED='1', **(extra or {}))
-
-
 @pytest.fixture(scope='session')
 def tiny_synthetic_data(tmp_path_factory):
     """8 train / 4 val synthetic images: 4 iterations an epoch at batch 2."""
-    from projects.dino_dinov2.datasets import generate_synthetic_coco
-    root = str(tmp_path_factory.mktemp('tiny_synthetic'))
-    generate_synthetic_coco(root, num_train=8, num_val=4, seed=1, progress=False)
-    return root
+    return _synthetic(tmp_path_factory, 'tiny_synthetic', 8, 4, seed=1)
 
 
 @pytest.fixture(scope='session')

@@ -8,11 +8,14 @@ PYTHONPATH) for :class:`RankWeightsHook`.
 import glob
 import importlib.util
 import json
+import logging
 import os
 import os.path as osp
 import socket
 import struct
+import subprocess
 import time
+from contextlib import contextmanager
 
 import torch
 from mmengine.hooks import Hook
@@ -20,6 +23,72 @@ from mmengine.registry import HOOKS
 
 HERE = osp.dirname(osp.abspath(__file__))
 REPO = osp.dirname(HERE)
+SYNTHETIC_CONFIG = osp.join(REPO, 'configs', 'dino_dinov2_synthetic.py')
+
+
+def data_cfg_options(data_root: str) -> list:
+    """``--cfg-options`` pointing the synthetic config at another data folder."""
+    data_root = data_root.rstrip('/') + '/'
+    return [
+        f'train_dataloader.dataset.data_root={data_root}',
+        f'val_dataloader.dataset.data_root={data_root}',
+        f'test_dataloader.dataset.data_root={data_root}',
+        f'val_evaluator.ann_file={data_root}annotations/instances_val.json',
+        f'test_evaluator.ann_file={data_root}annotations/instances_val.json',
+    ]
+
+
+def run_tool(args, cwd=REPO, env=None, timeout=900, check=True):
+    """Run a command-line tool in a fresh process; returns the CompletedProcess."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED='1', **(env or {}))
+    proc = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f'{args} exited {proc.returncode}\n--- stdout\n'
+                             f'{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}')
+    return proc
+
+
+@contextmanager
+def captured_log():
+    """Messages of mmengine's current logger while the block runs."""
+    from mmengine.logging import MMLogger
+    records = []
+
+    class ListHandler(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = MMLogger.get_current_instance()
+    handler = ListHandler(level=logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+
+
+def init_weights_quietly(model):
+    """``model.init_weights()`` without its INFO line per parameter (DINO's level
+    embedding is allocated uninitialised and set only there)."""
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        model.init_weights()
+    finally:
+        logger.setLevel(level)
+    return model
+
+
+def clean_env(extra=None) -> dict:
+    """This process's environment without W&B or launcher variables, plus ``extra``."""
+    drop = ('WANDB_', 'SLURM_')
+    keep = {k: v for k, v in os.environ.items()
+            if not k.startswith(drop) and k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK',
+                                                    'MASTER_ADDR', 'MASTER_PORT')}
+    return dict(keep, PYTHONUNBUFFERED='1', **(extra or {}))
 
 
 def load_tool(name: str):
@@ -50,24 +119,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# A smaller model than the synthetic config's (1 ViT block, 1+1 DINO layers, 10 queries):
-# these tests check launching, not learning, on 2 shared CPU cores.
-TINY_MODEL_OPTIONS = [
-    'model.backbone.model_kwargs.depth=1', 'model.encoder.num_layers=1',
-    'model.decoder.num_layers=1', 'model.num_queries=10',
-    'model.dn_cfg.group_cfg.num_dn_queries=4', 'model.test_cfg.max_per_img=10',
-]
+# The one tiny model of the tests (1 ViT block, 1+1 DINO layers, 10 queries, 4 denoising,
+# 10 detections per image): they check running, not learning, on 2 shared CPU cores.
+TINY_MODEL = {
+    'model.backbone.model_kwargs.depth': 1, 'model.encoder.num_layers': 1,
+    'model.decoder.num_layers': 1, 'model.num_queries': 10,
+    'model.dn_cfg.group_cfg.num_dn_queries': 4, 'model.test_cfg.max_per_img': 10,
+}
+TINY_MODEL_OPTIONS = [f'{key}={value}' for key, value in TINY_MODEL.items()]  # --cfg-options
 
 
 def tiny_run_options(data_root: str, epochs: int, val: bool = False) -> list:
     """``--cfg-options`` for a short run on ``data_root``: log every iteration, unsmoothed."""
-    data_root = data_root.rstrip('/') + '/'
-    ann = f'{data_root}annotations/instances_val.json'
     return [
-        f'train_dataloader.dataset.data_root={data_root}',
-        f'val_dataloader.dataset.data_root={data_root}',
-        f'test_dataloader.dataset.data_root={data_root}',
-        f'val_evaluator.ann_file={ann}', f'test_evaluator.ann_file={ann}',
+        *data_cfg_options(data_root),
         f'train_cfg.max_epochs={epochs}',
         f'train_cfg.val_begin={epochs if val else 10 ** 6}', f'train_cfg.val_interval={epochs}',
         'default_hooks.logger.interval=1', 'log_processor.window_size=1',

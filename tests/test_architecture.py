@@ -102,6 +102,22 @@ def test_the_tools_do_not_import_engine():
     assert not wrong, wrong
 
 
+def test_the_tests_import_helpers_not_conftest():
+    """``conftest.py`` holds fixtures; what tests import lives in ``tests/helpers.py``."""
+    tests = osp.join(REPO, 'tests')
+    wrong = []
+    for folder, _, files in os.walk(tests):
+        for name in files:
+            if name.endswith('.py'):
+                path = osp.join(folder, name)
+                tree = ast.parse(open(path).read())
+                wrong += [f'{osp.relpath(path, REPO)}:{node.lineno}' for node in ast.walk(tree)
+                          if isinstance(node, ast.ImportFrom) and node.module == 'conftest'
+                          or isinstance(node, ast.Import)
+                          and any(a.name == 'conftest' for a in node.names)]
+    assert not wrong, wrong
+
+
 def test_the_readme_states_the_order():
     readme = open(osp.join(REPO, 'README.md')).read()
     line = ' < '.join(sorted(RANKS, key=lambda u: (RANKS[u], u)))

@@ -193,7 +193,7 @@ def host_profile_main(args) -> int:
 def inference_main(args) -> int:
     import os
 
-    from projects.dino_dinov2.deploy import inference_benchmark as ib
+    from projects.dino_dinov2.analysis import inference_benchmark as ib
     from projects.dino_dinov2.deploy import parse_shape
     shape = parse_shape(args.shape)
     config, checkpoint = args.configs
@@ -242,15 +242,11 @@ def main(argv=None):
     size = None
     if args.img_size:
         size = (args.img_size[0], args.img_size[-1])
-    try:
-        results = bm.run_grid(
-            variants, args.precision, args.batch_sizes, baseline=baseline,
-            device=args.device, iters=args.iters, warmup=args.warmup,
-            infer_iters=args.infer_iters, image_size=size, real_data=args.real_data,
-            num_gt=(args.num_gt or [5])[0], pretrained=args.pretrained)
-    except (FileNotFoundError, ValueError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
+    results = bm.run_grid(
+        variants, args.precision, args.batch_sizes, baseline=baseline,
+        device=args.device, iters=args.iters, warmup=args.warmup,
+        infer_iters=args.infer_iters, image_size=size, real_data=args.real_data,
+        num_gt=(args.num_gt or [5])[0], pretrained=args.pretrained)
     paths = bm.write_report(results, args.out_dir)
     print()
     print(bm.report_markdown(results))

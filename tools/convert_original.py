@@ -70,7 +70,7 @@ def main(argv=None):
         config = osp.join(ROOT, CONFIGS.get(width, CONFIGS[768]))
         print(f'config: {osp.relpath(config, ROOT)} (the checkpoint\'s ViT is {width} wide)')
     cfg = cli.load_config(config, args.cfg_options)
-    model = oc.build_target_model(cfg)
+    model = cli.build_target_model(cfg)
     converted, info = oc.convert_for_model(state, model, cfg)
     checkpoint = oc.converted_checkpoint(converted, info, args.original)
     buffer = io.BytesIO()

@@ -49,14 +49,10 @@ def main(argv=None):
         if not args.onnx:
             raise ExportError('--backend onnxruntime needs --onnx MODEL.onnx')
         model = Detector.from_onnx(args.onnx)
-    try:
-        result = inference.run_inference(
-            args.config, args.checkpoint, args.images, args.out_dir,
-            score_thr=args.score_thr, device=args.device, cfg_options=args.cfg_options,
-            draw=not args.no_draw, model=model)
-    except (FileNotFoundError, ValueError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
+    result = inference.run_inference(
+        args.config, args.checkpoint, args.images, args.out_dir,
+        score_thr=args.score_thr, device=args.device, cfg_options=args.cfg_options,
+        draw=not args.no_draw, model=model)
     for entry in result['images']:
         dets = entry['detections']
         top = ', '.join(f'{d["label_name"]} {d["score"]:.2f}' for d in dets[:3])

@@ -1,5 +1,5 @@
 """tools/backbone_cost.py: parameters, FLOPs and forward time of configs' backbones."""
-from conftest import REPO
+from helpers import REPO
 
 
 def test_costs_of_a_dinov2_and_a_dinov3_config(capsys):

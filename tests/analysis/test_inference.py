@@ -8,8 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-SYNTHETIC = osp.join(REPO, 'configs', 'dino_dinov2_synthetic.py')
+from helpers import REPO, SYNTHETIC_CONFIG as SYNTHETIC, exit_code, load_tool
 CLASSES = ['circle', 'square', 'triangle']
 
 
@@ -77,12 +76,12 @@ def test_score_threshold_filters_json_and_drawing(synthetic_run, synthetic_data,
 
 
 def test_missing_inputs_are_reported(tmp_path, capsys):
-    from tools.infer import main
-    assert main([SYNTHETIC, str(tmp_path / 'model.pth'), str(tmp_path / 'nope.png'),
-                 '--out-dir', str(tmp_path)]) == 2
+    main = load_tool('infer').main  # exits as its __main__ block does: one line, status 2
+    assert exit_code(main, [SYNTHETIC, str(tmp_path / 'model.pth'), str(tmp_path / 'nope.png'),
+                            '--out-dir', str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith('error: image not found')
     image = tmp_path / 'img.png'
     image.write_bytes(b'')
-    assert main([SYNTHETIC, str(tmp_path / 'model.pth'), str(image),
-                 '--out-dir', str(tmp_path)]) == 2
+    assert exit_code(main, [SYNTHETIC, str(tmp_path / 'model.pth'), str(image),
+                            '--out-dir', str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith('error: checkpoint not found')

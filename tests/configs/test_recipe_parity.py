@@ -12,7 +12,7 @@ from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
-from conftest import init_weights_quietly
+from helpers import init_weights_quietly
 from config_runs import REPO, SHRINK_MODEL, data_options, make_dataset_for, scale_options
 from projects.dino_dinov2 import cli, engine
 from projects.dino_dinov2.models import LN2d

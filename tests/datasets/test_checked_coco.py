@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SYNTHETIC_CONFIG, captured_log
+from helpers import SYNTHETIC_CONFIG, captured_log
 from projects.dino_dinov2.datasets import (AnnotationFileError, CheckedCocoDataset,
                                            DatasetError, ImageFileError)
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import captured_log
+from helpers import captured_log
 from projects.dino_dinov2.datasets import CheckedLoadImageFromFile, ImageFileError
 
 

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, SYNTHETIC_CONFIG, data_cfg_options
-from helpers import TINY_MODEL_OPTIONS, load_tool
+from helpers import REPO, SYNTHETIC_CONFIG, TINY_MODEL_OPTIONS, data_cfg_options, load_tool
 from projects.dino_dinov2 import deploy
 from projects.dino_dinov2.cli import exit_on_user_error
 
@@ -42,7 +41,7 @@ def recipe_checkpoint(tmp_path_factory):
     """A checkpoint of the ViT-S recipe architecture made small (random weights)."""
     from projects.dino_dinov2.analysis.original_parity import cfg_options
     from projects.dino_dinov2.cli import load_config
-    from projects.dino_dinov2.original_checkpoint import build_target_model
+    from projects.dino_dinov2.cli import build_target_model
     cfg = load_config(RECIPE_S, cfg_options(RECIPE_SMALL))
     torch.manual_seed(0)
     model = build_target_model(cfg)
@@ -206,7 +205,7 @@ def test_inference_benchmark_rows(synthetic_export, tmp_path):
     """tools/benchmark.py --inference prints a row per runtime, each from its own
     process; a runtime missing here says so instead of a number."""
     ckpt, _ = synthetic_export
-    from projects.dino_dinov2.deploy import inference_benchmark as ib
+    from projects.dino_dinov2.analysis import inference_benchmark as ib
     rows = ib.run(SYNTHETIC_CONFIG, ckpt, (128, 128), iters=2, warmup=1,
                   out_dir=str(tmp_path), device='cpu')
     by_row = {r['row']: r for r in rows}

@@ -4,7 +4,7 @@ import os.path as osp
 
 from mmengine.config import Config
 
-from conftest import REPO
+from helpers import REPO
 from projects.dino_dinov2 import cli
 from projects.dino_dinov2.cli import config_text
 

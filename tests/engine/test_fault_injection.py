@@ -19,8 +19,7 @@ import subprocess
 import sys
 import time
 
-from conftest import REPO, SYNTHETIC_CONFIG, clean_env
-from helpers import tiny_run_options, wait_for_iteration
+from helpers import REPO, SYNTHETIC_CONFIG, clean_env, tiny_run_options, wait_for_iteration
 from projects.dino_dinov2.cli import check_checkpoint_file, load_local_checkpoint
 
 FAULT_TRAIN = osp.join(REPO, 'tests', 'engine', 'fault_train.py')

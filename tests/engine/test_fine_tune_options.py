@@ -19,8 +19,7 @@ from mmengine.hooks import Hook
 from mmengine.logging import MessageHub
 from torch import nn
 
-from conftest import SYNTHETIC_CONFIG
-from helpers import TINY_MODEL_OPTIONS, load_tool, tiny_run_options
+from helpers import SYNTHETIC_CONFIG, TINY_MODEL_OPTIONS, load_tool, tiny_run_options
 from mmdet.registry import HOOKS, METRICS
 
 VALIDATED = []  # (epoch, sum of a decoder weight) seen by WeightProbeHook at validation

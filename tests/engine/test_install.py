@@ -6,7 +6,7 @@ import shutil
 import subprocess
 import sys
 
-from conftest import REPO
+from helpers import REPO
 
 
 def test_install_without_a_cuda_toolkit(tmp_path):

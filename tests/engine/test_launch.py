@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import REPO, clean_env
+from helpers import REPO, clean_env
 from projects.dino_dinov2.cli import (detect_launcher, expand_nodelist, init_distributed,
                                       slurm_dist_env)
 from projects.dino_dinov2.cli.launcher import in_slurm_step, resolve_launcher

@@ -12,9 +12,8 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, SYNTHETIC_CONFIG, clean_env
-from helpers import (HERE, free_port, isolated_wandb_env, offline_runs, read_checkpoint,
-                     tiny_run_options, wait_for_iteration, wandb_run)
+from helpers import (HERE, REPO, SYNTHETIC_CONFIG, clean_env, free_port, isolated_wandb_env,
+                     offline_runs, read_checkpoint, tiny_run_options, wait_for_iteration, wandb_run)
 
 
 @pytest.fixture(scope='module')

@@ -6,7 +6,7 @@ import pytest
 import torch
 from mmengine.optim import build_optim_wrapper
 
-from conftest import REPO, SYNTHETIC_CONFIG
+from helpers import REPO, SYNTHETIC_CONFIG
 from projects.dino_dinov2.cli import apply_batch_and_lr, load_config
 from projects.dino_dinov2.engine import lr_scale_factor
 from projects.dino_dinov2.engine.hooks.batch_lr_logger_hook import param_group_lrs

@@ -8,8 +8,8 @@ import sys
 import mmdet
 import pytest
 
-from conftest import REPO, SYNTHETIC_CONFIG, clean_env, data_cfg_options, run_tool
-from helpers import read_checkpoint, tiny_run_options, wait_for_iteration
+from helpers import (REPO, SYNTHETIC_CONFIG, clean_env, data_cfg_options, read_checkpoint, run_tool,
+                     tiny_run_options, wait_for_iteration)
 from projects.dino_dinov2.engine import PREEMPTED_EXIT_CODE
 
 MMDET_TOOLS = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools')

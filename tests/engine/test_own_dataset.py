@@ -9,8 +9,7 @@ from mmengine.registry import init_default_scope
 
 from config_runs import (OWN_CLASSES, REPO, SHRINK_MODEL, as_argv, scale_options,
                          write_own_dataset)
-from helpers import load_tool, read_checkpoint
-from conftest import init_weights_quietly
+from helpers import init_weights_quietly, load_tool, read_checkpoint
 from projects.dino_dinov2 import cli, engine
 from projects.dino_dinov2.cli import CheckpointError
 

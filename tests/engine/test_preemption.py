@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, SYNTHETIC_CONFIG, clean_env
-from helpers import free_port, read_checkpoint, read_scalars, tiny_run_options, wait_for_iteration
+from helpers import (REPO, SYNTHETIC_CONFIG, clean_env, free_port, read_checkpoint, read_scalars,
+                     tiny_run_options, wait_for_iteration)
 from projects.dino_dinov2.engine import PREEMPTED_EXIT_CODE, PreemptionHook
 from projects.dino_dinov2.engine.hooks.preemption_hook import (
     SkipFirstBatches, get_rng_state, set_rng_state)

@@ -2,8 +2,7 @@
 or annotation file -> error naming the key and path; good options still merge."""
 import pytest
 
-from conftest import SYNTHETIC_CONFIG, data_cfg_options
-from helpers import tiny_run_options
+from helpers import SYNTHETIC_CONFIG, data_cfg_options, tiny_run_options
 from projects.dino_dinov2.cli import ConfigError, check_data_paths, load_config
 
 

@@ -14,8 +14,7 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
-from conftest import SYNTHETIC_CONFIG
-from helpers import read_checkpoint, tiny_run_options
+from helpers import SYNTHETIC_CONFIG, read_checkpoint, tiny_run_options
 from projects.dino_dinov2.cli import load_config
 from projects.dino_dinov2.engine import NonFiniteLossError
 

@@ -15,9 +15,8 @@ import timm
 import torch
 from PIL import Image
 
-from helpers import load_tool, read_checkpoint
-from conftest import REPO, SYNTHETIC_CONFIG, data_cfg_options
-from helpers import TINY_MODEL_OPTIONS, tiny_run_options
+from helpers import (REPO, SYNTHETIC_CONFIG, TINY_MODEL_OPTIONS, data_cfg_options, load_tool,
+                     read_checkpoint, tiny_run_options)
 from projects.dino_dinov2.cli import exit_on_user_error
 
 

@@ -16,8 +16,7 @@ import pytest
 import timm
 import torch
 
-from conftest import REPO, SYNTHETIC_CONFIG, clean_env
-from helpers import load_tool, tiny_run_options
+from helpers import REPO, SYNTHETIC_CONFIG, clean_env, load_tool, tiny_run_options
 from projects.dino_dinov2.cli import exit_on_user_error
 
 
@@ -113,28 +112,26 @@ def test_backbone_weight_file(weight_files, tiny_synthetic_data, tmp_path, monke
     assert line.startswith('error: ' + message.format(path=path)), line
 
 
-def test_resume_from_truncated_checkpoint(tiny_synthetic_data, tmp_path, monkeypatch,
-                                          capsys):
+@pytest.mark.parametrize('tool', ['train', 'test'])
+def test_truncated_checkpoint_in_the_tools(tool, tiny_synthetic_data, tmp_path, monkeypatch,
+                                           capsys):
+    """``train.py --resume`` and ``test.py`` name the truncated file and the others there;
+    the work dir gets no pointer (no silent fresh start)."""
     good = tmp_path / 'epoch_1.pth'
     torch.save({'state_dict': {'w': torch.zeros(1000)}}, good)
     cut = tmp_path / 'epoch_2.pth'
     cut.write_bytes(good.read_bytes()[:3000])
-    line = _error_line(_train_args(tmp_path / 'work', tiny_synthetic_data, '--resume',
-                                   str(cut)), 'train', monkeypatch, capsys)
-    assert line == (f'error: --resume: checkpoint {cut} is truncated (3000 bytes, the end of '
+    work = tmp_path / 'work'
+    if tool == 'train':
+        argv, prefix = _train_args(work, tiny_synthetic_data, '--resume', str(cut)), '--resume: '
+    else:
+        argv, prefix = [SYNTHETIC_CONFIG, str(cut), '--work-dir', str(work), '--cfg-options',
+                        *tiny_run_options(tiny_synthetic_data, 1)], ''
+    line = _error_line(argv, tool, monkeypatch, capsys)
+    assert line == (f'error: {prefix}checkpoint {cut} is truncated (3000 bytes, the end of '
                     'the archive is missing): it was not written completely; other '
                     'checkpoints there: epoch_1.pth')
-    assert not osp.exists(tmp_path / 'work' / 'last_checkpoint')  # no fresh start
-
-
-def test_test_tool_truncated_checkpoint(tiny_synthetic_data, tmp_path, monkeypatch, capsys):
-    cut = tmp_path / 'epoch_2.pth'
-    torch.save({'state_dict': {'w': torch.zeros(1000)}}, cut)
-    cut.write_bytes(cut.read_bytes()[:3000])
-    line = _error_line([SYNTHETIC_CONFIG, str(cut), '--work-dir', str(tmp_path),
-                        '--cfg-options', *tiny_run_options(tiny_synthetic_data, 1)], 'test',
-                       monkeypatch, capsys)
-    assert line.startswith(f'error: checkpoint {cut} is truncated (3000 bytes')
+    assert not osp.exists(work / 'last_checkpoint')
 
 
 def test_resume_from_checkpoint_with_pickled_object(tiny_synthetic_data, tmp_path):

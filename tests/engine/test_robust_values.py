@@ -7,8 +7,7 @@ import pytest
 
 from config_runs import (SHRINK_MODEL, as_argv, data_options, make_dataset_for, scale_options,
                          schedule_options, _scale_items)
-from helpers import load_tool
-from conftest import REPO, SYNTHETIC_CONFIG
+from helpers import REPO, SYNTHETIC_CONFIG, load_tool
 from projects.dino_dinov2 import cli
 from projects.dino_dinov2.cli import exit_on_user_error
 

@@ -10,8 +10,7 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
-from conftest import SYNTHETIC_CONFIG, data_cfg_options, run_tool
-from helpers import read_checkpoint
+from helpers import SYNTHETIC_CONFIG, data_cfg_options, read_checkpoint, run_tool
 from projects.dino_dinov2 import cli
 
 ITERS_PER_EPOCH = 4  # 16 images, batch 4

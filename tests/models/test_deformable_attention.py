@@ -4,7 +4,7 @@ import torch
 from mmcv.ops import MultiScaleDeformableAttention
 from mmcv.ops import multi_scale_deform_attn as msda
 
-from conftest import captured_log
+from helpers import captured_log
 from projects.dino_dinov2.models import deformable_attention as da
 from projects.dino_dinov2.models import (SwitchableMultiScaleDeformableAttention, msda_pytorch,
                                          resolve_impl, use_deformable_attention)

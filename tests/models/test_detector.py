@@ -11,7 +11,7 @@ from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
 
 import projects.dino_dinov2  # noqa: F401
-from conftest import REPO, SYNTHETIC_CONFIG
+from helpers import REPO, SYNTHETIC_CONFIG
 
 RECIPE_CONFIGS = ['dino_dinov2_b_12ep.py', 'dino_dinov2_s_12ep.py', 'dino_dinov2_b_50ep.py',
                   'dino_dinov2_s_50ep.py']

@@ -5,32 +5,35 @@ import copy
 import pytest
 import torch
 
-from projects.dino_dinov2.models import TimmDinov2
+from projects.dino_dinov2.models import TimmDinoViT
 
 NAME = 'vit_small_patch14_dinov2'
+FAMILIES = {'dinov2': NAME, 'dinov3': 'vit_small_patch16_dinov3'}  # timm's ViT and Eva
 TINY = dict(depth=2, embed_dim=192, num_heads=3)
 
 
-def _pair(model_kwargs=TINY, **options):
+def _pair(model_kwargs=TINY, name=NAME, **options):
     """(reference, other) tiny backbones with the same weights; ``options`` for other."""
     torch.manual_seed(0)
-    ref = TimmDinov2(NAME, pretrained=False, img_size=64, fused_attn=False,
-                     frozen_no_grad=False, model_kwargs=model_kwargs)
-    other = TimmDinov2(NAME, pretrained=False, img_size=64, model_kwargs=model_kwargs,
-                       **options)
+    ref = TimmDinoViT(name, pretrained=False, img_size=64, fused_attn=False,
+                      frozen_no_grad=False, model_kwargs=model_kwargs)
+    other = TimmDinoViT(name, pretrained=False, img_size=64, model_kwargs=model_kwargs,
+                        **options)
     other.load_state_dict(ref.state_dict())
     return ref.train(), other.train()
 
 
-def test_fused_attention_switch_reaches_every_block():
-    ref, fused = _pair(fused_attn=True)
+@pytest.mark.parametrize('family', FAMILIES)
+def test_fused_attention_switch_reaches_every_block(family):
+    ref, fused = _pair(name=FAMILIES[family], fused_attn=True)
     assert all(blk.attn.fused_attn for blk in fused.vit.blocks)
     assert not any(blk.attn.fused_attn for blk in ref.vit.blocks)
 
 
+@pytest.mark.parametrize('family', FAMILIES)
 @pytest.mark.parametrize('hw', [(64, 96), (70, 45)])
-def test_fused_attention_matches_explicit(hw):
-    ref, fused = _pair(fused_attn=True, frozen_no_grad=False)
+def test_fused_attention_matches_explicit(family, hw):
+    ref, fused = _pair(name=FAMILIES[family], fused_attn=True, frozen_no_grad=False)
     x = torch.randn(2, 3, *hw)
     torch.testing.assert_close(fused(x)[0], ref(x)[0], rtol=1e-5, atol=1e-5)
 
@@ -77,4 +80,4 @@ def test_compile_matches_eager_across_sizes_and_copies():
 
 def test_compile_argument_checked():
     with pytest.raises(TypeError, match='compile must be a bool or a dict'):
-        TimmDinov2(NAME, pretrained=False, compile='yes', model_kwargs=TINY)
+        TimmDinoViT(NAME, pretrained=False, compile='yes', model_kwargs=TINY)

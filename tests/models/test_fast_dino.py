@@ -9,7 +9,7 @@ from mmcv.ops import MultiScaleDeformableAttention
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 
-from conftest import REPO
+from helpers import REPO
 from projects.dino_dinov2.models import (FastDINO, SwitchableMultiScaleDeformableAttention,
                                          is_checkpointed)
 from tiny_models import build_detector, build_pair, loss_and_grads, make_batch

@@ -13,8 +13,7 @@ import copy
 import pytest
 import torch
 
-from conftest import SYNTHETIC_CONFIG
-from helpers import REPO
+from helpers import REPO, SYNTHETIC_CONFIG
 from projects.dino_dinov2.analysis import host_profile as hp
 from projects.dino_dinov2.analysis import step_equality as se
 from projects.dino_dinov2.analysis.benchmark import Variant, load_variant_config

@@ -9,7 +9,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 import projects.dino_dinov2  # noqa: F401
-from conftest import REPO, SYNTHETIC_CONFIG, init_weights_quietly
+from helpers import REPO, SYNTHETIC_CONFIG, init_weights_quietly
 
 ORIGINAL_SYNTHETIC_CONFIG = osp.join(REPO, 'configs', 'dino_dinov2_synthetic_original.py')
 

@@ -116,11 +116,12 @@ def test_inference_equals_the_originals_stage_by_stage(records, model_and_hooks)
                 'dec_logits', 'dec_boxes', 'det_boxes', 'det_scores', 'det_labels'} <= stages
         bad = [r for r in rows if not r['ok']]
         assert not bad, op.format_rows([dict(r, image='') for r in bad])
-        # the order test means something: the closest two of the top 100 scores are
-        # further apart than the two models' scores are (not a tie decided by float noise)
+        # the order test means something: the closest two of the top 100 scores are more
+        # than twice the two models' largest score difference apart, so no pair can swap
+        # (not a tie decided by float noise; the difference depends on the CPU's kernels)
         top = rec['det_scores'][:100]
         score_diff = next(r['value'] for r in rows if r['stage'] == 'det_scores')
-        assert float((top[:-1] - top[1:]).min()) > max(5 * score_diff, 1e-7)
+        assert float((top[:-1] - top[1:]).min()) > max(2 * score_diff, 1e-7)
 
 
 def test_training_batch_equals_the_originals(records, model_and_hooks):
@@ -198,7 +199,7 @@ def test_converted_checkpoint_in_the_tools(records, tmp_path, monkeypatch, capsy
     assert dets[0]['bbox'] == pytest.approx(rec['det_boxes'][0].tolist(), abs=0.01)
     # and fine-tuning from the converted file, on 3 classes
     from projects.dino_dinov2.engine.fine_tune import load_for_fine_tuning
-    from projects.dino_dinov2.original_checkpoint import build_target_model
+    from projects.dino_dinov2.cli import build_target_model
     cfg = op.preset_config('tiny')
     cfg.model.bbox_head.num_classes = 3
     line = load_for_fine_tuning(build_target_model(cfg), out, ['a', 'b', 'c'])
@@ -209,7 +210,7 @@ def test_fine_tuning_from_the_original_checkpoint(cfg):
     """--load-from the original's file: converted in memory, the class-dependent tensors
     re-initialised for another class count, and the log says both."""
     from projects.dino_dinov2.engine.fine_tune import load_for_fine_tuning
-    from projects.dino_dinov2.original_checkpoint import build_target_model
+    from projects.dino_dinov2.cli import build_target_model
     import copy
     small = copy.deepcopy(cfg)
     small.model.bbox_head.num_classes = 3

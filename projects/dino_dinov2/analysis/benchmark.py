@@ -41,6 +41,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from ..errors import ConfigError
+
 PRECISIONS = ('full', 'mixed')
 TABLE_HEADER = ('| Backbone | Precision | Batch Size | Time per Iteration | Memory Usage |\n'
                 '| --- | --- | --- | --- | --- |')
@@ -295,7 +297,7 @@ def _build_model(cfg, precision: str, device: torch.device, seed: int = 0):
     wrapper = run_cfg.optim_wrapper
     amp_types = ('AmpOptimWrapper', 'AutoAmpOptimWrapper')
     if precision not in PRECISIONS:
-        raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
+        raise ConfigError(f'precision must be one of {PRECISIONS}, got {precision!r}')
     if precision == 'mixed' and wrapper.get('type', 'OptimWrapper') == 'OptimWrapper':
         enable_amp(run_cfg)
     elif precision == 'full' and wrapper.get('type') in amp_types:
@@ -325,7 +327,7 @@ def run_cell(variant: Variant, precision: str, batch_size: int,
     ``infer_iters`` 0 skips the inference measurement (default: ``iters``).
     """
     if iters < 1 or warmup < 0:
-        raise ValueError(f'iters must be >= 1 and warmup >= 0, got {iters}, {warmup}')
+        raise ConfigError(f'iters must be >= 1 and warmup >= 0, got {iters}, {warmup}')
     dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     cfg = load_variant_config(variant, pretrained)
     label = variant.label or backbone_label(cfg)
@@ -408,10 +410,10 @@ def run_grid(variants: Sequence[Variant], precisions: Sequence[str] = ('full', )
     with CUDA deformable attention) each cell is followed by the same cell of each of its
     baselines."""
     if baseline is not None and len(baseline) != len(variants):
-        raise ValueError('one baseline entry per variant is needed')
+        raise ConfigError('one baseline entry per variant is needed')
     for p in precisions:
         if p not in PRECISIONS:
-            raise ValueError(f'precision must be one of {PRECISIONS}, got {p!r}')
+            raise ConfigError(f'precision must be one of {PRECISIONS}, got {p!r}')
     results = []
     for v_i, variant in enumerate(variants):
         for precision in precisions:

@@ -14,6 +14,8 @@ import os.path as osp
 import uuid
 from typing import Dict, List, Optional, Sequence
 
+from .letterbox import ImageNotFoundError
+
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
 
@@ -25,12 +27,12 @@ def expand_images(paths: Sequence[str]) -> List[str]:
             found = sorted(osp.join(path, f) for f in os.listdir(path)
                            if f.lower().endswith(IMAGE_EXTENSIONS))
             if not found:
-                raise FileNotFoundError(f'{path}: no image files ({", ".join(IMAGE_EXTENSIONS)})')
+                raise ImageNotFoundError(f'{path}: no image files ({", ".join(IMAGE_EXTENSIONS)})')
             out += found
         elif osp.isfile(path):
             out.append(path)
         else:
-            raise FileNotFoundError(f'image not found: {path}')
+            raise ImageNotFoundError(f'image not found: {path}')
     return out
 
 
@@ -42,10 +44,10 @@ def load_detector(config: str, checkpoint: str, device: Optional[str] = None,
     import projects.dino_dinov2  # noqa: F401  (registers the modules)
     from mmdet.apis import init_detector
 
-    from ..checkpoint import install_checkpoint_loader
+    from ..checkpoint import CheckpointNotFoundError, install_checkpoint_loader
     from ..cli.config_setup import load_config, skip_backbone_download
     if not osp.isfile(checkpoint):
-        raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
+        raise CheckpointNotFoundError(f'checkpoint not found: {checkpoint}')
     cfg = load_config(config, cfg_options)
     skip_backbone_download(cfg)
     device = device or ('cuda:0' if torch.cuda.is_available() else 'cpu')

@@ -20,6 +20,10 @@ class ImageError(UserError, ValueError):
     """An image that cannot be read."""
 
 
+class ImageNotFoundError(ImageError, FileNotFoundError):
+    """An image path (or a folder of images) that is not there."""
+
+
 def read_image(image: Union[str, np.ndarray, 'object']) -> np.ndarray:
     """(H, W, 3) uint8 RGB from a path, an RGB array or a PIL image."""
     if isinstance(image, str):

@@ -247,7 +247,7 @@ class TimmDinoViT(BaseModule):
         elif compile is False or compile is None:
             compile = None
         elif not isinstance(compile, dict):
-            raise CompileConfigError(f'TimmDinov2: compile must be a bool or a dict of '
+            raise CompileConfigError(f'TimmDinoViT: compile must be a bool or a dict of '
                                      f'torch.compile arguments, got {compile!r}')
         self.compile_cfg = compile
         self._compiled_forward: Optional[Callable] = None
