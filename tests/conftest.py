@@ -15,11 +15,10 @@ import torch
 if 'TRITON_INTERPRET' not in os.environ and not torch.cuda.is_available():
     os.environ['TRITON_INTERPRET'] = '1'
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+from helpers import REPO, SYNTHETIC_CONFIG, clean_env, data_cfg_options, run_tool  # noqa: E402
 
-from helpers import SYNTHETIC_CONFIG, clean_env, data_cfg_options, run_tool  # noqa: E402
+if REPO not in sys.path:  # the package, for the tests that import it
+    sys.path.insert(0, REPO)
 
 
 def _manager_classes():

@@ -32,13 +32,16 @@ RANKS = {
 }
 
 
-def _modules():
-    for folder, _, files in os.walk(ROOT):
+def _py_files(top: str):
+    for folder, _, files in os.walk(top):
         for name in sorted(files):
             if name.endswith('.py'):
-                path = osp.join(folder, name)
-                rel = osp.relpath(path, ROOT)[:-3].replace(os.sep, '.')
-                yield rel, path
+                yield osp.join(folder, name)
+
+
+def _modules():
+    for path in _py_files(ROOT):
+        yield osp.relpath(path, ROOT)[:-3].replace(os.sep, '.'), path
 
 
 def _imports(rel: str, path: str):
@@ -92,29 +95,21 @@ def test_imports_point_down_only():
 
 def test_the_tools_do_not_import_engine():
     wrong = []
-    for folder, _, files in os.walk(osp.join(REPO, 'tools')):
-        for name in files:
-            if name.endswith('.py'):
-                path = osp.join(folder, name)
-                for i, text in enumerate(open(path), 1):
-                    if f'{PACKAGE}.engine' in text or f'{PACKAGE} import engine' in text:
-                        wrong.append(f'{osp.relpath(path, REPO)}:{i}')
+    for path in _py_files(osp.join(REPO, 'tools')):
+        for i, text in enumerate(open(path), 1):
+            if f'{PACKAGE}.engine' in text or f'{PACKAGE} import engine' in text:
+                wrong.append(f'{osp.relpath(path, REPO)}:{i}')
     assert not wrong, wrong
 
 
 def test_the_tests_import_helpers_not_conftest():
     """``conftest.py`` holds fixtures; what tests import lives in ``tests/helpers.py``."""
-    tests = osp.join(REPO, 'tests')
     wrong = []
-    for folder, _, files in os.walk(tests):
-        for name in files:
-            if name.endswith('.py'):
-                path = osp.join(folder, name)
-                tree = ast.parse(open(path).read())
-                wrong += [f'{osp.relpath(path, REPO)}:{node.lineno}' for node in ast.walk(tree)
-                          if isinstance(node, ast.ImportFrom) and node.module == 'conftest'
-                          or isinstance(node, ast.Import)
-                          and any(a.name == 'conftest' for a in node.names)]
+    for path in _py_files(osp.join(REPO, 'tests')):
+        wrong += [f'{osp.relpath(path, REPO)}:{node.lineno}'
+                  for node in ast.walk(ast.parse(open(path).read()))
+                  if isinstance(node, ast.ImportFrom) and node.module == 'conftest'
+                  or isinstance(node, ast.Import) and any(a.name == 'conftest' for a in node.names)]
     assert not wrong, wrong
 
 

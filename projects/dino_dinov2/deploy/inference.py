@@ -44,10 +44,9 @@ def load_detector(config: str, checkpoint: str, device: Optional[str] = None,
     import projects.dino_dinov2  # noqa: F401  (registers the modules)
     from mmdet.apis import init_detector
 
-    from ..checkpoint import CheckpointNotFoundError, install_checkpoint_loader
+    from ..checkpoint import check_checkpoint_file, install_checkpoint_loader
     from ..cli.config_setup import load_config, skip_backbone_download
-    if not osp.isfile(checkpoint):
-        raise CheckpointNotFoundError(f'checkpoint not found: {checkpoint}')
+    check_checkpoint_file(checkpoint)  # missing, a folder, empty or truncated: one line
     cfg = load_config(config, cfg_options)
     skip_backbone_download(cfg)
     device = device or ('cuda:0' if torch.cuda.is_available() else 'cpu')
