@@ -1,7 +1,8 @@
 # Runtime shared by every dino-dinov2 config (mmdet's default_runtime + the plugin import).
 # Checkpoints and the last_checkpoint pointer are written atomically (a kill mid-write
-# leaves the previous ones loadable); a NaN/Inf loss stops the run before anything is
-# saved (docs/robustness.md); a SIGTERM/SIGUSR1 writes a checkpoint and exits 75.
+# leaves the previous ones loadable) in types torch.load(weights_only=True) opens; a
+# NaN/Inf loss stops the run before anything is saved (docs/robustness.md); a
+# SIGTERM/SIGUSR1 writes a checkpoint and exits 75.
 custom_imports = dict(imports=['projects.dino_dinov2'], allow_failed_imports=False)
 default_scope = 'mmdet'
 
@@ -9,18 +10,17 @@ default_scope = 'mmdet'
 # (with each validation). The original kept every checkpoint (36 of ~1 GB for ViT-B 12ep);
 # the last 3 are kept here (max_keep_ckpts=-1 keeps all).
 default_hooks = dict(
-    # checkpoints read with torch.load(weights_only=True) and MMEngine's own classes allowed
-    # (torch >= 2.6): installed when the Runner is built, before resume/load_from reads one
+    # checkpoints written in plain types (weights_only=True opens them) and read back; older
+    # ones read with MMEngine's own classes allowed (upstream/torch_load.py)
     checkpoint_loader=dict(type='CheckpointLoaderHook'),
     # the logged values copied to the host once per log line, not one read per value per
-    # step (defer=False: mmengine's RuntimeInfoHook); the NaN guard checks them there
+    # step, and checked for NaN/Inf there (the NaN guard)
     runtime_info=dict(type='DeferredRuntimeInfoHook'),
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=20),
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(type='AtomicCheckpointHook', by_epoch=False, interval=2500,
                     max_keep_ckpts=3),
-    nan_guard=dict(type='NanGuardHook'),
     # SIGTERM/SIGUSR1: checkpoint at this iteration, exit 75 (docs/launching.md); here, not
     # added by tools/train.py, so a run of mmdet's own tools/train.py is preemption-safe too
     preemption=dict(type='PreemptionHook'),

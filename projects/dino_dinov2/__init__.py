@@ -2,11 +2,11 @@
 
 Importing the package registers its modules in mmdet's and mmengine's registries (configs
 load it with ``custom_imports``) and changes nothing else process-wide: the checkpoint
-loader for torch >= 2.6 is installed by what loads (``CheckpointLoaderHook`` in
+loader for older checkpoints is installed by what loads (``CheckpointLoaderHook`` in
 ``configs/_base_/default_runtime.py``, the tools). Layers, lowest first: errors <
-checkpoint < original_checkpoint < models, datasets < evaluation < engine < cli < deploy <
-analysis (README, Architecture).
+upstream < checkpoint < original_checkpoint < models, datasets < evaluation < engine < cli
+< deploy (README, Architecture).
 """
-from . import datasets, engine, evaluation, models  # noqa: F401  (registration)
+from . import datasets, engine, evaluation, models, upstream  # noqa: F401  (registration)
 
 __version__ = '0.1.0'

@@ -1,127 +1,26 @@
-"""Checkpoints: reading them safely, checking what a file is, writing them atomically.
+"""Checkpoints: what a file is and whether a flag can take it.
 
-1. **Loading with an allow-list.** torch >= 2.6 loads with ``weights_only=True`` by
-   default and mmengine 0.10.7 calls ``torch.load`` without the argument, so resuming
-   failed on the objects MMEngine itself saves (``HistoryBuffer``, numpy scalars and
-   arrays). Rather than trusting every pickle, those few classes are added to torch's
-   allow-list (:func:`register_safe_globals`); any other pickled object is refused.
-2. **Reading and checking.** mmengine's ``load_from_local`` calls ``torch.load`` without
-   ``weights_only`` and its errors do not name the file. :func:`load_local_checkpoint`
-   replaces it in mmengine's ``CheckpointLoader`` for local paths, installed by the code
-   that loads (:func:`install_checkpoint_loader`: the configs' ``CheckpointLoaderHook``,
-   the tools; importing the package changes no loader): ``weights_only=True`` with the
-   allow-list, any failure one :class:`CheckpointError` line naming the file and the
-   checkpoints next to it.
-   :func:`check_checkpoint_file` is the cheap check ``--resume`` runs before anything is
-   built (a truncated file has lost its zip central directory, written last);
-   :func:`checkpoint_kind` says what a file is (this project's checkpoint, a plain state
-   dict, backbone weights, a detectron2/detrex checkpoint) and
-   :func:`check_checkpoint_for` / :func:`check_checkpoint_fits` what each flag accepts.
-3. **Atomic writes.** mmengine writes a checkpoint with ``open(path, 'wb').write(...)``
-   and the pointer likewise; a process killed during either left a truncated
-   ``epoch_N.pth`` or an empty pointer, and with ``max_keep_ckpts=1`` the previous
-   checkpoint was already deleted. :class:`AtomicLocalBackend` (the ``atomic_local`` file
-   backend, chosen through ``backend_args``: no patch of mmengine) writes a temporary
-   file in the same folder, ``fsync``s it, ``os.replace``s it over the target and
-   ``fsync``s the folder; ``engine/hooks/atomic_checkpoint_hook.py`` uses it for every save.
-
-The ``last_checkpoint`` pointer is written by :func:`write_last_checkpoint` and read by
-:func:`read_last_checkpoint`, nowhere else.
+:func:`check_checkpoint_file` is the cheap check ``--resume`` runs before anything is
+built (a truncated file has lost its zip central directory, written last);
+:func:`checkpoint_kind` says what a file is (this project's checkpoint, a plain state dict,
+backbone weights, a detectron2/detrex checkpoint) and :func:`check_checkpoint_for` /
+:func:`check_checkpoint_fits` what each flag accepts. Reading (``weights_only=True``) is
+``upstream/torch_load.py``'s, writing (atomic) ``upstream/atomic_checkpoint.py``'s.
 """
 from __future__ import annotations
 
 import glob
-import itertools
-import os
 import os.path as osp
-import pickle
-import re
 import zipfile
-from typing import List, Optional, Union
+from typing import Optional
 
-import numpy as np
 import torch
-from mmengine.fileio import LocalBackend, register_backend
-from mmengine.runner.checkpoint import CheckpointLoader
 
-from .errors import UserError, first_line
-
-# -- 1. loading with an allow-list ------------------------------------------------------
-
-_REGISTERED = False
-
-
-def _numpy_globals() -> List:
-    """numpy objects that pickled arrays, dtypes and scalars reference."""
-    items: List = [np.ndarray, np.dtype]
-    # dtype classes (numpy >= 1.25): np.dtypes.Float64DType etc.
-    dtypes_mod = getattr(np, 'dtypes', None)
-    if dtypes_mod is not None:
-        items += [getattr(dtypes_mod, n) for n in dir(dtypes_mod) if n.endswith('DType')]
-    # functions pickled by their module path: numpy 2 writes numpy._core, numpy 1 numpy.core
-    try:
-        from numpy._core import multiarray as ma
-    except ImportError:  # numpy < 2
-        from numpy.core import multiarray as ma
-    for mod in ('numpy._core.multiarray', 'numpy.core.multiarray'):
-        items += [(ma._reconstruct, f'{mod}._reconstruct'), (ma.scalar, f'{mod}.scalar')]
-    return items
-
-
-def _history_buffer_getattr(obj, name: str):
-    """``getattr`` as HistoryBuffer's pickles use it, and for nothing else.
-
-    ``HistoryBuffer.__getstate__`` stores its statistics methods, which pickle as
-    ``getattr(HistoryBuffer, 'mean')``; allowing the real ``getattr`` would let a file
-    reach any attribute of any allowed class.
-    """
-    from mmengine.logging.history_buffer import HistoryBuffer
-    if obj is HistoryBuffer and name in ('min', 'max', 'current', 'mean',
-                                         *HistoryBuffer._statistics_methods):
-        return getattr(obj, name)
-    raise pickle.UnpicklingError(f'checkpoint asks for getattr({obj!r}, {name!r}): only '
-                                 'HistoryBuffer statistics methods are allowed')
-
-
-def safe_globals() -> List:
-    """Everything MMEngine's own checkpoints need beyond tensors and builtins."""
-    from mmengine.logging.history_buffer import HistoryBuffer
-    from mmengine.config.config import ConfigDict
-    return ([HistoryBuffer, ConfigDict] + _numpy_globals()
-            + [(_history_buffer_getattr, f'{mod}.getattr')
-               for mod in ('__builtin__', 'builtins')])
-
-
-def register_safe_globals() -> None:
-    """Add MMEngine's checkpoint classes to torch's ``weights_only`` allow-list (once)."""
-    global _REGISTERED
-    if _REGISTERED or not hasattr(torch.serialization, 'add_safe_globals'):
-        return
-    torch.serialization.add_safe_globals(safe_globals())
-    _REGISTERED = True
-
-
-# -- 2. reading and checking -----------------------------------------------------------
-
-class CheckpointError(UserError, ValueError):
-    """A checkpoint that is missing, truncated, not a checkpoint, or unsafe to load."""
-
-
-class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
-    """A checkpoint path that does not exist."""
-
-
-def _others(path: str) -> str:
-    """'; other checkpoints here: a.pth, b.pth' (newest first), or ''."""
-    folder = osp.dirname(osp.abspath(path))
-    found = [p for p in glob.glob(osp.join(folder, '*.pth'))
-             if osp.abspath(p) != osp.abspath(path)]
-    found.sort(key=lambda p: os.stat(p).st_mtime, reverse=True)
-    if not found:
-        return ''
-    names = ', '.join(osp.basename(p) for p in found[:4])
-    return f'; other checkpoints there: {names}'
-
+from .errors import CheckpointError, CheckpointNotFoundError
+from .upstream.atomic_checkpoint import (ATOMIC_BACKEND_ARGS, atomic_write,  # noqa: F401
+                                         read_last_checkpoint, write_last_checkpoint)
+from .upstream.torch_load import (_others, install_checkpoint_loader,  # noqa: F401
+                                  load_local_checkpoint)
 
 def check_checkpoint_file(path: str) -> None:
     """Raise :class:`CheckpointError` unless ``path`` is a complete torch zip checkpoint.
@@ -158,56 +57,6 @@ def check_checkpoint_file(path: str) -> None:
                               f'{_others(path)}')
     load_local_checkpoint(path, map_location='cpu')  # legacy format: load to check
 
-
-def _refusal(e: BaseException) -> str:
-    """What torch's weights-only unpickler refused, from its long message."""
-    text = str(e)
-    match = re.search(r'(?i)unsupported global:?\s+(?:GLOBAL\s+)?([\w.]+)', text)
-    if match:
-        return f'Unsupported global: GLOBAL {match.group(1)}'
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    lines = [ln for ln in lines if not ln.startswith(('Weights only load failed', 'Check the',
-                                                      '(1)', '(2)', 'Please file an issue'))]
-    return lines[0] if lines else 'an object outside the allow-list'
-
-
-def load_local_checkpoint(filename: str, map_location=None):
-    """``torch.load(weights_only=True)`` with mmengine's classes allowed; one-line errors.
-
-    Registered as mmengine's loader for local paths (see module docstring).
-    """
-    filename = osp.expanduser(filename)
-    if not osp.isfile(filename):
-        raise CheckpointNotFoundError(f'checkpoint not found: {filename}')
-    register_safe_globals()
-    try:
-        return torch.load(filename, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - every failure here means "cannot use this file"
-        import pickle
-        if isinstance(e, pickle.UnpicklingError) and 'Weights only load failed' in str(e):
-            raise CheckpointError(
-                f'refused to load {filename}: it holds a pickled object outside the '
-                f'allow-list ({_refusal(e)}); checkpoints are read with '
-                'torch.load(weights_only=True) and only the classes MMEngine saves are '
-                'allowed (checkpoint.py)') from None
-        if 'zip archive' in str(e) or isinstance(e, (EOFError, zipfile.BadZipFile)):
-            raise CheckpointError(f'checkpoint {filename} is truncated or damaged '
-                                  f'({first_line(e)}){_others(filename)}') from None
-        raise CheckpointError(f'{filename} is not a readable PyTorch checkpoint '
-                              f'({type(e).__name__}: {first_line(e)})') from None
-
-
-def install_checkpoint_loader() -> None:
-    """Make :func:`load_local_checkpoint` mmengine's loader for local paths.
-
-    Called by what loads a checkpoint (``CheckpointLoaderHook`` when a Runner is built
-    from a config of this project, the tools before they load), never at import."""
-    if CheckpointLoader._schemes.get('') is not load_local_checkpoint:
-        CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint,
-                                         force=True)
-
-
-# -- what a checkpoint file is, and whether a flag can take it ------------------------------
 
 _DETECTOR_PARTS = ('backbone.', 'neck.', 'bbox_head.', 'encoder.', 'decoder.')
 _VIT_KEYS = ('cls_token', 'patch_embed.proj.weight')
@@ -371,133 +220,3 @@ def check_checkpoint_fits(model: torch.nn.Module, path: str, flag: str) -> None:
         hint = f'{"export" if flag == "export" else "test"} it with the config it was trained with'
     raise CheckpointError(f'{what}: a checkpoint of another model: {problems[0][1]}{more}; '
                           f'{hint}')
-
-
-# -- 3. atomic writes, the pointer ----------------------------------------------------
-
-TMP_MARK = '.tmp-'  # temporary files: .<name>.tmp-<pid>-<n>
-_counter = itertools.count(1)
-
-
-def _write_data(f, data: bytes) -> None:
-    """The write of the data into the temporary file (the fault-injection tests pause in
-    it: tests/engine/fault_train.py)."""
-    f.write(data)
-
-
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems do not sync folders
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(data: Union[bytes, str], path: str, encoding: str = 'utf-8') -> None:
-    """Replace ``path`` by ``data`` so that it is never seen half-written.
-
-    Temporary file in the same folder (``os.replace`` is atomic only within one file
-    system), fsync of the file before the rename and of the folder after it (the rename
-    itself survives a power loss). Permissions follow the umask, as ``open`` would.
-    """
-    if isinstance(data, str):
-        data = data.encode(encoding)
-    path = str(path)
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    number = next(_counter)
-    tmp = osp.join(folder, f'.{osp.basename(path)}{TMP_MARK}{os.getpid()}-{number}')
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            _write_data(f, data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(folder)
-
-
-def remove_stale_temp_files(folder: str) -> list:
-    """Delete temporary files that killed writers left in ``folder``; returns their paths.
-
-    Only files of processes that no longer run are removed (the pid is in the name).
-    """
-    removed = []
-    for path in glob.glob(osp.join(glob.escape(folder), f'.*{TMP_MARK}*')):
-        try:
-            pid = int(osp.basename(path).rsplit(TMP_MARK, 1)[1].split('-')[0])
-        except (IndexError, ValueError):
-            continue
-        if pid != os.getpid() and _alive(pid):
-            continue
-        try:
-            os.unlink(path)
-            removed.append(path)
-        except OSError:
-            pass
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@register_backend('atomic_local')
-class AtomicLocalBackend(LocalBackend):
-    """mmengine's ``LocalBackend`` with atomic ``put`` and ``put_text`` (see module doc)."""
-
-    def put(self, obj: bytes, filepath) -> None:
-        atomic_write(obj, str(filepath))
-
-    def put_text(self, obj: str, filepath, encoding: str = 'utf-8') -> None:
-        atomic_write(obj, str(filepath), encoding=encoding)
-
-
-ATOMIC_BACKEND_ARGS = dict(backend='atomic_local')
-
-
-def write_last_checkpoint(work_dir: str, checkpoint_path: str) -> None:
-    """Point ``<work_dir>/last_checkpoint`` (what ``--resume`` reads) at a checkpoint."""
-    atomic_write(str(checkpoint_path), osp.join(work_dir, 'last_checkpoint'))
-
-
-def checkpoint_write_error(path: str, error: OSError, previous: Optional[str]):
-    """The :class:`CheckpointError` for a checkpoint that could not be written: nothing
-    already written changed (atomic writes), and the run resumes from the last one."""
-    import errno
-    reason = error.strerror or str(error)
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        todo = 'free space there'
-    else:
-        todo = 'fix the folder'
-    kept = (f'the previous checkpoint {previous} is intact and last_checkpoint still names '
-            f'it; {todo} and continue with --resume' if previous else
-            f'no checkpoint had been written yet; {todo} and start again')
-    return CheckpointError(f'could not write checkpoint {path}: {reason}: {kept}')
-
-
-def read_last_checkpoint(work_dir: str) -> Optional[str]:
-    """The checkpoint ``<work_dir>/last_checkpoint`` names; None without a pointer, '' for
-    an empty one."""
-    pointer = osp.join(work_dir, 'last_checkpoint')
-    if not osp.isfile(pointer):
-        return None
-    with open(pointer) as f:
-        return f.read().strip()

@@ -23,3 +23,11 @@ class UserError(Exception):
 class ConfigError(UserError, ValueError):
     """A config file or option that names an unknown key, a wrong type or value, or a
     missing path."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that is missing, truncated, not a checkpoint, or unsafe to load."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint path that does not exist."""

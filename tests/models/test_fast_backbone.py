@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from projects.dino_dinov2.models import TimmDinoViT
+from projects.dino_dinov2.models import TimmDinov2
 
 NAME = 'vit_small_patch14_dinov2'
 FAMILIES = {'dinov2': NAME, 'dinov3': 'vit_small_patch16_dinov3'}  # timm's ViT and Eva
@@ -15,9 +15,9 @@ TINY = dict(depth=2, embed_dim=192, num_heads=3)
 def _pair(model_kwargs=TINY, name=NAME, **options):
     """(reference, other) tiny backbones with the same weights; ``options`` for other."""
     torch.manual_seed(0)
-    ref = TimmDinoViT(name, pretrained=False, img_size=64, fused_attn=False,
+    ref = TimmDinov2(name, pretrained=False, img_size=64, fused_attn=False,
                       frozen_no_grad=False, model_kwargs=model_kwargs)
-    other = TimmDinoViT(name, pretrained=False, img_size=64, model_kwargs=model_kwargs,
+    other = TimmDinov2(name, pretrained=False, img_size=64, model_kwargs=model_kwargs,
                         **options)
     other.load_state_dict(ref.state_dict())
     return ref.train(), other.train()
@@ -80,4 +80,4 @@ def test_compile_matches_eager_across_sizes_and_copies():
 
 def test_compile_argument_checked():
     with pytest.raises(TypeError, match='compile must be a bool or a dict'):
-        TimmDinoViT(NAME, pretrained=False, compile='yes', model_kwargs=TINY)
+        TimmDinov2(NAME, pretrained=False, compile='yes', model_kwargs=TINY)

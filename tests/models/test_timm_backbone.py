@@ -1,4 +1,4 @@
-"""The timm backbone (``TimmDinoViT``): DINOv2 (timm's VisionTransformer) and DINOv3
+"""The timm backbone (``TimmDinov2``): DINOv2 (timm's VisionTransformer) and DINOv3
 (timm's Eva, rotary embedding and register tokens) through one module: shapes at any size,
 weight files in timm's and the original releases' layouts, freezing, errors."""
 import copy
@@ -12,7 +12,7 @@ from mmengine.registry import init_default_scope
 
 from helpers import REPO, TINY_MODEL, init_weights_quietly
 from projects.dino_dinov2 import cli
-from projects.dino_dinov2.models import TimmDinoViT, WeightFileError, timm_backbone
+from projects.dino_dinov2.models import TimmDinov2, WeightFileError, timm_backbone
 
 from mmdet.registry import MODELS
 
@@ -28,7 +28,7 @@ V3_BASE = 'vit_base_patch16_dinov3.lvd1689m'
 @pytest.mark.parametrize('hw', [(64, 96), (70, 45)])  # multiples of 16 and not
 def test_output_shapes_any_size(model_name, dim, vit_class, hw):
     # Real S and B widths; two blocks keep the test fast (depth does not change shapes).
-    backbone = TimmDinoViT(model_name, pretrained=False, model_kwargs=dict(depth=2))
+    backbone = TimmDinov2(model_name, pretrained=False, model_kwargs=dict(depth=2))
     assert type(backbone.vit).__name__ == vit_class
     outs = backbone(torch.randn(2, 3, *hw))
     assert isinstance(outs, tuple) and len(outs) == 1
@@ -36,14 +36,14 @@ def test_output_shapes_any_size(model_name, dim, vit_class, hw):
 
 
 def test_out_indices_and_final_norm():
-    backbone = TimmDinoViT(SMALL, pretrained=False, out_indices=(1, -1), final_norm=True,
+    backbone = TimmDinov2(SMALL, pretrained=False, out_indices=(1, -1), final_norm=True,
                            model_kwargs=dict(depth=4))
     outs = backbone(torch.randn(1, 3, 32, 48))
     assert [o.shape for o in outs] == [(1, 384, 2, 3)] * 2
     assert backbone.out_indices == (1, 3)
     assert isinstance(backbone.vit.norm, torch.nn.LayerNorm)
     # without the final norm it is dropped, and blocks after the last index too
-    pruned = TimmDinoViT(SMALL, pretrained=False, out_indices=(1, ), model_kwargs=dict(depth=4))
+    pruned = TimmDinov2(SMALL, pretrained=False, out_indices=(1, ), model_kwargs=dict(depth=4))
     assert len(pruned.vit.blocks) == 2 and isinstance(pruned.vit.norm, torch.nn.Identity)
 
 
@@ -62,7 +62,7 @@ def _patch14_file(tmp_path, layout='timm'):
 @pytest.mark.parametrize('layout', ['timm', 'original'])
 def test_local_file_equals_timm_load_with_resampling(tmp_path, layout):
     path = _patch14_file(tmp_path, layout)
-    ours = TimmDinoViT(SMALL, pretrained=path, patch_size=16, final_norm=True,
+    ours = TimmDinov2(SMALL, pretrained=path, patch_size=16, final_norm=True,
                        model_kwargs=dict(depth=2))
     ref = timm.create_model(SMALL, pretrained=True, num_classes=0, patch_size=16, depth=2,
                             dynamic_img_size=True, dynamic_img_pad=True,
@@ -80,26 +80,26 @@ def test_local_file_equals_timm_load_with_resampling(tmp_path, layout):
 
 def test_weight_file_errors_name_file_and_key(tmp_path):
     with pytest.raises(WeightFileError, match='not found: .*missing.pth'):
-        TimmDinoViT(SMALL, pretrained=str(tmp_path / 'missing.pth'))
+        TimmDinov2(SMALL, pretrained=str(tmp_path / 'missing.pth'))
     bad = tmp_path / 'garbage.pth'
     bad.write_bytes(b'this is not a checkpoint')
     with pytest.raises(WeightFileError, match='garbage.pth is not a readable weight file'):
-        TimmDinoViT(SMALL, pretrained=str(bad))
+        TimmDinov2(SMALL, pretrained=str(bad))
     base = timm.create_model(BASE, pretrained=False, depth=2)
     wrong = tmp_path / 'vit_b.pth'
     torch.save(base.state_dict(), wrong)
     with pytest.raises(WeightFileError, match=r"vit_b.pth does not match.*first 'cls_token'"):
-        TimmDinoViT(SMALL, pretrained=str(wrong), model_kwargs=dict(depth=2))
+        TimmDinov2(SMALL, pretrained=str(wrong), model_kwargs=dict(depth=2))
     state = timm.create_model(SMALL, pretrained=False, depth=2).state_dict()
     del state['blocks.1.mlp.fc2.bias']
     partial = tmp_path / 'partial.pth'
     torch.save(state, partial)
     with pytest.raises(WeightFileError, match=r"1 missing, first 'blocks.1.mlp.fc2.bias'"):
-        TimmDinoViT(SMALL, pretrained=str(partial), model_kwargs=dict(depth=2))
+        TimmDinov2(SMALL, pretrained=str(partial), model_kwargs=dict(depth=2))
 
 
 def test_frozen_stays_eval_and_gradient_free():
-    backbone = TimmDinoViT(SMALL, pretrained=False, model_kwargs=dict(depth=3))
+    backbone = TimmDinov2(SMALL, pretrained=False, model_kwargs=dict(depth=3))
     backbone.train()
     assert not backbone.vit.training
     assert not any(p.requires_grad for p in backbone.parameters())
@@ -108,7 +108,7 @@ def test_frozen_stays_eval_and_gradient_free():
 
 
 def test_unfreeze_last_blocks():
-    backbone = TimmDinoViT(SMALL, pretrained=False, trainable_blocks=1,
+    backbone = TimmDinov2(SMALL, pretrained=False, trainable_blocks=1,
                            model_kwargs=dict(depth=3))
     backbone.train()
     trainable = {n for n, p in backbone.named_parameters() if p.requires_grad}
@@ -122,12 +122,12 @@ def test_unfreeze_last_blocks():
 
 # --- DINOv3 (Eva) ----------------------------------------------------------------------
 
-@pytest.mark.parametrize('name', ['TimmDinoViT', 'TimmDinov2', 'TimmDinov3'])
+@pytest.mark.parametrize('name', ['TimmDinov2', 'TimmDinov2', 'TimmDinov3'])
 def test_registered_under_its_name_and_the_earlier_ones(name):
     init_default_scope('mmdet')
     built = MODELS.build(dict(type=name, model_name=V3_SMALL, pretrained=False,
                               model_kwargs=dict(depth=1)))
-    assert type(built) is TimmDinoViT
+    assert type(built) is TimmDinov2
 
 
 def _meta_layout(state):
@@ -153,7 +153,7 @@ def test_local_weight_file_loads_equal_to_its_model(tmp_path, layout):
     state = source.state_dict()
     path = tmp_path / f'{layout}.pth'
     torch.save(state if layout == 'timm' else _meta_layout(state), path)
-    ours = TimmDinoViT(V3_SMALL, pretrained=str(path), final_norm=True, model_kwargs=dict(depth=2))
+    ours = TimmDinov2(V3_SMALL, pretrained=str(path), final_norm=True, model_kwargs=dict(depth=2))
     loaded = ours.vit.state_dict()
     assert loaded.keys() == state.keys()
     for k, v in state.items():
@@ -165,7 +165,7 @@ def test_mismatched_weight_file_names_the_key(tmp_path):
     path = tmp_path / 'base.pth'
     torch.save(state, path)
     with pytest.raises(WeightFileError, match=r"does not match the backbone: .*'cls_token'"):
-        TimmDinoViT(V3_SMALL, pretrained=str(path), model_kwargs=dict(depth=2))
+        TimmDinov2(V3_SMALL, pretrained=str(path), model_kwargs=dict(depth=2))
 
 
 def test_refused_download_points_at_the_license_and_the_local_file(monkeypatch):
@@ -173,7 +173,7 @@ def test_refused_download_points_at_the_license_and_the_local_file(monkeypatch):
         raise OSError('401 Client Error: Cannot access gated repo for url https://...')
     monkeypatch.setattr(timm_backbone.timm, 'create_model', refuse)
     with pytest.raises(WeightFileError) as err:
-        TimmDinoViT(V3_BASE, pretrained=True)
+        TimmDinov2(V3_BASE, pretrained=True)
     msg = str(err.value)
     assert 'cannot download the pretrained weights of vit_base_patch16_dinov3' in msg
     assert "gated behind Meta's license" in msg and 'model.backbone.pretrained=' in msg
@@ -181,7 +181,7 @@ def test_refused_download_points_at_the_license_and_the_local_file(monkeypatch):
 
 def test_unknown_name_suggests_close_ones():
     with pytest.raises(WeightFileError, match='did you mean vit_base_patch16_dinov3'):
-        TimmDinoViT('vit_base_patch16_dinov3x', pretrained=False)
+        TimmDinov2('vit_base_patch16_dinov3x', pretrained=False)
 
 
 def test_frozen_backbone_unchanged_by_a_training_step():

@@ -1,18 +1,15 @@
 # DINO-4scale on a frozen DINOv2 ViT-B/16 with ViTDet's simple feature pyramid
-# (../shared/docs/RECIPE.md "Model"). mmdet's DINO, DINOHead and CdnQueryGenerator, run
-# the fast way where that is numerically the same model (docs/benchmarks.md); the
-# *_original.py configs run it the original's way.
+# (../shared/docs/RECIPE.md "Model"). mmdet's DINO, DINOHead and CdnQueryGenerator built
+# with this project's parts, the same model run without host round trips (the step-equality
+# test holds it to mmdet's); the *_original.py configs are stock mmdet.
 embed_dim = 768
 model = dict(
-    type='FastDINO',  # mmdet's DINO + the switches below
+    type='FastDINO',  # mmdet's DINO + the execution choices below
     # 'auto': Triton kernels on a GPU, PyTorch on the CPU; or 'triton', 'mmcv' (its CUDA
     # kernel), 'pytorch' (the original's). The log says which ran.
     deform_attn_impl='auto',
     checkpoint_encoder=False,  # activation checkpointing: memory for ~1/3 more compute
     checkpoint_decoder=False,
-    # feature sizes, grids and denoising queries from host-known numbers (no device reads;
-    # same numbers as mmdet's code, which False runs)
-    lean_step=True,
     num_queries=900,
     with_box_refine=True,
     as_two_stage=True,
@@ -30,14 +27,13 @@ model = dict(
         pad_size_divisor=1,
         non_blocking=True),  # overlaps the copy of pinned batches (dataset config)
     backbone=dict(
-        type='TimmDinoViT',
+        type='TimmDinov2',
         model_name='vit_base_patch14_dinov2.lvd142m',
         pretrained=True,
         patch_size=16,
         out_indices=(-1, ),
         final_norm=False,
         frozen=True,
-        frozen_no_grad=True,  # frozen ViT under torch.no_grad: no autograd bookkeeping
         fused_attn=True,  # scaled_dot_product_attention (flash / memory-efficient)
         compile=False),  # torch.compile the ViT (dict(dynamic=True) for multi-scale)
     neck=[
@@ -63,8 +59,8 @@ model = dict(
     # detrex's sine embedding: temperature 10000, normalised, offset -0.5
     positional_encoding=dict(num_feats=128, normalize=True, offset=-0.5, temperature=10000),
     bbox_head=dict(
-        # DINOHead; all layers' matching in one batch and (batched_losses, on with
-        # matching='step') all 13 sets' losses in one pass, normalisers on the device
+        # DINOHead; all layers' matching in one batch and all 13 sets' losses in one pass,
+        # normalisers on the device
         type='BatchMatchingDINOHead',
         num_classes=80,
         sync_cls_avg_factor=True,

@@ -2,7 +2,7 @@
 _base_ = './dino_dinov2_b.py'
 embed_dim = 1024
 model = dict(
-    backbone=dict(type='TimmDinoViT', model_name='vit_large_patch16_dinov3.lvd1689m'),
+    backbone=dict(type='TimmDinov3', model_name='vit_large_patch16_dinov3.lvd1689m'),
     neck=[
         dict(type='SimpleFeaturePyramid', in_channels=embed_dim, out_channels=256,
              scale_factors=(2.0, 1.0, 0.5), top_block=True),

@@ -6,19 +6,17 @@
 # "12 epochs" = 90,000 iterations at total batch 16 (7,500 per epoch), lr x0.1 at 82,500,
 # no warm-up; validation every 2,500 iterations (checkpoints: default_runtime.py).
 # LeanOptimWrapperConstructor: the same per-parameter settings in a few merged groups, a
-# fused AdamW update where the device has one, the gradient norm logged without a host
-# read per step (paramwise_cfg merge_groups / fused / defer_grad_norm switch each off).
+# fused AdamW update where the device has one (optimizer.fused=False: torch's default);
+# LeanOptimWrapper: mmengine's OptimWrapper, the gradient norm logged without a host read
+# per step.
 # tools/train.py rescales the iteration counts to another total batch so the run sees the
 # same number of images (projects/dino_dinov2/cli/schedule.py); the lr: --auto-scale-lr.
 optim_wrapper = dict(
-    type='OptimWrapper',
+    type='LeanOptimWrapper',
     constructor='LeanOptimWrapperConstructor',
     optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4),
     clip_grad=dict(max_norm=0.1, norm_type=2),
     paramwise_cfg=dict(
-        # LeanOptimWrapperConstructor's switches (engine/lean_optim.py): fused None = where
-        # the device has it
-        merge_groups=True, fused=None, defer_grad_norm=True,
         norm_decay_mult=0.0,
         custom_keys={'backbone': dict(lr_mult=0.1), 'neck.0': dict(lr_mult=0.1)}))
 

@@ -13,15 +13,15 @@ from ..checkpoint import (CheckpointError, atomic_write, check_checkpoint_file,
                           checkpoint_kind, describe_kind, install_checkpoint_loader,
                           load_local_checkpoint, original_state_of)
 from ..engine.fine_tune import check_run_checkpoints
-from ..engine.loops import release_dataloader_workers
+from ..upstream.loops import release_dataloader_workers
 from ..errors import ConfigError, UserError
-from .config_check import check_cfg_options, check_data_paths
+from ..upstream.config_check import check_cfg_options, check_data_paths
 from .config_setup import (add_common_arguments, build_target_model, check_config_device,
                            check_device, enable_amp, enable_fine_tuning, enable_preemption,
                            enable_visualization, load_config, log_at_start, print_metrics,
                            set_resume, set_work_dir, skip_backbone_download)
 from .error_exit import USER_ERRORS, exit_on_user_error
-from .launcher import (LaunchError, LaunchInfo, detect_launcher, expand_nodelist,
+from ..upstream.launcher import (LaunchError, LaunchInfo, detect_launcher, expand_nodelist,
                        init_distributed, setup_launcher, slurm_dist_env)
 from .lr_scaling import apply_batch_and_lr, log_batch_and_lr
 from .own_data import add_dataset_arguments, count_train_images, dataset_files, use_dataset

@@ -16,8 +16,8 @@ from mmengine.logging import print_log
 from ..checkpoint import CheckpointError, check_checkpoint_file, read_last_checkpoint
 from ..errors import ConfigError
 from ..evaluation import per_class_rows, per_class_table
-from .config_check import ConfigFileNotFoundError, check_cfg_options, check_values
-from .config_text import TextCachedConfig
+from ..upstream.config_check import ConfigFileNotFoundError, check_cfg_options, check_values
+from ..upstream.config_text import TextCachedConfig
 from .own_data import add_dataset_arguments
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os.path as osp
 from typing import Optional
 
-from ..engine.wandb_backend import RUN_ID_FILE, WANDB_MODES, read_run_id
+from ..upstream.wandb_backend import RUN_ID_FILE, WANDB_MODES, read_run_id
 from ..errors import ConfigError
 
 

@@ -48,20 +48,23 @@ class ExportableDetector(nn.Module):
     pixels, ``scores`` (N, K), ``labels`` (N, K) int64.
 
     Args:
-        model: a built ``FastDINO`` (eval mode), its deformable attention set to
-            ``'pytorch'`` here.
+        model: a built ``FastDINO`` (eval mode) whose deformable attention runs its PyTorch
+            path on the CPU (``deform_attn_impl`` ``'pytorch'`` or ``'auto'``: what
+            :func:`.onnx_export.load_model` builds).
         height, width: the export size (every image the graph sees has it).
     """
 
     def __init__(self, model: nn.Module, height: int, width: int) -> None:
         super().__init__()
-        from ..models import use_deformable_attention
+        from ..models import DeformableAttention, resolve_impl
+        impls = {m.impl for m in model.modules() if isinstance(m, DeformableAttention)}
+        if any(resolve_impl(i, torch.device('cpu')) != 'pytorch' for i in impls):
+            raise ValueError(f'export traces the PyTorch deformable attention (GridSample); '
+                             f'this model runs {sorted(impls)}: build it with '
+                             "model.deform_attn_impl='pytorch'")
         model = copy.deepcopy(model).eval()  # the caller's model is not changed
         fix_position_embedding(model.backbone.vit, int(height), int(width))
         self.model = model
-        use_deformable_attention(self.model.encoder, 'pytorch')
-        use_deformable_attention(self.model.decoder, 'pytorch')
-        self.model.deform_attn_impl = 'pytorch'
         self.height, self.width = int(height), int(width)
         pre = model.data_preprocessor
         # the preprocessor's mean/std are in the order it normalizes (RGB after bgr_to_rgb)

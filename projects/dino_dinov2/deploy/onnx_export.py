@@ -66,6 +66,8 @@ def load_model(config: str, checkpoint: str, cfg_options: Optional[dict] = None)
     from ..cli.config_setup import build_target_model, load_config
     check_checkpoint_file(checkpoint)
     cfg = load_config(config, cfg_options)
+    if 'deform_attn_impl' in cfg.model:
+        cfg.model.deform_attn_impl = 'pytorch'  # GridSample: what every ONNX runtime has
     model = build_target_model(cfg)
     check_checkpoint_fits(model, checkpoint, 'export')
     install_checkpoint_loader()

@@ -18,8 +18,9 @@ import torch
 from mmengine.model import is_model_wrapper
 
 from ..checkpoint import (CheckpointError, check_checkpoint_fits, check_checkpoint_for,
-                          describe_weights,
-                          checkpoint_kind, fit_problems, model_state_of, read_last_checkpoint)
+                          checkpoint_kind, describe_weights, fit_problems, model_state_of,
+                          read_last_checkpoint)
+from ..upstream.runner import checkpoint_to_load, resuming
 
 # parameters whose shape follows the number of classes, by detector part
 CLASS_DEPENDENT_PREFIXES = ('bbox_head.cls_branches.', 'dn_query_generator.label_embedding.')
@@ -109,9 +110,8 @@ def check_run_checkpoints(runner, load_from: Optional[str] = None,
     """Before a run starts: the checkpoint it resumes from (``runner``'s resume setting),
     fine-tunes from (``load_from``) or tests (``test_checkpoint``) must fit its model."""
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-    resume = runner._resume  # mmengine's: True, with load_from a path or None (auto)
-    if resume:
-        path = runner._load_from or _latest(runner.work_dir)
+    if resuming(runner):  # load_from: a path, or None (the latest)
+        path = checkpoint_to_load(runner) or _latest(runner.work_dir)
         if path:
             check_checkpoint_fits(model, path, '--resume')
     if load_from:

@@ -1,34 +1,33 @@
-"""Multi-scale deformable attention with the implementation chosen in the config.
+"""Multi-scale deformable attention whose implementation is a constructor argument.
 
 mmcv's ``MultiScaleDeformableAttention.forward`` picks its kernel by device (mmcv's CUDA
-kernel whenever ``value`` is on a GPU, pure PyTorch otherwise), has no bfloat16 kernel,
-and mmdet's DINO layers build the module by class, so a config cannot name another one.
-:func:`use_deformable_attention` re-classes the built modules as
-:class:`SwitchableMultiScaleDeformableAttention`: the same parameters and state-dict keys,
-mmcv 2.1.0's forward, and the sampling done by the implementation its ``impl`` names:
+kernel whenever ``value`` is on a GPU, pure PyTorch otherwise) and has no bfloat16 kernel;
+mmdet's DINO layers build it by class. :class:`DeformableAttention` is the same module
+(same parameters, state-dict keys and initialisation) whose sampling runs what ``impl``
+names; this project's encoder and decoder layers (:mod:`.transformer`) build it by type:
 
 - ``'triton'``: the Triton kernels (:mod:`.triton_deformable_attention`): CUDA tensors,
   or CPU tensors under ``TRITON_INTERPRET=1``; float32, bfloat16, float16, no casts;
 - ``'mmcv'``: mmcv's compiled CUDA kernel on a GPU (bfloat16 inputs computed in float32
-  and cast back: the kernel has float32 and float16 versions only), its pure-PyTorch path
-  on the CPU;
-- ``'pytorch'``: mmcv's pure-PyTorch path (``grid_sample``) on every device, as the
-  original trained (computed in one dtype: float32 when autocast mixes them);
+  and cast back: the kernel has float32 and float16 versions only), PyTorch on the CPU;
+- ``'pytorch'``: ``grid_sample`` per level (mmcv's pure-PyTorch formula), as the original
+  trained, computed in one dtype (float32 when autocast mixes them);
 - ``'auto'``: Triton on a CUDA device, mmcv's kernel where Triton is missing and mmcv has
   CUDA ops, PyTorch on the CPU.
 
-What ``'auto'`` resolved to is logged once per process and device type. Nothing in mmcv
-is patched: importing this package changes no other code's deformable attention.
+The feature sizes come from the host (``host_shapes``, Python ints): the PyTorch path
+splits and reshapes by them without reading the device's ``spatial_shapes`` back (mmcv's
+function reads 12 numbers a call). What ``'auto'`` resolved to is logged once per process
+and device type.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn as nn
+import torch.nn.functional as F
 from mmcv.ops import MultiScaleDeformableAttention
-from mmcv.ops.multi_scale_deform_attn import (MultiScaleDeformableAttnFunction,
-                                              multi_scale_deformable_attn_pytorch)
+from mmcv.ops.multi_scale_deform_attn import MultiScaleDeformableAttnFunction
 from mmengine.logging import print_log
 
 from ..errors import ConfigError
@@ -37,6 +36,8 @@ from .triton_deformable_attention import HAS_TRITON, msda_triton
 
 IMPLS = ('auto', 'triton', 'mmcv', 'pytorch')
 _REPORTED = set()
+
+HostShapes = Sequence[Tuple[int, int]]
 
 
 def mmcv_has_cuda_ops() -> bool:
@@ -48,10 +49,15 @@ def mmcv_has_cuda_ops() -> bool:
         return False
 
 
-def resolve_impl(impl: str, device: torch.device) -> str:
-    """The implementation that runs for ``impl`` on ``device`` (see module docstring)."""
+def check_impl(impl: str) -> str:
     if impl not in IMPLS:
         raise ConfigError(f'deform_attn_impl must be one of {IMPLS}, got {impl!r}')
+    return impl
+
+
+def resolve_impl(impl: str, device: torch.device) -> str:
+    """The implementation that runs for ``impl`` on ``device`` (see module docstring)."""
+    check_impl(impl)
     if impl == 'auto':
         if device.type == 'cuda':
             if HAS_TRITON:
@@ -63,27 +69,42 @@ def resolve_impl(impl: str, device: torch.device) -> str:
     return impl
 
 
-def _one_dtype(*tensors):
-    dtype = tensors[0].dtype
-    if all(t.dtype == dtype for t in tensors):
-        return tensors, None
-    return [t.float() for t in tensors], dtype
+def _sample_pytorch(value, host_shapes: HostShapes, sampling_locations, attention_weights):
+    # mmcv 2.1.0's multi_scale_deformable_attn_pytorch (mmcv/ops/multi_scale_deform_attn.py),
+    # the level sizes taken as Python ints instead of read from a device tensor
+    bs, _, num_heads, embed_dims = value.shape
+    _, num_queries, num_heads, num_levels, num_points, _ = sampling_locations.shape
+    value_list = value.split([h * w for h, w in host_shapes], dim=1)
+    sampling_grids = 2 * sampling_locations - 1
+    sampling_value_list = []
+    for level, (h, w) in enumerate(host_shapes):
+        value_l = value_list[level].flatten(2).transpose(1, 2).reshape(
+            bs * num_heads, embed_dims, h, w)
+        grid_l = sampling_grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
+        sampling_value_list.append(F.grid_sample(
+            value_l, grid_l, mode='bilinear', padding_mode='zeros', align_corners=False))
+    attention_weights = attention_weights.transpose(1, 2).reshape(
+        bs * num_heads, 1, num_queries, num_levels * num_points)
+    output = (torch.stack(sampling_value_list, dim=-2).flatten(-2) *
+              attention_weights).sum(-1).view(bs, num_heads * embed_dims, num_queries)
+    return output.transpose(1, 2).contiguous()
 
 
-def msda_pytorch(value, spatial_shapes, sampling_locations, attention_weights):
-    """mmcv's pure-PyTorch deformable attention, computed in one dtype (float32 when the
-    inputs' dtypes differ, as under bfloat16 autocast) and returned in ``value``'s.
+def msda_pytorch(value, host_shapes: HostShapes, sampling_locations, attention_weights):
+    """The PyTorch deformable sampling, computed in one dtype (float32 when the inputs'
+    dtypes differ, as under bfloat16 autocast) and returned in ``value``'s.
 
-    Shapes: value (B, S, heads, C/heads), sampling_locations
-    (B, Q, heads, levels, points, 2), attention_weights (B, Q, heads, levels, points);
-    returns (B, Q, C).
+    Shapes: value (B, S, heads, C/heads), ``host_shapes`` the levels' (H, W) as ints,
+    sampling_locations (B, Q, heads, levels, points, 2), attention_weights
+    (B, Q, heads, levels, points); returns (B, Q, C).
     """
-    (value_, loc, weights), dtype = _one_dtype(value, sampling_locations, attention_weights)
-    if dtype is None:
-        return multi_scale_deformable_attn_pytorch(value_, spatial_shapes, loc, weights)
+    dtype = value.dtype
+    if sampling_locations.dtype == attention_weights.dtype == dtype:
+        return _sample_pytorch(value, host_shapes, sampling_locations, attention_weights)
     with torch.autocast(device_type=value.device.type, enabled=False):
-        out = multi_scale_deformable_attn_pytorch(value_, spatial_shapes, loc, weights)
-    return out.to(value.dtype)
+        out = _sample_pytorch(value.float(), host_shapes, sampling_locations.float(),
+                              attention_weights.float())
+    return out.to(dtype)
 
 
 def msda_mmcv(value, spatial_shapes, level_start_index, sampling_locations,
@@ -109,13 +130,22 @@ def _report(impl: str, resolved: str, device: torch.device) -> None:
         print_log(f'deformable attention: {resolved}{how} on {device.type}', logger='current')
 
 
-class SwitchableMultiScaleDeformableAttention(MultiScaleDeformableAttention):
+class DeformableAttention(MultiScaleDeformableAttention):
     """``MultiScaleDeformableAttention`` whose sampling runs the implementation ``impl``.
 
+    Args:
+        impl: ``'auto'``, ``'triton'``, ``'mmcv'`` or ``'pytorch'`` (module docstring).
+        *args, **kwargs: mmcv's ``MultiScaleDeformableAttention`` arguments.
+
     Shapes as mmcv's: query (Q, B, C) or (B, Q, C) with ``batch_first``; value likewise
-    with ``sum(h_l * w_l)`` keys; reference_points (B, Q, levels, 2 or 4) normalised.
+    with ``sum(h_l * w_l)`` keys; reference_points (B, Q, levels, 2 or 4) normalised;
+    ``host_shapes`` the levels' (h, w) as Python ints (read from ``spatial_shapes`` once
+    when not given).
     """
-    impl: str = 'auto'
+
+    def __init__(self, *args, impl: str = 'auto', **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.impl = check_impl(impl)
 
     def forward(self,
                 query: torch.Tensor,
@@ -127,8 +157,9 @@ class SwitchableMultiScaleDeformableAttention(MultiScaleDeformableAttention):
                 reference_points: Optional[torch.Tensor] = None,
                 spatial_shapes: Optional[torch.Tensor] = None,
                 level_start_index: Optional[torch.Tensor] = None,
+                host_shapes: Optional[List[Tuple[int, int]]] = None,
                 **kwargs) -> torch.Tensor:
-        # mmcv 2.1.0's forward, with the kernel choice taken out
+        # mmcv 2.1.0's MultiScaleDeformableAttention.forward, the kernel choice taken out
         if value is None:
             value = query
         if identity is None:
@@ -164,14 +195,14 @@ class SwitchableMultiScaleDeformableAttention(MultiScaleDeformableAttention):
             raise ValueError('deformable attention: the last dim of reference_points must '
                              f'be 2 or 4, got {reference_points.shape[-1]}')
         output = self.sample(value, spatial_shapes, level_start_index, sampling_locations,
-                             attention_weights)
+                             attention_weights, host_shapes)
         output = self.output_proj(output)
         if not self.batch_first:
             output = output.permute(1, 0, 2)
         return self.dropout(output) + identity
 
     def sample(self, value, spatial_shapes, level_start_index, sampling_locations,
-               attention_weights) -> torch.Tensor:
+               attention_weights, host_shapes=None) -> torch.Tensor:
         """The deformable sampling, (B, Q, C), by the implementation ``impl`` resolves to."""
         resolved = resolve_impl(self.impl, value.device)
         _report(self.impl, resolved, value.device)
@@ -181,20 +212,6 @@ class SwitchableMultiScaleDeformableAttention(MultiScaleDeformableAttention):
         if resolved == 'mmcv':
             return msda_mmcv(value, spatial_shapes, level_start_index, sampling_locations,
                              attention_weights, self.im2col_step)
-        return msda_pytorch(value, spatial_shapes, sampling_locations, attention_weights)
-
-
-def use_deformable_attention(model: nn.Module, impl: str = 'auto') -> int:
-    """Make every mmcv deformable attention in ``model`` run ``impl``.
-
-    Returns how many modules were switched (0 means the model has none: a config mistake
-    the caller should report).
-    """
-    resolve_impl(impl, torch.device('cpu'))  # validates the name
-    count = 0
-    for m in model.modules():
-        if isinstance(m, MultiScaleDeformableAttention):
-            m.__class__ = SwitchableMultiScaleDeformableAttention
-            m.impl = impl
-            count += 1
-    return count
+        if host_shapes is None:
+            host_shapes = [tuple(hw) for hw in spatial_shapes.tolist()]
+        return msda_pytorch(value, host_shapes, sampling_locations, attention_weights)

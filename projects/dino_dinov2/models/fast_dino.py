@@ -1,61 +1,65 @@
-"""mmdet's DINO detector with its execution choices exposed to the config.
+"""mmdet's DINO detector with its execution choices in the config and its step on the host's
+numbers.
 
-mmdet's ``DINO`` builds its deformable attention and transformer layers by class and
+mmdet's ``DINO`` builds its encoder, decoder and denoising-query generator by class and
 offers no switch for how they run. ``FastDINO`` is the same model (same parameters,
-state-dict keys, losses) with the choices the stock class lacks:
+state-dict keys, initial values for a seed, losses) built from this project's parts:
 
-- ``deform_attn_impl``: ``'triton'``, ``'mmcv'``, ``'pytorch'`` or ``'auto'`` (Triton on a
-  GPU, mmcv's CUDA kernel where Triton is missing, PyTorch on the CPU); see
-  :mod:`.deformable_attention`. The log says once what ran.
-- ``checkpoint_encoder`` / ``checkpoint_decoder``: activation checkpointing of each
-  encoder / decoder layer (less memory, one more forward of those layers per step).
-- ``lean_step``: the training step without host round trips where the host already knows
-  the numbers: feature sizes, level starts, reference-point and proposal grids from Python
-  ints (one pinned copy), the denoising queries built from host-known box counts
-  (:class:`.LeanCdnQueryGenerator`). Same numbers as mmdet's code (``False`` runs it).
+- the encoder and decoder of :mod:`.transformer`, whose deformable attention runs
+  ``deform_attn_impl`` (``'triton'``, ``'mmcv'``, ``'pytorch'`` or ``'auto'``: Triton on a
+  GPU, mmcv's CUDA kernel where Triton is missing, PyTorch on the CPU; the log says which
+  ran) and whose layers are checkpointed with ``checkpoint_encoder`` /
+  ``checkpoint_decoder`` (less memory, one more forward of those layers per step);
+- :class:`.LeanCdnQueryGenerator` for the denoising queries (placed from the host's box
+  counts, no device reads).
+
+The feature sizes stay Python ints from the feature maps' shapes (``host_shapes``): they
+reach the device once, in one pinned copy with the level starts, and the encoder's
+reference points, the proposals' grids and the PyTorch deformable sampling are computed
+from the ints. mmdet's code loops over the values of the device tensor instead (16 host
+reads a step, and a host-to-device copy per level). The values are the same.
+
+Where a batch goes (training): :meth:`extract_feat` (backbone, pyramid, channel mapper) ->
+:meth:`forward_transformer` (:meth:`pre_transformer`, the encoder,
+:meth:`pre_decoder`: top-K proposals and denoising queries, the decoder) -> the head's
+``loss`` (:class:`.BatchMatchingDINOHead`: matching and all losses in one pass) ->
+:meth:`parse_losses` (one sum of the packed losses).
 """
 from __future__ import annotations
 
+import copy
 import logging
-from collections import OrderedDict
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from mmdet.models.detectors import DINO
-from mmdet.models.layers.transformer import DeformableDetrTransformerEncoder
+from mmdet.models.detectors import DINO, DeformableDETR
+from mmdet.models.layers import SinePositionalEncoding
 from mmdet.registry import MODELS
 from mmengine.logging import print_log
+from torch import Tensor, nn
 
 from ..errors import ConfigError
 
-from .activation_checkpoint import checkpoint_layers
-from .deformable_attention import IMPLS as DEFORM_ATTN_IMPLS
-from .deformable_attention import use_deformable_attention
+from .deformable_attention import check_impl
 from .host_data import host_to_device
 from .lean_denoising import LeanCdnQueryGenerator
+from .lean_losses import PackedLogVars, PackedLosses
+from .transformer import DeformableEncoder, DinoDecoder
+
+HostShapes = List[Tuple[int, int]]
 
 
-class HostShapesEncoder(DeformableDetrTransformerEncoder):
-    """mmdet's deformable encoder whose reference points come from the feature sizes as
-    Python ints (``host_shapes``) instead of a loop over the values of a device tensor."""
-
-    def forward(self, query, query_pos, key_padding_mask, spatial_shapes, level_start_index,
-                valid_ratios, host_shapes=None, **kwargs):
-        reference_points = self.get_encoder_reference_points(
-            spatial_shapes if host_shapes is None else host_shapes, valid_ratios,
-            device=query.device)
-        for layer in self.layers:
-            query = layer(query=query, query_pos=query_pos, key_padding_mask=key_padding_mask,
-                          spatial_shapes=spatial_shapes, level_start_index=level_start_index,
-                          valid_ratios=valid_ratios, reference_points=reference_points,
-                          **kwargs)
-        return query
-
-
-class PackedLogVars(OrderedDict):
-    """Logged values that are the elements of one tensor, ``packed`` (in key order)."""
-    packed: torch.Tensor
+def _with_layer_options(cfg: dict, attn_key: str, impl: str, checkpoint: bool) -> dict:
+    """An encoder/decoder config whose layers get ``checkpoint`` and whose deformable
+    attention (``layer_cfg[attn_key]``) gets ``impl``."""
+    cfg = copy.deepcopy(dict(cfg))
+    layer_cfg = dict(cfg.get('layer_cfg', {}))
+    layer_cfg[attn_key] = dict(layer_cfg.get(attn_key, {}), impl=impl)
+    layer_cfg['checkpoint'] = bool(checkpoint)
+    cfg['layer_cfg'] = layer_cfg
+    return cfg
 
 
 @MODELS.register_module()
@@ -67,41 +71,49 @@ class FastDINO(DINO):
             original's pure-PyTorch path on every device).
         checkpoint_encoder: recompute encoder layer activations in backward.
         checkpoint_decoder: recompute decoder layer activations in backward.
-        *args, **kwargs: mmdet ``DINO``'s arguments.
+        encoder, decoder, dn_cfg, *args, **kwargs: mmdet ``DINO``'s arguments.
     """
 
-    def __init__(self,
-                 *args,
-                 deform_attn_impl: str = 'auto',
-                 checkpoint_encoder: bool = False,
-                 checkpoint_decoder: bool = False,
-                 lean_step: bool = True,
-                 **kwargs) -> None:
-        if deform_attn_impl not in DEFORM_ATTN_IMPLS:
-            raise ConfigError(f'FastDINO: deform_attn_impl must be one of '
-                              f'{DEFORM_ATTN_IMPLS}, got {deform_attn_impl!r}')
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, encoder: dict, decoder: dict, dn_cfg: dict,
+                 deform_attn_impl: str = 'auto', checkpoint_encoder: bool = False,
+                 checkpoint_decoder: bool = False, **kwargs) -> None:
+        check_impl(deform_attn_impl)
+        encoder = _with_layer_options(encoder, 'self_attn_cfg', deform_attn_impl,
+                                      checkpoint_encoder)
+        decoder = _with_layer_options(decoder, 'cross_attn_cfg', deform_attn_impl,
+                                      checkpoint_decoder)
+        # mmdet 3.3.0 DINO.__init__ (mmdet/models/detectors/dino.py), this project's
+        # query generator built in place of CdnQueryGenerator
+        DeformableDETR.__init__(self, *args, encoder=encoder, decoder=decoder, **kwargs)
+        if not (self.as_two_stage and self.with_box_refine):
+            raise ConfigError('FastDINO: DINO needs as_two_stage=True and '
+                              'with_box_refine=True')
+        dn_cfg = dict(dn_cfg)
+        if {'num_classes', 'num_queries', 'hidden_dim'} & set(dn_cfg):
+            raise ConfigError('FastDINO: dn_cfg must not set num_classes, num_queries or '
+                              'hidden_dim: they come from the detector')
+        self.dn_query_generator = LeanCdnQueryGenerator(
+            **dn_cfg, num_classes=self.bbox_head.num_classes, embed_dims=self.embed_dims,
+            num_matching_queries=self.num_queries)
         self.deform_attn_impl = deform_attn_impl
-        self.checkpoint_encoder = checkpoint_encoder
-        self.checkpoint_decoder = checkpoint_decoder
-        self.lean_step = bool(lean_step)
-        self._host_shapes = None
-        if self.lean_step and self.dn_query_generator is not None:
-            self.dn_query_generator.__class__ = LeanCdnQueryGenerator
-        if self.lean_step:
-            if type(self.encoder) is not DeformableDetrTransformerEncoder:
-                raise ConfigError(f'FastDINO: lean_step=True needs mmdet\'s deformable '
-                                  f'encoder, got {type(self.encoder).__name__}')
-            self.encoder.__class__ = HostShapesEncoder
-        # the encoder's self-attention and the decoder's cross-attention
-        if not (use_deformable_attention(self.encoder, deform_attn_impl)
-                and use_deformable_attention(self.decoder, deform_attn_impl)):
-            raise ConfigError('FastDINO: no deformable attention in the encoder or decoder')
+        self.checkpoint_encoder = bool(checkpoint_encoder)
+        self.checkpoint_decoder = bool(checkpoint_decoder)
         self._check_max_per_img()
-        if checkpoint_encoder:
-            checkpoint_layers(self.encoder.layers)
-        if checkpoint_decoder:
-            checkpoint_layers(self.decoder.layers)
+
+    def _init_layers(self) -> None:
+        # mmdet 3.3.0 DINO._init_layers, this project's encoder and decoder
+        self.positional_encoding = SinePositionalEncoding(**self.positional_encoding)
+        self.encoder = DeformableEncoder(**self.encoder)
+        self.decoder = DinoDecoder(**self.decoder)
+        self.embed_dims = self.encoder.embed_dims
+        self.query_embedding = nn.Embedding(self.num_queries, self.embed_dims)
+        num_feats = self.positional_encoding.num_feats
+        if num_feats * 2 != self.embed_dims:
+            raise ConfigError(f'FastDINO: positional_encoding.num_feats must be half of '
+                              f'embed_dims {self.embed_dims}, got {num_feats}')
+        self.level_embed = nn.Parameter(torch.Tensor(self.num_feature_levels, self.embed_dims))
+        self.memory_trans_fc = nn.Linear(self.embed_dims, self.embed_dims)
+        self.memory_trans_norm = nn.LayerNorm(self.embed_dims)
 
     def _check_max_per_img(self) -> None:
         """DETR heads pick the top ``max_per_img`` of ``queries x classes`` scores: more
@@ -119,29 +131,22 @@ class FastDINO(DINO):
                       logger='current', level=logging.WARNING)
             test_cfg['max_per_img'] = candidates
 
-    def parse_losses(self, losses):
-        """mmengine's ``parse_losses`` (total of the terms whose key has 'loss'; the
-        terms and the total logged) from the head's packed losses when it has them: one
-        sum and one tensor of all logged values, not a mean and an add per term."""
-        packed = getattr(losses, 'packed', None)
-        if packed is None or not self.lean_step or not all('loss' in key for key in losses):
+    def parse_losses(self, losses: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """mmengine's ``parse_losses`` (the total of the loss terms; terms and total
+        logged). The head's :class:`.PackedLosses` give one sum and a
+        :class:`.PackedLogVars` of one tensor; any other dict goes through mmengine's."""
+        if not isinstance(losses, PackedLosses):
             return super().parse_losses(losses)
-        total = packed.sum()
-        row = torch.cat([total[None], packed]).detach()
-        log_vars = PackedLogVars(zip(['loss', *losses], row.unbind()))
-        log_vars.packed = row
-        return total, log_vars
+        total = losses.packed.sum()
+        return total, PackedLogVars(['loss', *losses], torch.cat([total[None],
+                                                                  losses.packed]).detach())
 
-    # -- the lean step: feature sizes from the host ------------------------------------
-    # mmdet builds the (levels, 2) size tensor from ``torch._shape_as_tensor(feat)`` moved
-    # to the device level by level (a host-to-device copy each) and loops over that
-    # tensor's values for the encoder's reference points and the proposals' grids
-    # (``.item()`` per size: 16 reads a step). The sizes are known on the host: here they
-    # stay Python ints and reach the device in one pinned copy with the level starts.
+    # -- the feature sizes from the host ---------------------------------------------------
 
-    def pre_transformer(self, mlvl_feats, batch_data_samples=None):
-        if not self.lean_step:
-            return super().pre_transformer(mlvl_feats, batch_data_samples)
+    def pre_transformer(self, mlvl_feats, batch_data_samples=None) -> Tuple[Dict, Dict]:
+        """mmdet 3.3.0 ``DeformableDETR.pre_transformer`` (same outputs), the sizes kept as
+        Python ints (``host_shapes``, in both dicts) and sent with the level starts in one
+        copy."""
         batch_size = mlvl_feats[0].size(0)
         input_img_h, input_img_w = batch_data_samples[0].batch_input_shape
         img_shape_list = [sample.img_shape for sample in batch_data_samples]
@@ -179,7 +184,6 @@ class FastDINO(DINO):
             [v for hw in host_shapes for v in hw] + starts, dtype=np.int64), feat_flatten.device)
         spatial_shapes = packed[:2 * len(host_shapes)].view(-1, 2)
         level_start_index = packed[2 * len(host_shapes):]
-        self._host_shapes = host_shapes
         if mlvl_masks[0] is not None:
             valid_ratios = torch.stack([self.get_valid_ratio(m) for m in mlvl_masks], 1)
         else:
@@ -187,31 +191,33 @@ class FastDINO(DINO):
         encoder_inputs_dict = dict(
             feat=feat_flatten, feat_mask=mask_flatten, feat_pos=lvl_pos_embed_flatten,
             spatial_shapes=spatial_shapes, level_start_index=level_start_index,
-            valid_ratios=valid_ratios)
+            valid_ratios=valid_ratios, host_shapes=host_shapes)
         decoder_inputs_dict = dict(
             memory_mask=mask_flatten, spatial_shapes=spatial_shapes,
-            level_start_index=level_start_index, valid_ratios=valid_ratios)
+            level_start_index=level_start_index, valid_ratios=valid_ratios,
+            host_shapes=host_shapes)
         return encoder_inputs_dict, decoder_inputs_dict
 
-    def forward_encoder(self, feat, feat_mask, feat_pos, spatial_shapes, level_start_index,
-                        valid_ratios) -> dict:
-        if not self.lean_step:
-            return super().forward_encoder(feat, feat_mask, feat_pos, spatial_shapes,
-                                           level_start_index, valid_ratios)
+    def forward_encoder(self, feat: Tensor, feat_mask: Optional[Tensor], feat_pos: Tensor,
+                        spatial_shapes: Tensor, level_start_index: Tensor,
+                        valid_ratios: Tensor, host_shapes: HostShapes) -> Dict:
+        """mmdet's ``forward_encoder``; its ``spatial_shapes`` output, which
+        ``pre_decoder`` hands to :meth:`gen_encoder_output_proposals` only, is
+        ``host_shapes``."""
         memory = self.encoder(query=feat, query_pos=feat_pos, key_padding_mask=feat_mask,
                               spatial_shapes=spatial_shapes,
                               level_start_index=level_start_index, valid_ratios=valid_ratios,
-                              host_shapes=self._host_shapes)
-        return dict(memory=memory, memory_mask=feat_mask, spatial_shapes=spatial_shapes)
+                              host_shapes=host_shapes)
+        return dict(memory=memory, memory_mask=feat_mask, spatial_shapes=host_shapes)
 
-    def gen_encoder_output_proposals(self, memory, memory_mask, spatial_shapes):
-        if not self.lean_step:
-            return super().gen_encoder_output_proposals(memory, memory_mask, spatial_shapes)
-        # DeformableDETR's, its loop over the sizes in Python ints
+    def gen_encoder_output_proposals(self, memory: Tensor, memory_mask: Optional[Tensor],
+                                     spatial_shapes: HostShapes) -> Tuple[Tensor, Tensor]:
+        """mmdet 3.3.0 ``DeformableDETR.gen_encoder_output_proposals`` with
+        ``spatial_shapes`` the levels' (h, w) as Python ints."""
         bs = memory.size(0)
         proposals = []
         _cur = 0
-        for lvl, (H, W) in enumerate(self._host_shapes):
+        for lvl, (H, W) in enumerate(spatial_shapes):
             grid_y, grid_x = torch.meshgrid(
                 torch.linspace(0, H - 1, H, dtype=torch.float32, device=memory.device),
                 torch.linspace(0, W - 1, W, dtype=torch.float32, device=memory.device),

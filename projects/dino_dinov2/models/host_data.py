@@ -4,27 +4,18 @@ A tensor made from host data (``torch.tensor``, ``new_tensor``) and moved to a G
 copy from pageable memory: the host waits for it. Built on the host, pinned and copied
 with ``non_blocking=True``, it is queued like a kernel instead. The training step gathers
 the host-known numbers it needs (image sizes, feature sizes, matched indices) into a few
-such tensors. (On the CPU the copy is a no-op; ``analysis/host_profile.py`` counts the
-calls of :func:`host_to_device` as the pinned copies they are on a GPU.)
+such tensors. (On the CPU the copy is a no-op; ``tools/analysis_tools/host_profile.py``
+counts the calls of :func:`host_to_device` as the pinned copies they are on a GPU.)
 """
 from __future__ import annotations
 
-from typing import Callable, List
-
 import numpy as np
 import torch
-
-# called with (tensor, device) by every host_to_device: the profile counts the copies
-OBSERVERS: List[Callable] = []
-# called with (tensor, ) by every to_host: a device-to-host copy, which waits for the device
-HOST_OBSERVERS: List[Callable] = []
 
 
 def host_to_device(values, device: torch.device) -> torch.Tensor:
     """``values`` (a numpy array or a host tensor) on ``device``: pinned and non-blocking
     on a GPU."""
-    for observe in OBSERVERS:
-        observe(values, device)
     tensor = torch.from_numpy(values) if isinstance(values, np.ndarray) else values
     if device.type == 'cuda':
         return tensor.pin_memory().to(device, non_blocking=True)
@@ -34,6 +25,4 @@ def host_to_device(values, device: torch.device) -> torch.Tensor:
 def to_host(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` on the host: the host waits for the device to get there (a
     synchronisation on a GPU; counted by the profile, which the CPU cannot show)."""
-    for observe in HOST_OBSERVERS:
-        observe(tensor)
     return tensor.cpu()

@@ -12,6 +12,8 @@ random, and drawing it otherwise would change the random stream.)
 """
 from __future__ import annotations
 
+from typing import Tuple
+
 import numpy as np
 import torch
 from mmdet.models.layers.transformer.dino_layers import CdnQueryGenerator
@@ -57,9 +59,8 @@ class LeanCdnQueryGenerator(CdnQueryGenerator):
 
         num_denoising_queries = int(max_num_target * 2 * num_groups)
         batched_label_query, batched_bbox_query = self.collate_dn_queries(
-            dn_label_query, dn_bbox_query, None, batch_size, num_groups,
-            mapper=(batch_expand_t, query_index_t),
-            num_denoising_queries=num_denoising_queries)
+            dn_label_query, dn_bbox_query, (batch_expand_t, query_index_t), batch_size,
+            num_denoising_queries)
 
         attn_mask = self.generate_dn_mask(max_num_target, num_groups,
                                           device=dn_label_query.device)
@@ -68,13 +69,11 @@ class LeanCdnQueryGenerator(CdnQueryGenerator):
         return batched_label_query, batched_bbox_query, attn_mask, dn_meta
 
     def collate_dn_queries(self, input_label_query: Tensor, input_bbox_query: Tensor,
-                           batch_idx, batch_size: int, num_groups: int, mapper=None,
-                           num_denoising_queries=None) -> tuple:
-        """mmdet's collation; with ``mapper`` ((image, slot) index tensors placed from
-        the host counts) and ``num_denoising_queries``, without reading counts back."""
-        if mapper is None:
-            return super().collate_dn_queries(input_label_query, input_bbox_query,
-                                              batch_idx, batch_size, num_groups)
+                           mapper: Tuple[Tensor, Tensor], batch_size: int,
+                           num_denoising_queries: int) -> Tuple[Tensor, Tensor]:
+        """mmdet's collation from ``mapper``: the (image, slot) of each query, placed
+        from the host's box counts (mmdet counts them on the device and reads them back).
+        Returns (B, num_denoising_queries, embed_dims) and (B, num_denoising_queries, 4)."""
         device = input_label_query.device
         batched_label_query = torch.zeros(batch_size, num_denoising_queries, self.embed_dims,
                                           device=device)

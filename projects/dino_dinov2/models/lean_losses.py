@@ -33,9 +33,22 @@ EPS = torch.finfo(torch.float32).eps  # mmdet's weight_reduce_loss
 
 
 class PackedLosses(dict):
-    """A loss dict whose values are the elements of one tensor, ``packed`` (in key order):
-    the detector sums and logs them without a host read per value."""
-    packed: Tensor
+    """The head's loss dict whose values are the elements of one tensor.
+
+    ``PackedLosses(keys, packed)``: ``packed`` (n,) holds the loss of ``keys[i]`` at ``i``;
+    the dict maps each key to its element (a view). :meth:`.FastDINO.parse_losses` sums
+    ``packed`` once instead of reading the dict's values one by one.
+    """
+
+    def __init__(self, keys: Sequence[str], packed: Tensor) -> None:
+        super().__init__(zip(keys, packed.unbind()))
+        self.packed = packed
+
+
+class PackedLogVars(PackedLosses):
+    """The logged values of one training step (``loss`` first, then the terms), all in
+    one detached tensor ``packed``: what ``train_step`` returns to the hooks, which copy
+    ``packed`` to the host in one transfer (:class:`.DeferredRuntimeInfoHook`)."""
 
 
 def supports_lean_losses(head) -> Optional[str]:
@@ -53,9 +66,10 @@ def supports_lean_losses(head) -> Optional[str]:
     return None
 
 
-def aligned_giou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-6) -> Tensor:
-    """mmdet's ``bbox_overlaps(mode='giou', is_aligned=True)`` (same operations), with
-    ``eps`` applied by ``clamp`` instead of a tensor copied to the device."""
+def giou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-6) -> Tensor:
+    """mmdet's ``bbox_overlaps(mode='giou', is_aligned=True)`` (same operations) of
+    x1y1x2y2 boxes that broadcast against each other, ``eps`` applied by ``clamp`` instead
+    of a tensor copied to the device. Pairwise (n, m): ``giou(b1[:, None], b2[None])``."""
     area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
     area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
     lt = torch.max(boxes1[..., :2], boxes2[..., :2])
@@ -66,24 +80,6 @@ def aligned_giou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-6) -> Tensor:
     ious = overlap / union
     enclosed_lt = torch.min(boxes1[..., :2], boxes2[..., :2])
     enclosed_rb = torch.max(boxes1[..., 2:], boxes2[..., 2:])
-    enclose_wh = (enclosed_rb - enclosed_lt).clamp(min=0)
-    enclose_area = (enclose_wh[..., 0] * enclose_wh[..., 1]).clamp(min=eps)
-    return ious - (enclose_area - union) / enclose_area
-
-
-def pairwise_giou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-6) -> Tensor:
-    """mmdet's ``bbox_overlaps(mode='giou', is_aligned=False)`` (same operations), ``eps``
-    applied by ``clamp``: (n, m) for (n, 4) and (m, 4) x1y1x2y2 boxes."""
-    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
-    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
-    lt = torch.max(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
-    rb = torch.min(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    overlap = wh[..., 0] * wh[..., 1]
-    union = (area1[..., None] + area2[..., None, :] - overlap).clamp(min=eps)
-    ious = overlap / union
-    enclosed_lt = torch.min(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
-    enclosed_rb = torch.max(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
     enclose_wh = (enclosed_rb - enclosed_lt).clamp(min=0)
     enclose_area = (enclose_wh[..., 0] * enclose_wh[..., 1]).clamp(min=eps)
     return ious - (enclose_area - union) / enclose_area
@@ -103,8 +99,8 @@ def lean_dino_losses(head, set_cls: Sequence[Tensor], set_bbox: Sequence[Tensor]
             last), scores (B, Q, C) and boxes (B, Q, 4) normalised cxcywh.
         has_enc: whether the last set is the encoder proposals' (the others are the
             decoder layers').
-        assignments: per set and image (set-major), ``(pos_inds, pos_gt_inds, num_neg)``
-            on the host (``BatchHungarianAssigner.assign_batch(host=True)``).
+        assignments: ``assignments[i][s]`` of image ``i`` and set ``s``: ``(pos_inds,
+            pos_gt_inds, num_neg)`` on the host (``BatchHungarianAssigner.assign_batch``).
         dn_cls, dn_bbox: denoising outputs (layers, B, Qdn, C / 4), or None.
         factors: (B, 4) float32 ``[w, h, w, h]`` of each image on the device.
     """
@@ -120,7 +116,7 @@ def lean_dino_losses(head, set_cls: Sequence[Tensor], set_bbox: Sequence[Tensor]
         Q = cls_s.shape[1]
         n_pos = n_neg = 0
         for i in range(B):
-            p, g, n = assignments[s * B + i]
+            p, g, n = assignments[i][s]
             rows.append(base + i * Q + p)
             gts.append(gt_offsets[i] + g)
             n_pos += len(p)
@@ -200,15 +196,15 @@ def lean_dino_losses(head, set_cls: Sequence[Tensor], set_bbox: Sequence[Tensor]
     boxes, boxes_gt = bbox_cxcywh_to_xyxy(box_all) * factors_all, \
         bbox_cxcywh_to_xyxy(targets_all) * factors_all
     if boxes.dtype == torch.float16:  # as mmdet's giou_loss
-        giou = (1 - aligned_giou(boxes.float(), boxes_gt.float(),
-                                 head.loss_iou.eps)).to(torch.float16)
+        iou_loss = (1 - giou(boxes.float(), boxes_gt.float(),
+                             head.loss_iou.eps)).to(torch.float16)
     else:
-        giou = 1 - aligned_giou(boxes, boxes_gt, head.loss_iou.eps)
-    giou = giou * weights_all.mean(-1)
+        iou_loss = 1 - giou(boxes, boxes_gt, head.loss_iou.eps)
+    iou_loss = iou_loss * weights_all.mean(-1)
     blocks = _blocks(set_cls, B, num_dn_layers, 0 if dn_cls is None else dn_cls.shape[2])
     cls_sums = _set_sums(focal, blocks)
     l1_sums = _set_sums(l1, blocks)
-    giou_sums = _set_sums(giou, blocks)
+    giou_sums = _set_sums(iou_loss, blocks)
 
     # -- normalisers: as DETRHead (cls: matched + bg-weighted negatives; boxes: matched) --
     pos_f, neg_f = pos_t.float(), neg_t.float()
@@ -238,9 +234,7 @@ def lean_dino_losses(head, set_cls: Sequence[Tensor], set_bbox: Sequence[Tensor]
     packed = torch.cat([per_set[span] for span in spans]).reshape(-1)
     keys = [f'{name}{term}' for name, _ in keyed
             for term in ('loss_cls', 'loss_bbox', 'loss_iou')]
-    out = PackedLosses(zip(keys, packed.unbind()))
-    out.packed = packed
-    return out
+    return PackedLosses(keys, packed)
 
 
 def _blocks(set_cls, B: int, num_dn_layers: int, Qdn: int) -> List[Tuple[int, int]]:

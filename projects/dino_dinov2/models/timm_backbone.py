@@ -1,6 +1,7 @@
 """DINOv2 and DINOv3 vision transformers from timm as an mmdet backbone.
 
-One class for both families (registered as ``TimmDinov2`` and ``TimmDinov3``). What differs
+One class for both families, ``TimmDinov2`` (registered as ``TimmDinov3`` too, and as
+``TimmDinoViT``, its name in configs written before). What differs
 is handled by timm's own model classes and weight converters: DINOv2 is timm's
 ``VisionTransformer`` (patch 14, learned position embedding, resampled to patch 16 here),
 DINOv3 timm's ``Eva`` (natively patch 16, rotary position embedding computed for any grid,
@@ -159,12 +160,11 @@ def create_model(model_name: str, pretrained: bool, kwargs: dict) -> nn.Module:
 
 
 @MODELS.register_module()
-@MODELS.register_module(name='TimmDinov2')  # the earlier names, kept for configs
 @MODELS.register_module(name='TimmDinov3')
-class TimmDinoViT(BaseModule):
+@MODELS.register_module(name='TimmDinoViT')  # the name configs used before
+class TimmDinov2(BaseModule):
     """A timm DINOv2 or DINOv3 ViT returning NCHW feature maps of chosen blocks
-    (registered as ``TimmDinoViT``, and as ``TimmDinov2``/``TimmDinov3`` for configs
-    written before; see the module docstring).
+    (registered as ``TimmDinov2``, ``TimmDinov3`` and ``TimmDinoViT``; module docstring).
 
     Args:
         model_name: timm model name, e.g. ``vit_base_patch14_dinov2.lvd142m`` or
@@ -181,8 +181,6 @@ class TimmDinoViT(BaseModule):
         final_norm: apply the final LayerNorm to the returned maps.
         frozen: no gradients and eval mode kept in ``train()``.
         trainable_blocks: with ``frozen``, still train the last N blocks (and the norm).
-        frozen_no_grad: run a fully frozen backbone under ``torch.no_grad`` (no graph is
-            kept; turn off only to reproduce the original's memory behaviour).
         fused_attn: attention through ``F.scaled_dot_product_attention`` (flash /
             memory-efficient kernels on a GPU); ``False`` runs timm's explicit
             ``softmax(q @ k^T) @ v``, as the original did. Same result within rounding.
@@ -208,7 +206,6 @@ class TimmDinoViT(BaseModule):
                  final_norm: bool = False,
                  frozen: bool = True,
                  trainable_blocks: int = 0,
-                 frozen_no_grad: bool = True,
                  fused_attn: bool = True,
                  compile: Union[bool, dict] = False,
                  model_kwargs: Optional[dict] = None,
@@ -235,7 +232,6 @@ class TimmDinoViT(BaseModule):
         self.patch_size = patch_size
         self.frozen = frozen
         self.trainable_blocks = trainable_blocks
-        self.frozen_no_grad = frozen_no_grad
         self.fused_attn = fused_attn
         # timm decides per attention module at construction (env TIMM_FUSED_ATTN);
         # the config's choice overrides it for every block.
@@ -247,7 +243,7 @@ class TimmDinoViT(BaseModule):
         elif compile is False or compile is None:
             compile = None
         elif not isinstance(compile, dict):
-            raise CompileConfigError(f'TimmDinoViT: compile must be a bool or a dict of '
+            raise CompileConfigError(f'TimmDinov2: compile must be a bool or a dict of '
                                      f'torch.compile arguments, got {compile!r}')
         self.compile_cfg = compile
         self._compiled_forward: Optional[Callable] = None
@@ -299,7 +295,7 @@ class TimmDinoViT(BaseModule):
         return self._compiled_forward(x)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        if self.fully_frozen and self.frozen_no_grad:
+        if self.fully_frozen:  # no graph to keep: nothing below trains
             with torch.no_grad():
                 return self._run(x)
         return self._run(x)
@@ -309,5 +305,3 @@ class TimmDinoViT(BaseModule):
             x, indices=list(self.out_indices), norm=self.final_norm,
             output_fmt='NCHW', intermediates_only=True))
 
-
-TimmDinov2 = TimmDinoViT  # the earlier class name (imports written before)

@@ -1,16 +1,12 @@
 """The project's hooks, one module each (registered in mmengine's HOOKS on import)."""
 from .batch_lr_logger_hook import BatchLrLoggerHook
-from .checkpoint_loader_hook import CheckpointLoaderHook
-from .atomic_checkpoint_hook import AtomicCheckpointHook
 from .deferred_runtime_info_hook import DeferredRuntimeInfoHook
-from .early_stop_hook import ResumableEarlyStoppingHook
 from .ema_hook import DetEMAHook
 from .fine_tune_load_hook import FineTuneLoadHook
-from .nan_guard_hook import NanGuardHook, NonFiniteLossError
+from .nan_guard_hook import NanGuardHook, NonFiniteLossCheck, NonFiniteLossError
 from .preemption_hook import PREEMPTED_EXIT_CODE, PreemptionHook
 from .run_info_hook import RunInfoHook
 
-__all__ = ['AtomicCheckpointHook', 'CheckpointLoaderHook', 'DeferredRuntimeInfoHook', 'DetEMAHook',
-           'ResumableEarlyStoppingHook', 'BatchLrLoggerHook',
-           'FineTuneLoadHook', 'NanGuardHook',
-           'NonFiniteLossError', 'PREEMPTED_EXIT_CODE', 'PreemptionHook', 'RunInfoHook']
+__all__ = ['BatchLrLoggerHook', 'DeferredRuntimeInfoHook', 'DetEMAHook', 'FineTuneLoadHook',
+           'NanGuardHook', 'NonFiniteLossCheck', 'NonFiniteLossError', 'PREEMPTED_EXIT_CODE',
+           'PreemptionHook', 'RunInfoHook']

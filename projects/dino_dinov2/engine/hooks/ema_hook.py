@@ -21,6 +21,8 @@ from __future__ import annotations
 from mmengine.hooks import EMAHook
 from mmengine.registry import HOOKS
 
+from ...upstream.runner import resuming
+
 
 @HOOKS.register_module()
 class DetEMAHook(EMAHook):
@@ -81,7 +83,7 @@ class DetEMAHook(EMAHook):
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         super().after_load_checkpoint(runner, checkpoint)
-        if 'ema_state_dict' in checkpoint and getattr(runner, '_resume', False):
+        if 'ema_state_dict' in checkpoint and resuming(runner):
             runner.logger.info(f'resumed the EMA weights ({self._updates()} updates) and the '
                                'raw weights from the checkpoint')
 

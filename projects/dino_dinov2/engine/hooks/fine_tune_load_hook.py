@@ -6,6 +6,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
+from ...upstream.runner import resuming
 from ..fine_tune import load_for_fine_tuning, run_classes
 
 
@@ -22,7 +23,7 @@ class FineTuneLoadHook(Hook):
         self.checkpoint = checkpoint
 
     def before_train(self, runner) -> None:
-        if getattr(runner, '_resume', False) or runner.iter > 0:
+        if resuming(runner) or runner.iter > 0:
             runner.logger.info(f'FineTuneLoadHook: resuming; {self.checkpoint} not loaded')
             return
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model

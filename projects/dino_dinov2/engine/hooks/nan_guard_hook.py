@@ -1,28 +1,25 @@
 """Stop training at the first non-finite (NaN/Inf) loss, before anything is saved.
 
-Why a hook: mmengine's optimizer wrappers step on whatever gradients they get; a NaN
-loss makes NaN gradients, gradient clipping spreads them to every weight, and the
-run goes on, logging ``nan`` and saving checkpoints full of NaN over the good ones
-(``max_keep_ckpts``). :class:`NanGuardHook` checks the loss of every iteration right
-after the step and, at the first non-finite one, raises :class:`NonFiniteLossError`
-with the iteration and the loss terms. It runs before the logger, the scheduler and the
-checkpoint hooks (priority ``ABOVE_NORMAL``), so no checkpoint is written after the
-fault: the newest one on disk is the last good one, and ``--resume`` starts from it.
+Why: mmengine's optimizer wrappers step on whatever gradients they get; a NaN loss makes
+NaN gradients, gradient clipping spreads them to every weight, and the run goes on,
+logging ``nan`` and saving checkpoints full of NaN over the good ones (``max_keep_ckpts``).
+:class:`NonFiniteLossCheck` raises :class:`NonFiniteLossError` at the first non-finite
+loss, naming the iteration and the loss terms, before any checkpoint is written: the
+newest one on disk is the last good one, and ``--resume`` starts from it.
 
 Under float16 mixed precision the ``GradScaler`` already skips a step whose gradients
-are not finite and lowers its scale; such a step changed nothing, so the hook only
+are not finite and lowers its scale; such a step changed nothing, so the check only
 warns, and stops once ``max_skipped`` steps in a row were skipped (a loss that is NaN
 in the forward pass stays NaN whatever the scale). A non-finite loss that the scaler
 did not skip (no scaler, bfloat16, float32, or a gradient-accumulation iteration
-without a step) stops the run.
+without a step) stops the run. All ranks agree (an all-reduce of the flag), so they stop at
+the same iteration.
 
-All ranks agree (an all-reduce of the flag), so they stop at the same iteration.
-
-With :class:`~.deferred_runtime_info_hook.DeferredRuntimeInfoHook` (the default runtime's)
-and no float16 loss scaler, the check moves to where that hook copies the held
-iterations' values to the host (each log line, and before any checkpoint or validation):
-no per-step host read, the same guarantee (nothing saved after the fault), the error still
-names the first non-finite iteration.
+Two hooks use it: :class:`~.deferred_runtime_info_hook.DeferredRuntimeInfoHook` (the
+default runtime's) checks the held iterations' losses when it copies them to the host
+(each log line, before any checkpoint or validation), and every iteration under a float16
+loss scaler; :class:`NanGuardHook` checks every iteration, for configs that log with
+mmengine's ``RuntimeInfoHook`` (the original-equivalent ones).
 """
 from __future__ import annotations
 
@@ -34,9 +31,10 @@ from mmengine.dist import all_reduce, is_distributed
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
-from ...checkpoint import read_last_checkpoint
-from ...errors import UserError
 from mmengine.runner import EpochBasedTrainLoop
+
+from ...errors import UserError
+from ...upstream.atomic_checkpoint import read_last_checkpoint
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -50,43 +48,32 @@ def _loss_scaler(runner):
     return None
 
 
-@HOOKS.register_module()
-class NanGuardHook(Hook):
-    """Raise :class:`NonFiniteLossError` at the first NaN/Inf training loss (module doc).
+class NonFiniteLossCheck:
+    """The checks and the message of a stop (module doc).
 
     Args:
         max_skipped: under a float16 ``GradScaler``, how many consecutive skipped steps
             are tolerated before stopping.
     """
-    priority = 'ABOVE_NORMAL'  # before LoggerHook, ParamSchedulerHook, CheckpointHook
 
     def __init__(self, max_skipped: int = 20) -> None:
         self.max_skipped = int(max_skipped)
         self._scale: Optional[float] = None
         self._skipped = 0
 
-    def deferred(self, runner) -> bool:
-        """Whether the check is left to a deferring runtime-info hook (no loss scaler)."""
-        from .deferred_runtime_info_hook import DeferredRuntimeInfoHook
-        return _loss_scaler(runner) is None and any(
-            isinstance(h, DeferredRuntimeInfoHook) and h.defer for h in runner.hooks)
+    @staticmethod
+    def loss_scaler(runner):
+        """The run's enabled float16 loss scaler, or None."""
+        return _loss_scaler(runner)
 
-    def raise_non_finite(self, runner, iteration: int, values: dict, epoch: int,
-                         batch_idx: int) -> None:
-        """Stop: the loss of ``iteration`` (0-based; ``epoch``, ``batch_idx`` its
-        place) was not finite (``values``: the logged values of that iteration)."""
-        raise NonFiniteLossError(self._message(runner, batch_idx, values, iteration + 1,
-                                               epoch))
-
-    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
-        if self.deferred(runner):
-            return
+    def before_iter(self, runner) -> None:
         scaler = _loss_scaler(runner)
         self._scale = float(scaler.get_scale()) if scaler is not None else None
 
-    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+    def after_iter(self, runner, batch_idx: int, outputs) -> None:
+        """One iteration's check (a host read of the loss)."""
         loss = (outputs or {}).get('loss', None)
-        if loss is None or self.deferred(runner):
+        if loss is None:
             return
         bad = torch.tensor([0.0 if torch.isfinite(torch.as_tensor(loss).detach()).all() else 1.0])
         if is_distributed():
@@ -107,6 +94,13 @@ class NanGuardHook(Hook):
                     return
         raise NonFiniteLossError(self._message(runner, batch_idx, outputs))
 
+    def raise_non_finite(self, runner, iteration: int, values: dict, epoch: int,
+                         batch_idx: int) -> None:
+        """Stop: the loss of ``iteration`` (0-based; ``epoch``, ``batch_idx`` its
+        place) was not finite (``values``: the logged values of that iteration)."""
+        raise NonFiniteLossError(self._message(runner, batch_idx, values, iteration + 1,
+                                               epoch))
+
     def _message(self, runner, batch_idx: int, outputs: dict,
                  iteration: Optional[int] = None, epoch: Optional[int] = None) -> str:
         terms = []
@@ -124,7 +118,8 @@ class NanGuardHook(Hook):
         if isinstance(runner.train_loop, EpochBasedTrainLoop):
             where = f' (epoch {(runner.epoch if epoch is None else epoch) + 1}, ' \
                 f'batch {batch_idx + 1})'
-        last = self._last_checkpoint(runner)
+        last = read_last_checkpoint(runner.work_dir) or \
+            runner.message_hub.get_info('last_ckpt', None)
         kept = (f'the last good checkpoint is {last}; continue from it with --resume after '
                 'fixing the cause' if last else 'no checkpoint had been saved yet')
         skipped = (f' after {self._skipped - 1} steps skipped by the loss scaler'
@@ -134,7 +129,22 @@ class NanGuardHook(Hook):
                 f'{", ".join(terms)}; training stopped before saving anything: {kept} '
                 '(lower the lr, check the data, or train in float32/bfloat16)')
 
-    @staticmethod
-    def _last_checkpoint(runner) -> Optional[str]:
-        return (read_last_checkpoint(runner.work_dir)
-                or runner.message_hub.get_info('last_ckpt', None))
+
+@HOOKS.register_module()
+class NanGuardHook(Hook):
+    """:class:`NonFiniteLossCheck` after every iteration (module doc).
+
+    Args:
+        max_skipped: under a float16 ``GradScaler``, how many consecutive skipped steps
+            are tolerated before stopping.
+    """
+    priority = 'ABOVE_NORMAL'  # before LoggerHook, ParamSchedulerHook, CheckpointHook
+
+    def __init__(self, max_skipped: int = 20) -> None:
+        self.check = NonFiniteLossCheck(max_skipped)
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        self.check.before_iter(runner)
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        self.check.after_iter(runner, batch_idx, outputs)

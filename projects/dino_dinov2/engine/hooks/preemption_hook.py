@@ -43,9 +43,10 @@ from mmengine.hooks import CheckpointHook, Hook
 from mmengine.registry import HOOKS
 from mmengine.runner import EpochBasedTrainLoop
 
-from ...checkpoint import write_last_checkpoint
 from ...errors import ConfigError
-from ..loops import ResumableIterBasedTrainLoop, SkipFirstBatches
+from ...upstream.atomic_checkpoint import write_last_checkpoint
+from ...upstream.loops import ResumableIterBasedTrainLoop, SkipFirstBatches
+from ...upstream.runner import built_loop
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: a temporary failure; run it again (with --resume)
 CHECKPOINT_KEY = 'preemption'
@@ -150,8 +151,7 @@ class PreemptionHook(Hook):
             self._save_and_exit(runner, meta=dict(epoch=runner.epoch, iter=n), rng=True)
 
     def after_val_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-        train_loop = runner._train_loop
-        if train_loop is None or isinstance(train_loop, dict):
+        if built_loop(runner, 'train') is None:
             return  # validation alone (tools/test.py): nothing to resume
         if self._stop_requested():
             # the training epoch is complete (its counters already advanced)

@@ -1,4 +1,8 @@
-"""mmdet's focal loss, computed in float32 under mixed precision."""
+"""mmdet's focal loss, computed in float32 under mixed precision.
+
+Upstream: mmcv 2.1.0's ``sigmoid_focal_loss`` CUDA kernel has no bfloat16 version
+(open-mmlab/mmcv#3061, open). Delete when mmcv's kernel takes bfloat16.
+"""
 import torch
 from mmdet.models.losses import FocalLoss
 from mmdet.registry import MODELS

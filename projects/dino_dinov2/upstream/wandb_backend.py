@@ -19,6 +19,11 @@ Why a subclass of mmengine's ``WandbVisBackend``:
 The run id is written to ``<work_dir>/wandb_run_id``; ``--resume`` without
 ``--wandb-resume-id`` reads it back, so a preempted and resubmitted job continues the
 same W&B run.
+
+Upstream: mmengine 0.10.7 ``WandbVisBackend`` (step ignored: open-mmlab/mmengine#1072,
+closed unmerged; #1099's ``define_metric_cfg`` needs the step metric in every row, which
+its LoggerHook does not send for validation: #1692). Delete when the stock backend logs
+against the iteration, survives a failed ``wandb.init`` and logs on rank 0 only.
 """
 from __future__ import annotations
 

@@ -1,4 +1,11 @@
-"""Mixed precision that picks its dtype and also runs on the CPU."""
+"""Mixed precision that picks its dtype and also runs on the CPU.
+
+Upstream: mmengine 0.10.7's ``AmpOptimWrapper`` asserts a GPU, NPU or MLU at construction
+("``AmpOptimizerWrapper`` is only available training on gpu, npu or mlu";
+open-mmlab/mmpretrain#1556) although torch autocasts on the CPU in bfloat16. Delete the
+CPU branch of :class:`CpuAmpOptimWrapper` when mmengine accepts the CPU; ``dtype='auto'``
+is this project's.
+"""
 from __future__ import annotations
 
 import logging
@@ -7,7 +14,6 @@ from typing import Optional
 import torch
 from mmengine.logging import print_log
 from mmengine.optim import AmpOptimWrapper
-from mmengine.registry import OPTIM_WRAPPERS
 
 
 def preferred_amp_dtype() -> str:
@@ -17,9 +23,9 @@ def preferred_amp_dtype() -> str:
     return 'bfloat16'
 
 
-@OPTIM_WRAPPERS.register_module()
-class AutoAmpOptimWrapper(AmpOptimWrapper):
-    """mmengine's ``AmpOptimWrapper`` with ``dtype='auto'`` and CPU support.
+class CpuAmpOptimWrapper(AmpOptimWrapper):
+    """mmengine's ``AmpOptimWrapper`` with ``dtype='auto'`` and CPU support (the base of
+    :class:`~..engine.optim_wrapper.AutoAmpOptimWrapper`, the registered one).
 
     mmengine's wrapper refuses to start without an accelerator; on the CPU autocast
     runs in bfloat16 (a float16 request says so and uses bfloat16: mmengine's CPU autocast
@@ -42,7 +48,7 @@ class AutoAmpOptimWrapper(AmpOptimWrapper):
             self.cast_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
             if self.cast_dtype == torch.float16:
                 # mmengine's CPU autocast takes bfloat16 only (float16 is a GPU format)
-                print_log('AutoAmpOptimWrapper: float16 autocast needs a GPU; using '
+                print_log('AMP: float16 autocast needs a GPU; using '
                           'bfloat16 on the CPU', logger='current', level=logging.WARNING)
                 self.cast_dtype = torch.bfloat16
         if self.cast_dtype == torch.bfloat16 and torch.cuda.is_available():

@@ -15,6 +15,11 @@ needs ``scontrol`` for SLURM, and the Runner then hands ``device_ids=[LOCAL_RANK
 DistributedDataParallel, so a CPU-only run fails. Here the process group is initialised
 before the Runner is built (the Runner then skips its own initialisation), with gloo when
 there is no CUDA, and ``model_wrapper_cfg`` gets the right ``device_ids``.
+
+Upstream: mmengine 0.10.7 ``mmengine/dist/utils.py`` (``_init_dist_pytorch``,
+``_init_dist_slurm``) and ``Runner.wrap_model``. Delete the process-group part when
+mmengine's ``init_dist`` initialises gloo without CUDA and the Runner passes no
+``device_ids`` on the CPU; the SLURM node-list expansion when it needs no ``scontrol``.
 """
 from __future__ import annotations
 

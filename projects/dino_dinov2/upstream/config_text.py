@@ -6,6 +6,9 @@ to the work dir, hands it to each visualizer backend and writes it into every ch
 ``meta``, so a short run spent more time formatting its config than training. Here the
 text is kept per (content, format flag): the same config gives the same text, byte for
 byte, and any change to the config gives a new one.
+
+Upstream: open-mmlab/mmcv#2466 ("cfg.pretty_text very slow", open; the same code in
+mmengine 0.10.7). Delete when mmengine formats a config's text once.
 """
 from __future__ import annotations
 

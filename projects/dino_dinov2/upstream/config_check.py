@@ -20,6 +20,9 @@ DataLoader; a missing data root fails when the dataset is first built, with a tr
 
 A key refused here can still be set in a config file that inherits this one
 (``_base_ = [...]``): only command-line options are checked.
+
+Upstream: mmengine 0.10.7 ``Config.merge_from_dict`` validates nothing. Delete this module
+when mmengine refuses unknown ``--cfg-options`` keys and values of the wrong type.
 """
 from __future__ import annotations
 

@@ -1,6 +1,10 @@
 """``ResumableEarlyStoppingHook``: mmengine's ``EarlyStoppingHook`` whose count survives
 ``--resume`` and preemption, and whose stop is one log line naming the best checkpoint.
 
+Upstream: mmengine 0.10.7's ``EarlyStoppingHook`` (added in open-mmlab/mmengine#739) keeps
+its state in attributes that no checkpoint saves, and defaults to ``min_delta=0.1``.
+Delete this module when the stock hook saves its count in the checkpoint.
+
 mmengine's hook keeps its best score and the validations without a better one as
 attributes: a resumed run starts counting from zero again, so a job preempted every few
 validations never stops early. Here both live in the message hub's runtime info
@@ -30,7 +34,7 @@ class ResumableEarlyStoppingHook(EarlyStoppingHook):
     def __init__(self, monitor: str = 'coco/bbox_mAP', patience: int = 5,
                  min_delta: float = 0.0, **kwargs) -> None:
         if patience < 1:
-            from ...errors import ConfigError
+            from ..errors import ConfigError
             raise ConfigError(f'early stopping: patience must be at least 1, got {patience}')
         # mmengine's default min_delta=0.1 would count a rise of 0.09 mAP as "no better"
         super().__init__(monitor=monitor, patience=patience, min_delta=min_delta, **kwargs)

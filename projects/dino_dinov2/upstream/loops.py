@@ -1,5 +1,11 @@
 """An iteration-based training loop that resumes without reloading the data it trained on.
 
+Upstream: open-mmlab/mmengine#1520 (open; the fixes proposed, #1548 and #1608, are not
+merged in 0.10.7). Delete :class:`ResumableIterBasedTrainLoop` when mmengine's loop skips
+the trained batches at the sampler, and :func:`release_dataloader_workers` when a Runner
+stops its dataloaders' workers itself (mmengine 0.10.7 leaves them to the garbage
+collector).
+
 mmengine's ``IterBasedTrainLoop`` resumes at iteration N by calling ``next()`` on its
 dataloader N times: every image already trained on is read, decoded and augmented again
 before training goes on. At the recipe's scale (90,000 iterations, batch 2 per process) a
@@ -26,6 +32,8 @@ from mmengine.runner.loops import _InfiniteDataloaderIterator
 from mmengine.runner.utils import calc_dynamic_intervals
 
 from mmdet.registry import LOOPS
+
+from .runner import built_loops
 
 
 class SkipFirstBatches:
@@ -160,10 +168,7 @@ def release_dataloader_workers(runner) -> None:
     """
     from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
     iterators = []
-    for name in ('_train_loop', '_val_loop', '_test_loop'):
-        loop = getattr(runner, name, None)
-        if loop is None or isinstance(loop, dict):
-            continue  # never built
+    for loop in built_loops(runner):
         infinite = getattr(loop, 'dataloader_iterator', None)
         iterators.append(getattr(infinite, '_iterator', None))
         loader = getattr(loop, 'dataloader', None)
