@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from projects.dino_dinov2.analysis.model_cost import cost_table, measure
+    from analysis_tools.model_cost import cost_table, measure
     if args.threads:
         torch.set_num_threads(args.threads)
     costs = []

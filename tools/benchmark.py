@@ -20,7 +20,7 @@ where importable; writes inference.md.
 --host-profile CONFIG [CONFIG ...] counts what the host does in one training step on the
 CPU (a proxy for a GPU step: every ATen op is a kernel launch there): ATen ops per phase,
 synchronising ops, pinned copies, optimizer groups, for mmdet's step as it comes and for
-this project's lean step side by side (batch --batch-sizes, default 2; --img-size, default
+this project's step side by side (batch --batch-sizes, default 2; --img-size, default
 256 320; --num-gt boxes, default 9 and 12); writes host_profile.md and .json.
 
 --deform-attn times the deformable-attention implementations this install has (pytorch,
@@ -63,7 +63,7 @@ def parse_args(argv=None):
                              "800x1333 image's 100 167 50 84 25 42 13 21)")
     parser.add_argument('--host-profile', action='store_true',
                         help="count one training step's ATen ops and synchronisations "
-                        "(mmdet's step and the lean step) instead of timing")
+                        "(mmdet's step and this project's) instead of timing")
     parser.add_argument('--inference', action='store_true',
                         help='inference latency instead: CONFIG CHECKPOINT, batch 1 at '
                              '--shape, PyTorch float32 / bfloat16, onnxruntime, TensorRT fp16 '
@@ -132,7 +132,7 @@ def deform_attn_main(args) -> int:
 
     import torch
 
-    from projects.dino_dinov2.analysis import kernel_benchmark as kb
+    from analysis_tools import kernel_benchmark as kb
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     levels = kb.RECIPE_LEVELS
     if args.deform_attn_levels:
@@ -158,27 +158,28 @@ def host_profile_main(args) -> int:
     import os
     import time
 
-    from projects.dino_dinov2.analysis import benchmark as bm
-    from projects.dino_dinov2.analysis import host_profile as hp
+    from analysis_tools import benchmark as bm
+    from analysis_tools import host_profile as hp
+    from analysis_tools.step_equality import stock_mmdet
     size = tuple(args.img_size[:1] + args.img_size[-1:]) if args.img_size else (256, 320)
     num_gt = tuple(args.num_gt or (9, 12))
     batch = (args.batch_sizes or [2])[0]
     rows = {}
     for i, config in enumerate(args.configs):
         label = args.labels[i] if args.labels else osp.splitext(osp.basename(config))[0]
-        for mode, options in (('mmdet step', hp.MMDET_STEP), ('lean step', {})):
-            merged = dict(args.cfg_options or {}, **options)
-            cfg = bm.load_variant_config(bm.Variant(config, merged), args.pretrained)
+        ours = bm.load_variant_config(bm.Variant(config, args.cfg_options or {}),
+                                      args.pretrained)
+        for mode, cfg in (('mmdet step', stock_mmdet(ours)), ('this step', ours)):
             start = time.time()
             with bm.quiet_mmengine():
                 rows[f'{label}, {mode}'] = hp.profile_step(
                     cfg, batch_size=batch, image_size=size, num_gt=num_gt)
             print(f'{label}, {mode}: {time.time() - start:.0f} s', flush=True)
     sites = '\n'.join(f'- {label}: ' + ('; '.join(r['sync_sites']) or 'none')
-                      for label, r in rows.items() if 'lean' in label)
+                      for label, r in rows.items() if 'this step' in label)
     text = (f'# Host share of one training step (CPU proxy), batch {batch}, {size[0]}x'
             f'{size[1]}, {", ".join(map(str, num_gt))} boxes\n\n{hp.table(rows)}\n\n'
-            f'Where the lean step synchronises (phase, kind, code):\n\n{sites}\n')
+            f'Where this step synchronises (phase, kind, code):\n\n{sites}\n')
     os.makedirs(args.out_dir, exist_ok=True)
     path = os.path.join(args.out_dir, 'host_profile.md')
     with open(path, 'w') as f:
@@ -193,7 +194,7 @@ def host_profile_main(args) -> int:
 def inference_main(args) -> int:
     import os
 
-    from projects.dino_dinov2.analysis import inference_benchmark as ib
+    from analysis_tools import inference_benchmark as ib
     from projects.dino_dinov2.deploy import parse_shape
     shape = parse_shape(args.shape)
     config, checkpoint = args.configs
@@ -222,7 +223,7 @@ def main(argv=None):
         return host_profile_main(args)
     import torch
 
-    from projects.dino_dinov2.analysis import benchmark as bm
+    from analysis_tools import benchmark as bm
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = [bm.Variant(c, dict(args.cfg_options or {}),

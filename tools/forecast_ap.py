@@ -58,8 +58,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from projects.dino_dinov2.analysis import curve_fitting as fitting
-    from projects.dino_dinov2.analysis import reports
+    from analysis_tools import curve_fitting as fitting
+    from analysis_tools import reports
     try:
         curve = fitting.load_curve(args.curve, args.metric, args.run, args.iters_per_epoch,
                                    args.x_column, args.y_column)

@@ -43,7 +43,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from projects.dino_dinov2.analysis import log_readers as readers, reports
+    from analysis_tools import log_readers as readers, reports
     try:
         runs = readers.load_many(args.inputs, args.labels, args.iters_per_epoch)
         written = reports.save_curves(runs, args.out_dir, metric=args.metric,

@@ -26,7 +26,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     import torch
 
-    from projects.dino_dinov2.analysis import original_parity as op
+    import original_parity as op
     from projects.dino_dinov2.checkpoint import CheckpointError
 
     records_path = osp.join(args.dir, 'records.pth')

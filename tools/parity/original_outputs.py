@@ -172,7 +172,7 @@ class Recorder:
 
 
 # (this file runs where ``projects.dino_dinov2`` is the original's package: it cannot import
-# this project's helpers, analysis/original_parity.py's twins of these two included)
+# this project's helpers, tools/parity/original_parity.py's twins of these two included)
 def _detach(x):
     import torch
     if torch.is_tensor(x):

@@ -90,8 +90,9 @@ def enable_amp(cfg: Config, dtype: Optional[str] = None) -> None:
     if optim_type in ('AmpOptimWrapper', 'AutoAmpOptimWrapper'):
         print_log('AMP training is already enabled in your config.', logger='current')
         return
-    if optim_type != 'OptimWrapper':
-        raise ConfigError(f'--amp needs optim_wrapper.type OptimWrapper, got {optim_type!r}')
+    if optim_type not in ('OptimWrapper', 'LeanOptimWrapper'):
+        raise ConfigError(f'--amp needs optim_wrapper.type OptimWrapper or LeanOptimWrapper, '
+                          f'got {optim_type!r}')
     cfg.optim_wrapper.type = 'AutoAmpOptimWrapper'
     cfg.optim_wrapper.loss_scale = 'dynamic'
     cfg.optim_wrapper.dtype = dtype

@@ -60,7 +60,7 @@ def cfg_options(options: Sequence[str]) -> dict:
 def preset_config(preset: str, test_size: Optional[Sequence[int]] = None):
     """The config of ``preset`` (the original's preset, in this project's terms), with the
     backbone's pretrained weights off and the test resize at ``test_size`` (short, long)."""
-    from ..cli.config_setup import load_config, skip_backbone_download
+    from projects.dino_dinov2.cli.config_setup import load_config, skip_backbone_download
     options = cfg_options(TINY_CFG_OPTIONS if preset == 'tiny' else ())
     cfg = load_config(osp.join(ROOT, PRESET_CONFIGS[preset]), options)
     skip_backbone_download(cfg)
@@ -74,7 +74,7 @@ def preset_config(preset: str, test_size: Optional[Sequence[int]] = None):
 
 def build_model(cfg, state: Dict[str, Tensor]):
     """This project's detector of ``cfg`` with ``state`` loaded (strict), in eval mode."""
-    from ..cli.config_setup import build_target_model
+    from projects.dino_dinov2.cli.config_setup import build_target_model
     model = build_target_model(copy.deepcopy(cfg))
     model.load_state_dict({k: v.float() if v.is_floating_point() else v
                            for k, v in state.items()}, strict=True)
@@ -83,9 +83,9 @@ def build_model(cfg, state: Dict[str, Tensor]):
 
 def load_original(path: str, cfg, model=None):
     """(converted state dict, conversion info) of the original's checkpoint ``path``."""
-    from ..checkpoint import load_local_checkpoint, original_state_of
-    from ..cli.config_setup import build_target_model
-    from ..original_checkpoint import convert_for_model
+    from projects.dino_dinov2.checkpoint import load_local_checkpoint, original_state_of
+    from projects.dino_dinov2.cli.config_setup import build_target_model
+    from projects.dino_dinov2.original_checkpoint import convert_for_model
     state = original_state_of(load_local_checkpoint(path, map_location='cpu'))
     if model is None:
         model = build_target_model(copy.deepcopy(cfg))
@@ -550,7 +550,7 @@ def run_records(records: dict, original_path: str, preset: Optional[str] = None,
                 cfg=None) -> Tuple[List[dict], dict]:
     """Convert ``original_path``, run every recorded image and the training batch through
     this project's model; returns (rows, info)."""
-    from ..original_checkpoint import class_permutation, config_classes
+    from projects.dino_dinov2.original_checkpoint import class_permutation, config_classes
     meta = records['meta']
     cfg = cfg or preset_config(preset or meta['preset'], meta.get('test_size'))
     state, info = load_original(original_path, cfg)

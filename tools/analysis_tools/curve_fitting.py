@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import UserError, first_line
+from projects.dino_dinov2.errors import UserError, first_line
 
 
 class ForecastError(UserError, ValueError):

@@ -20,7 +20,7 @@ def ema_cost_rows(model, momentum: float = 0.007, gamma: float = 100,
                   repeats: int = 3) -> List[dict]:
     from mmdet.models.layers import ExpMomentumEMA
 
-    from ..models.ema import LeanExpMomentumEMA
+    from projects.dino_dinov2.models.ema import LeanExpMomentumEMA
     from .host_profile import StepCounter
     own = {id(p) for p in model.parameters()}
     rows = []
@@ -62,7 +62,7 @@ def main(argv=None) -> List[dict]:
 
     from mmdet.registry import MODELS
 
-    from ..cli.config_setup import load_config, skip_backbone_download
+    from projects.dino_dinov2.cli.config_setup import load_config, skip_backbone_download
     cfg = load_config(args.config, dict(args.cfg_options))
     skip_backbone_download(cfg)
     init_default_scope('mmdet')

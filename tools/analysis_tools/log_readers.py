@@ -29,7 +29,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import UserError
+from projects.dino_dinov2.errors import UserError
 
 
 class CurveDataError(UserError, ValueError):

@@ -1,29 +1,46 @@
 """One training step computed two ways, compared: losses, assignments, gradients.
 
-The lean training step (:mod:`..models.lean_losses`, ``FastDINO(lean_step=True)``) must
-compute what mmdet's code computes. :func:`compare_step` builds the model of a config
-twice with the same weights, once with the lean switches and once with mmdet's paths
-(:data:`MMDET_STEP`), runs one forward, loss and
+This project's training step (``FastDINO`` and its parts, ``LeanOptimWrapper``,
+``DeferredRuntimeInfoHook``) must compute what mmdet's and mmengine's stock classes
+compute. :func:`stock_mmdet` turns a config into its stock twin (``DINO``, ``DINOHead``,
+``HungarianAssigner``, ``CdnQueryGenerator``, ``DetDataPreprocessor``, mmcv's deformable
+attention, mmengine's optimizer constructor and wrapper and ``RuntimeInfoHook``: the "mmdet
+step" of the comparisons here and of ``tools/benchmark.py --host-profile``).
+:func:`compare_step` builds both models with the same weights, runs one forward, loss and
 backward of the same batch (same denoising noise: the same seed before each forward) and
 reports the largest differences.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from unittest import mock
 
 import numpy as np
 import torch
 
-# mmdet's and mmengine's step as they come: this project's lean switches off (the
-# "mmdet step" of the comparisons here and of tools/benchmark.py --host-profile)
-MMDET_STEP = {
-    'model.lean_step': False,
-    'model.bbox_head.batched_losses': False,
-    'model.data_preprocessor.type': 'DetDataPreprocessor',
-    'optim_wrapper.constructor': 'DefaultOptimWrapperConstructor',
-    'default_hooks.runtime_info.type': 'RuntimeInfoHook',
-}
+
+def stock_mmdet(cfg):
+    """A copy of ``cfg`` with mmdet's and mmengine's own classes where this project's
+    replace them in the training step (same parameters and state-dict keys)."""
+    cfg = copy.deepcopy(cfg)
+    model = cfg.model
+    for key in ('deform_attn_impl', 'checkpoint_encoder', 'checkpoint_decoder'):
+        model.pop(key, None)
+    model.type = 'DINO'
+    model.data_preprocessor.type = 'DetDataPreprocessor'
+    model.bbox_head.type = 'DINOHead'
+    if model.bbox_head.loss_cls.type == 'Float32FocalLoss':
+        model.bbox_head.loss_cls.type = 'FocalLoss'
+    model.train_cfg.assigner.type = 'HungarianAssigner'
+    cfg.optim_wrapper.constructor = 'DefaultOptimWrapperConstructor'
+    if cfg.optim_wrapper.get('type') == 'LeanOptimWrapper':
+        cfg.optim_wrapper.type = 'OptimWrapper'
+    cfg.default_hooks.runtime_info = dict(type='RuntimeInfoHook')
+    cfg.default_hooks.nan_guard = dict(type='NanGuardHook')
+    return cfg
 
 
 def batch(image_sizes: Sequence[Tuple[int, int]], num_classes: int,
@@ -36,12 +53,36 @@ def batch(image_sizes: Sequence[Tuple[int, int]], num_classes: int,
                 data_samples=[p['data_samples'][0] for p in parts])
 
 
-def _set_option(cfg, key: str, value) -> None:
-    node = cfg
-    parts = key.split('.')
-    for p in parts[:-1]:
-        node = node[p]
-    node[parts[-1]] = value
+@contextlib.contextmanager
+def _recording_assignments(assigner, recorded: List[Tuple[np.ndarray, np.ndarray]]):
+    """Each matching's (matched predictions, their gts) appended to ``recorded`` in call
+    order (decoder layers, then the encoder proposals; images inside), from outside: the
+    stock assigner's ``assign`` or this project's ``assign_batch``, patched on its class
+    while the block runs."""
+    from mmdet.models.task_modules.assigners import HungarianAssigner
+
+    from projects.dino_dinov2.models import BatchHungarianAssigner
+    if isinstance(assigner, BatchHungarianAssigner):
+        real = BatchHungarianAssigner.assign_batch
+
+        def assign_batch(self, preds, *args, **kwargs):
+            out = real(self, preds, *args, **kwargs)
+            for s in range(len(preds[0]) if preds else 0):
+                for image in out:
+                    recorded.append((np.asarray(image[s][0]), np.asarray(image[s][1])))
+            return out
+        patch = mock.patch.object(BatchHungarianAssigner, 'assign_batch', assign_batch)
+    else:
+        real = HungarianAssigner.assign
+
+        def assign(self, *args, **kwargs):
+            result = real(self, *args, **kwargs)
+            pos = torch.nonzero(result.gt_inds > 0).flatten()
+            recorded.append((pos.cpu().numpy(), (result.gt_inds[pos] - 1).cpu().numpy()))
+            return result
+        patch = mock.patch.object(HungarianAssigner, 'assign', assign)
+    with patch:
+        yield
 
 
 def _run(cfg, data: dict, seed: int) -> Dict:
@@ -54,27 +95,12 @@ def _run(cfg, data: dict, seed: int) -> Dict:
         model.init_weights()
     model.train()
     recorded: List[Tuple[np.ndarray, np.ndarray]] = []
-    assigner = model.bbox_head.assigner
-    assign_batch = assigner.assign_batch
-
-    def recording(preds, gts, metas, host=False, **kwargs):
-        out = assign_batch(preds, gts, metas, host=host, **kwargs)
-        for r in out:
-            if host:
-                recorded.append((np.asarray(r[0]), np.asarray(r[1])))
-            else:
-                recorded.append((r.get_extra_property('pos_inds').cpu().numpy(),
-                                 r.get_extra_property('pos_assigned_gt_inds').cpu().numpy()))
-        return out
-    assigner.assign_batch = recording
-    try:
+    with _recording_assignments(model.bbox_head.assigner, recorded):
         torch.manual_seed(seed)
         processed = model.data_preprocessor(copy.deepcopy(data), True)
         losses = model._run_forward(processed, mode='loss')
         parsed, log_vars = model.parse_losses(losses)
         parsed.backward()
-    finally:
-        del assigner.assign_batch
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()
              if p.grad is not None}
     return dict(losses={k: float(v.detach()) for k, v in log_vars.items()}, grads=grads,
@@ -82,12 +108,9 @@ def _run(cfg, data: dict, seed: int) -> Dict:
 
 
 def compare_step(cfg, data: dict, seed: int = 1) -> Dict:
-    """Lean (the config as it is) against mmdet's paths (:data:`MMDET_STEP` applied)."""
-    stock_cfg = copy.deepcopy(cfg)
-    for key, value in MMDET_STEP.items():
-        _set_option(stock_cfg, key, value)
+    """This project's step (the config as it is) against mmdet's (:func:`stock_mmdet`)."""
     lean = _run(cfg, data, seed)
-    stock = _run(stock_cfg, data, seed)
+    stock = _run(stock_mmdet(cfg), data, seed)
     loss_rel = max(abs(lean['losses'][k] - v) / max(abs(v), 1e-12)
                    for k, v in stock['losses'].items())
     grad_abs, grad_rel = 0.0, 0.0
@@ -107,20 +130,22 @@ def compare_step(cfg, data: dict, seed: int = 1) -> Dict:
                 total_loss=(lean['losses']['loss'], stock['losses']['loss']))
 
 
-def loss_curve(config: str, data_root: str, work_dir: str, iters: int = 50,
+def loss_curve(config_path: str, data_root: str, work_dir: str, iters: int = 50,
                batch_size: int = 4, stock: bool = False, seed: int = 0,
                options: Optional[Dict] = None) -> List[Dict]:
-    """The logged values of each of ``iters`` training iterations of ``config`` on
+    """The logged values of each of ``iters`` training iterations of ``config_path`` on
     ``data_root`` (``tools/train.py`` in its own process: the real Runner, loader and
     hooks; seeded, deterministic; one epoch over the first ``iters * batch_size``
-    images), through the lean step or (``stock``) mmdet's and mmengine's step
-    (:data:`MMDET_STEP`)."""
+    images), through this project's step or (``stock``) mmdet's and mmengine's
+    (:func:`stock_mmdet`, written to ``work_dir/stock_config.py``)."""
     import glob
     import json
+    import os
     import os.path as osp
     import subprocess
     import sys
-    repo = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+    repo = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+    config = config_path
     options = {
         **(options or {}),
         'train_dataloader.dataset.data_root': data_root.rstrip('/') + '/',
@@ -131,7 +156,10 @@ def loss_curve(config: str, data_root: str, work_dir: str, iters: int = 50,
         'randomness.deterministic': True, 'default_hooks.checkpoint.interval': 10 ** 6,
     }
     if stock:
-        options.update(MMDET_STEP)
+        from projects.dino_dinov2.cli.config_setup import load_config
+        os.makedirs(work_dir, exist_ok=True)
+        config = osp.join(work_dir, 'stock_config.py')
+        stock_mmdet(load_config(config_path)).dump(config)
     args = [sys.executable, osp.join(repo, 'tools', 'train.py'), config, '--work-dir',
             work_dir, '--cfg-options', *[f'{k}={v}' for k, v in options.items()]]
     subprocess.run(args, check=True, cwd=repo, stdout=subprocess.DEVNULL)
@@ -149,10 +177,10 @@ def _spread(a: List[Dict], b: List[Dict], key: str = 'loss') -> Tuple[float, flo
 
 
 def _main(argv=None) -> int:
-    """``python -m projects.dino_dinov2.analysis.step_equality CONFIG DATA_ROOT OUT_DIR
-    [ITERS]``: the loss curves of the lean step and of mmdet's step, and as the yardstick
-    of float rounding the lean step with its optimizer's update run per tensor instead of
-    fused (the same arithmetic in another order): DETR's matching turns any rounding
+    """``python tools/analysis_tools/step_equality.py CONFIG DATA_ROOT OUT_DIR [ITERS]``:
+    the loss curves of this project's step and of mmdet's step, and as the yardstick of
+    float rounding this project's step with its optimizer's update run per tensor instead
+    of fused (the same arithmetic in another order): DETR's matching turns any rounding
     difference into a different curve after a few iterations."""
     import os.path as osp
     import sys
@@ -162,20 +190,26 @@ def _main(argv=None) -> int:
     lean = loss_curve(config, data_root, osp.join(out, 'lean'), iters)
     stock = loss_curve(config, data_root, osp.join(out, 'mmdet'), iters, stock=True)
     rounding = loss_curve(config, data_root, osp.join(out, 'lean_unfused'), iters,
-                          options={'optim_wrapper.paramwise_cfg.fused': False})
+                          options={'optim_wrapper.optimizer.fused': False})
     print(f'{len(lean)} iterations logged (total loss, relative differences per iteration)')
     print('| pair | largest | mean | first iteration > 1e-6 | mean loss, last 10 |')
     print('| --- | ---: | ---: | ---: | --- |')
 
     def tail(rows):
         return sum(r['loss'] for r in rows[-10:]) / len(rows[-10:])
-    for name, other in (('lean vs mmdet step', stock),
-                        ('lean vs lean, optimizer per tensor (rounding only)', rounding)):
+    for name, other in (('this step vs mmdet step', stock),
+                        ('this step vs itself, optimizer not fused (rounding only)',
+                         rounding)):
         big, mean, first = _spread(lean, other)
         print(f'| {name} | {big:.1e} | {mean:.1e} | {first or "none"} | '
               f'{tail(lean):.4f} vs {tail(other):.4f} |')
     return 0
 
 
-if __name__ == '__main__':
-    raise SystemExit(_main())
+if __name__ == '__main__':  # run as a script: the package and analysis_tools importable
+    import os.path as _osp
+    import sys as _sys
+    _tools = _osp.dirname(_osp.dirname(_osp.abspath(__file__)))
+    _sys.path[:0] = [_osp.dirname(_tools), _tools]
+    from analysis_tools.step_equality import _main as _step_equality_main
+    raise SystemExit(_step_equality_main())

@@ -16,16 +16,20 @@ preprocessor, forward and loss, ``parse_losses``, backward, gradient clipping an
 optimizer step, the config's runtime-info and NaN-guard hooks, and the copy of held log
 values a deferring hook makes once per log interval) under a dispatch mode that counts per
 phase. Views (``func.is_view``) are counted apart: they launch nothing on a GPU. The copies
-the CPU cannot see are counted where the project makes them (``models/host_data.py``:
-pinned host-to-device copies, device-to-host copies) and, for mmengine's route, in the data
-preprocessor's ``cast_data`` (the ground truth's pageable copies). The CPU differs from a
-GPU where the code picks another path by device; the profile follows the GPU's:
+the CPU cannot see are counted from outside, by wrapping for the step (a context manager
+patching module globals and class attributes, restored after) the functions that make
+them: ``models/host_data.py``'s (pinned host-to-device copies, device-to-host copies) and,
+for mmengine's route, the data preprocessor's ``cast_data`` (the ground truth's pageable
+copies). The CPU differs from a GPU where the code picks another path by device; the
+profile follows the GPU's:
 
 - the optimizer: ``foreach=True`` where it is not fused (the CPU default is one update per
   tensor);
 - deformable attention's sampling and the focal loss: one Triton / mmcv kernel a call on a
   GPU, their PyTorch formulas here: each call counts as one op forward and one backward
   (the formula runs uncounted; ``gpu_kernels=False`` counts the formulas instead).
+
+The "mmdet step" column is :func:`.step_equality.stock_mmdet` of the same config.
 
 Each synchronisation is also listed with the line of code that asked for it
 (``sync_sites``).
@@ -34,14 +38,14 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import sys
 import time
 from types import SimpleNamespace
 from typing import Dict, Optional, Tuple
+from unittest import mock
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-
-from .step_equality import MMDET_STEP  # noqa: F401  (the "mmdet step" column)
 
 SYNC_OPS = {
     'aten._local_scalar_dense': 'item/bool/int/float of a tensor',
@@ -147,8 +151,8 @@ class _KernelStandIn(torch.autograd.Function):
         ctx.counter, ctx.name = counter, name
         counter.count_kernel(name)
         with counter.pause(), torch.enable_grad():
-            inputs = [t.detach().requires_grad_(t.requires_grad) if t.is_floating_point()
-                      else t for t in tensors]
+            inputs = [t.detach().requires_grad_(t.requires_grad)
+                      if torch.is_tensor(t) and t.is_floating_point() else t for t in tensors]
             out = fn(*inputs)
         ctx.inputs, ctx.out = inputs, out
         return out.detach()
@@ -156,41 +160,90 @@ class _KernelStandIn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         ctx.counter.count_kernel(ctx.name)
-        wanted = [t for t in ctx.inputs if t.requires_grad]
+        wanted = [t for t in ctx.inputs if torch.is_tensor(t) and t.requires_grad]
         with ctx.counter.pause():
             grads = iter(torch.autograd.grad(ctx.out, wanted, grad_out, allow_unused=True)
                          if wanted and ctx.out.requires_grad else [])
-        result = [next(grads) if t.requires_grad else None for t in ctx.inputs]
+        result = [next(grads) if torch.is_tensor(t) and t.requires_grad else None
+                  for t in ctx.inputs]
         return (None, None, None, *result)
 
 
-def _kernel_standins(model, counter: StepCounter):
-    """Deformable attention's sampling and the focal loss as one counted op each way, as
-    their GPU kernels are (the CPU runs their PyTorch formulas: counted apart too)."""
+@contextlib.contextmanager
+def _kernel_standins(counter: StepCounter):
+    """Deformable attention's sampling (this project's and mmcv's) and the focal loss as
+    one counted op each way, as their GPU kernels are (the CPU runs their PyTorch formulas:
+    counted apart too). Patched on the classes and mmcv's module while the block runs."""
+    import mmcv.ops.multi_scale_deform_attn as mmcv_msda
     from mmdet.models.losses import FocalLoss
 
-    from ..models.deformable_attention import SwitchableMultiScaleDeformableAttention
-    originals = []
-    for module in model.modules():
-        if isinstance(module, SwitchableMultiScaleDeformableAttention):
-            sample = module.sample
+    from projects.dino_dinov2.models import DeformableAttention
+    sample, msda, focal = (DeformableAttention.sample,
+                           mmcv_msda.multi_scale_deformable_attn_pytorch, FocalLoss.forward)
 
-            def standin(*args, _sample=sample):
-                return _KernelStandIn.apply(counter, 'deformable attention', _sample, *args)
-            module.sample = standin
-            originals.append((module, 'sample'))
-        elif isinstance(module, FocalLoss):
-            forward = module.forward
+    def sample_standin(self, *args):
+        return _KernelStandIn.apply(counter, 'deformable attention',
+                                    lambda *t: sample(self, *t), *args)
 
-            def standin(pred, target, weight=None, avg_factor=None, reduction_override=None,
-                        _forward=forward):
-                def fn(p, t):
-                    return _forward(p, t, weight=weight, avg_factor=avg_factor,
-                                    reduction_override=reduction_override)
-                return _KernelStandIn.apply(counter, 'focal loss', fn, pred, target)
-            module.forward = standin
-            originals.append((module, 'forward'))
-    return originals
+    def msda_standin(value, spatial_shapes, *args):  # mmcv's, inside its own forward
+        return _KernelStandIn.apply(counter, 'deformable attention',
+                                    lambda v, *t: msda(v, spatial_shapes, *t), value, *args)
+
+    def focal_standin(self, pred, target, weight=None, avg_factor=None,
+                      reduction_override=None):
+        def fn(p, t):
+            return focal(self, p, t, weight=weight, avg_factor=avg_factor,
+                         reduction_override=reduction_override)
+        return _KernelStandIn.apply(counter, 'focal loss', fn, pred, target)
+    with mock.patch.object(DeformableAttention, 'sample', sample_standin), \
+            mock.patch.object(mmcv_msda, 'multi_scale_deformable_attn_pytorch', msda_standin), \
+            mock.patch.object(FocalLoss, 'forward', focal_standin):
+        yield
+
+
+@contextlib.contextmanager
+def _copies_counted(counter: StepCounter, preprocessor_cls):
+    """The host-to-device and device-to-host copies the CPU cannot see, counted: every
+    module's ``host_to_device`` / ``to_host`` (``models/host_data.py``) and mmengine's
+    ``cast_data`` wrapped while the block runs."""
+    from projects.dino_dinov2.models import host_data
+    real_h2d, real_d2h = host_data.host_to_device, host_data.to_host
+
+    def host_to_device(values, device):
+        counter.pinned_copies[counter.phase] += 1
+        if not torch.is_tensor(values):
+            counter.expect_pinned += 1  # torch.from_numpy dispatches a lift_fresh
+        return real_h2d(values, device)
+
+    def to_host(tensor):
+        counter.record_sync('device-to-host copy', _caller())
+        return real_d2h(tensor)
+
+    real_cast = preprocessor_cls.cast_data
+
+    def cast_data(self, data):
+        # mmengine's route to the device (mmdet's preprocessor): the images come pinned
+        # from a pin_memory loader; the data samples' tensors are pageable
+        if isinstance(data, dict) and 'inputs' in data:
+            counter.pinned_copies[counter.phase] += len(data['inputs'])
+            for sample in data.get('data_samples') or []:
+                for field in ('gt_instances', 'ignored_instances'):
+                    if field in sample:
+                        for value in sample.get(field).values():
+                            if torch.is_tensor(getattr(value, 'tensor', value)):
+                                counter.record_sync('host-to-device copy (pageable)',
+                                                    'data_preprocessor.cast_data')
+        return real_cast(self, data)
+    with contextlib.ExitStack() as stack:
+        for module in list(sys.modules.values()):
+            names = getattr(module, '__dict__', {})
+            if names.get('host_to_device') is real_h2d:
+                stack.enter_context(mock.patch.object(module, 'host_to_device',
+                                                      host_to_device))
+            if names.get('to_host') is real_d2h:
+                stack.enter_context(mock.patch.object(module, 'to_host', to_host))
+        stack.enter_context(mock.patch.object(preprocessor_cls, 'cast_data', cast_data))
+        yield
 
 
 def _logging_hooks(cfg):
@@ -202,8 +255,11 @@ def _logging_hooks(cfg):
     hooks = [HOOKS.build(dict(runtime)) if runtime else RuntimeInfoHook()]
     if default_hooks.get('nan_guard'):
         hooks.append(HOOKS.build(dict(default_hooks['nan_guard'])))
-    interval = (default_hooks.get('logger') or {}).get('interval', 50)
-    return hooks, int(interval)
+    interval = int((default_hooks.get('logger') or {}).get('interval', 50))
+    for hook in hooks:
+        if getattr(hook, 'interval', 0) is None:  # DeferredRuntimeInfoHook: the logger's
+            hook.interval = interval
+    return hooks, interval
 
 
 def profile_step(cfg, batch_size: int = 2, image_size: Tuple[int, int] = (256, 320),
@@ -218,7 +274,6 @@ def profile_step(cfg, batch_size: int = 2, image_size: Tuple[int, int] = (256, 3
     """
     from mmengine.logging import MessageHub
 
-    from ..models import host_data
     from .benchmark import build_model, num_classes_of, synthetic_batch
     device = torch.device('cpu')
     model, optim_wrapper, _ = build_model(cfg, 'full', device)
@@ -248,36 +303,11 @@ def profile_step(cfg, batch_size: int = 2, image_size: Tuple[int, int] = (256, 3
     result: Optional[Dict] = None
     for step in range(steps):
         counter = StepCounter()
-        originals = _kernel_standins(model, counter) if gpu_kernels else []
-
-        def observe(values, device, _counter=counter):
-            _counter.pinned_copies[_counter.phase] += 1
-            if not torch.is_tensor(values):
-                _counter.expect_pinned += 1  # torch.from_numpy dispatches a lift_fresh
-        host_data.OBSERVERS.append(observe)
-
-        def cast_data(data, _counter=counter, _cast=model.data_preprocessor.cast_data):
-            # mmengine's route to the device (mmdet's preprocessor): the images come
-            # pinned from a pin_memory loader; the data samples' tensors are pageable
-            if not (isinstance(data, dict) and 'inputs' in data):
-                return _cast(data)  # its recursion into the batch's parts
-            _counter.pinned_copies[_counter.phase] += len(data['inputs'])
-            for sample in data.get('data_samples') or []:
-                for field in ('gt_instances', 'ignored_instances'):
-                    if field in sample:
-                        for value in sample.get(field).values():
-                            if torch.is_tensor(getattr(value, 'tensor', value)):
-                                _counter.record_sync('host-to-device copy (pageable)',
-                                                     'data_preprocessor.cast_data')
-            return _cast(data)
-        model.data_preprocessor.cast_data = cast_data
-        originals.append((model.data_preprocessor, 'cast_data'))
-
-        def observe_host(tensor, _counter=counter):
-            _counter.record_sync('device-to-host copy', _caller())
-        host_data.HOST_OBSERVERS.append(observe_host)
         start = time.perf_counter()
-        try:
+        with contextlib.ExitStack() as stack:
+            if gpu_kernels:
+                stack.enter_context(_kernel_standins(counter))
+            stack.enter_context(_copies_counted(counter, type(model.data_preprocessor)))
             with counter:
                 with optim_wrapper.optim_context(model):
                     batch = model.data_preprocessor(data, True)
@@ -296,11 +326,6 @@ def profile_step(cfg, batch_size: int = 2, image_size: Tuple[int, int] = (256, 3
                 for hook in hooks:
                     if hasattr(hook, 'flush'):
                         hook.flush(runner)
-        finally:
-            host_data.OBSERVERS.remove(observe)
-            host_data.HOST_OBSERVERS.remove(observe_host)
-            for module, attr in originals:
-                delattr(module, attr)
         wall = time.perf_counter() - start
         if step == steps - 1:
             params = sum(len(g['params']) for g in optimizer.param_groups)

@@ -39,7 +39,7 @@ def measure(config: str, image_size: Tuple[int, int] = (800, 1333), iters: int =
     from mmengine.registry import init_default_scope
 
     from mmdet.registry import MODELS
-    from ..cli.config_setup import load_config
+    from projects.dino_dinov2.cli.config_setup import load_config
 
     from .benchmark import quiet_mmengine
     cfg = load_config(config, cfg_options)

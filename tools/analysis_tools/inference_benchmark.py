@@ -51,8 +51,8 @@ def measure_row(row: str, config: str, checkpoint: str, onnx_path: str, shape, i
     height, width = shape
     x = torch.rand(1, 3, height, width) * 255
     if row.startswith('pytorch'):
-        from ..deploy.exportable import ExportableDetector
-        from ..deploy.onnx_export import load_model
+        from projects.dino_dinov2.deploy.exportable import ExportableDetector
+        from projects.dino_dinov2.deploy.onnx_export import load_model
         _, model = load_model(config, checkpoint, cfg_options)
         wrapper = ExportableDetector(model, height, width).eval().to(device)
         x = x.to(device)
@@ -68,7 +68,7 @@ def measure_row(row: str, config: str, checkpoint: str, onnx_path: str, shape, i
                 torch.cuda.synchronize()
             return out
     elif row == 'onnxruntime':
-        from ..deploy.onnx_export import onnx_session
+        from projects.dino_dinov2.deploy.onnx_export import onnx_session
         providers = (['CUDAExecutionProvider', 'CPUExecutionProvider']
                      if device.startswith('cuda') else ['CPUExecutionProvider'])
         session = onnx_session(onnx_path, providers)
@@ -100,7 +100,7 @@ def run(config: str, checkpoint: str, shape=(512, 512), iters: int = 10, warmup:
     """Export once, then every row in its own process; returns the rows."""
     import torch
 
-    from ..deploy.onnx_export import export
+    from projects.dino_dinov2.deploy.onnx_export import export
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     os.makedirs(out_dir, exist_ok=True)
     onnx_path = osp.join(out_dir, 'model.onnx')

@@ -41,9 +41,10 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from projects.dino_dinov2.errors import ConfigError
 
 PRECISIONS = ('full', 'mixed')
+PLAIN_WRAPPERS = ('OptimWrapper', 'LeanOptimWrapper')  # what --amp turns into AMP
 TABLE_HEADER = ('| Backbone | Precision | Batch Size | Time per Iteration | Memory Usage |\n'
                 '| --- | --- | --- | --- | --- |')
 
@@ -114,7 +115,7 @@ def load_variant_config(variant: Variant, pretrained: bool = False):
     import projects.dino_dinov2  # noqa: F401  (registers the plugin)
     from mmengine.registry import init_default_scope
 
-    from ..cli.config_setup import load_config
+    from projects.dino_dinov2.cli.config_setup import load_config
     cfg = load_config(variant.config, variant.cfg_options or None)
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     backbone = cfg.model.get('backbone', {})
@@ -287,7 +288,7 @@ def _build_model(cfg, precision: str, device: torch.device, seed: int = 0):
     from mmdet.registry import MODELS
     from mmengine.optim import build_optim_wrapper
 
-    from ..cli.config_setup import enable_amp
+    from projects.dino_dinov2.cli.config_setup import enable_amp
     torch.manual_seed(seed)
     model = MODELS.build(copy.deepcopy(cfg.model))
     model.init_weights()
@@ -298,11 +299,11 @@ def _build_model(cfg, precision: str, device: torch.device, seed: int = 0):
     amp_types = ('AmpOptimWrapper', 'AutoAmpOptimWrapper')
     if precision not in PRECISIONS:
         raise ConfigError(f'precision must be one of {PRECISIONS}, got {precision!r}')
-    if precision == 'mixed' and wrapper.get('type', 'OptimWrapper') == 'OptimWrapper':
+    if precision == 'mixed' and wrapper.get('type', 'OptimWrapper') in PLAIN_WRAPPERS:
         enable_amp(run_cfg)
     elif precision == 'full' and wrapper.get('type') in amp_types:
         # a config that trains with AMP: measure it without for the 'full' row
-        wrapper['type'] = 'OptimWrapper'
+        wrapper['type'] = 'LeanOptimWrapper'
         for key in ('loss_scale', 'dtype', 'use_fsdp'):
             wrapper.pop(key, None)
     optim_wrapper = build_optim_wrapper(model, run_cfg.optim_wrapper)
