@@ -17,8 +17,11 @@ if 'TRITON_INTERPRET' not in os.environ and not torch.cuda.is_available():
 
 from helpers import REPO, SYNTHETIC_CONFIG, clean_env, data_cfg_options, run_tool  # noqa: E402
 
-if REPO not in sys.path:  # the package, for the tests that import it
-    sys.path.insert(0, REPO)
+# the package, and the measurement code beside the tools (tools/analysis_tools,
+# tools/parity/original_parity.py), for the tests that import them
+for _path in (REPO, osp.join(REPO, 'tools'), osp.join(REPO, 'tools', 'parity')):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 
 def _manager_classes():

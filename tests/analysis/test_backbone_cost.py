@@ -13,7 +13,7 @@ def test_costs_of_a_dinov2_and_a_dinov3_config(capsys):
     assert '`vit_base_patch14_dinov2.lvd142m`' in rows[0]
     assert '`vit_base_patch16_dinov3.lvd1689m`' in rows[1]
     # one block of width 768 on a 4x6 grid (+ prefix tokens): a fraction of a GFLOP each
-    from projects.dino_dinov2.analysis.model_cost import measure
+    from analysis_tools.model_cost import measure
     cost = measure(configs[1], (64, 96), iters=1, warmup=0,
                    cfg_options={'model.backbone.model_kwargs.depth': 1})
     assert 0.1 < cost.backbone_gflops < 1 and cost.forward_s > 0

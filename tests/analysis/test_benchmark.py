@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from projects.dino_dinov2.analysis import benchmark as bm
+from analysis_tools import benchmark as bm
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 SYNTHETIC = osp.join(REPO, 'configs', 'dino_dinov2_synthetic.py')
@@ -158,7 +158,7 @@ def test_real_data_from_the_configs_dataloader_reports_data_time(synthetic_data)
 def test_deformable_attention_implementations_side_by_side(tmp_path, capsys):
     """--deform-attn: each implementation on the same inputs (here the PyTorch path and
     the Triton kernels in Triton's interpreter; on a GPU also mmcv's CUDA kernel)."""
-    from projects.dino_dinov2.analysis import kernel_benchmark as kb
+    from analysis_tools import kernel_benchmark as kb
     results = kb.run_kernels('cpu', ['pytorch', 'triton'], ['float32'],
                              levels=((6, 9), (3, 5), (1, 1)), batch=1, decoder_queries=12,
                              iters=1, warmup=0, log=None)

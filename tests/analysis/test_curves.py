@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from helpers import exit_code
-from projects.dino_dinov2.analysis import log_readers as readers, reports
+from analysis_tools import log_readers as readers, reports
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from helpers import exit_code
-from projects.dino_dinov2.analysis import curve_fitting as fitting
+from analysis_tools import curve_fitting as fitting
 
 # The recipe's scale: an evaluation every 2,500 iterations over 12 epochs of 7,500.
 X = np.arange(1, 37) * 2500.0

@@ -39,7 +39,7 @@ def synthetic_export(synthetic_run, tmp_path_factory):
 @pytest.fixture(scope='module')
 def recipe_checkpoint(tmp_path_factory):
     """A checkpoint of the ViT-S recipe architecture made small (random weights)."""
-    from projects.dino_dinov2.analysis.original_parity import cfg_options
+    from original_parity import cfg_options
     from projects.dino_dinov2.cli import load_config
     from projects.dino_dinov2.cli import build_target_model
     cfg = load_config(RECIPE_S, cfg_options(RECIPE_SMALL))
@@ -205,7 +205,7 @@ def test_inference_benchmark_rows(synthetic_export, tmp_path):
     """tools/benchmark.py --inference prints a row per runtime, each from its own
     process; a runtime missing here says so instead of a number."""
     ckpt, _ = synthetic_export
-    from projects.dino_dinov2.analysis import inference_benchmark as ib
+    from analysis_tools import inference_benchmark as ib
     rows = ib.run(SYNTHETIC_CONFIG, ckpt, (128, 128), iters=2, warmup=1,
                   out_dir=str(tmp_path), device='cpu')
     by_row = {r['row']: r for r in rows}

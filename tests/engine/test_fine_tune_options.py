@@ -120,7 +120,7 @@ def test_lean_ema_equals_mmdet_exp_momentum_ema_and_shares_frozen_tensors():
 
 
 def test_ema_cost_counts_the_host_syncs_and_the_copy(capsys):
-    from projects.dino_dinov2.analysis.ema_cost import ema_cost_rows, format_rows
+    from analysis_tools.ema_cost import ema_cost_rows, format_rows
     rows = ema_cost_rows(_Net(), repeats=1)
     mmdet, lean = rows
     assert mmdet['syncs'] > 0 and lean['syncs'] == 0  # mmengine reads `steps` per tensor

@@ -8,7 +8,7 @@ import torch
 from mmengine.optim import build_optim_wrapper
 
 from helpers import SYNTHETIC_CONFIG, init_weights_quietly
-from projects.dino_dinov2.analysis.benchmark import (Variant, load_variant_config,
+from analysis_tools.benchmark import (Variant, load_variant_config,
                                                      quiet_mmengine)
 from projects.dino_dinov2.engine.lean_optim import DeferredClipGradNorm
 

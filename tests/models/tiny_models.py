@@ -1,7 +1,5 @@
-"""The synthetic configs' tiny DINO (4-block ViT dim 192, 2+2 layers, 50 queries) for the
-fast-path tests: built in its fast and original-equivalent modes with equal weights."""
-import os.path as osp
-
+"""The synthetic config's tiny DINO (4-block ViT dim 192, 2+2 layers, 50 queries) for the
+model tests, a batch for it, and one step's losses and gradients."""
 import torch
 from mmdet.registry import MODELS
 from mmdet.testing import demo_mm_inputs
@@ -9,9 +7,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 import projects.dino_dinov2  # noqa: F401
-from helpers import REPO, SYNTHETIC_CONFIG, init_weights_quietly
-
-ORIGINAL_SYNTHETIC_CONFIG = osp.join(REPO, 'configs', 'dino_dinov2_synthetic_original.py')
+from helpers import SYNTHETIC_CONFIG, init_weights_quietly
 
 
 def build_detector(path: str = SYNTHETIC_CONFIG, seed: int = 0, **model_options):
@@ -21,14 +17,6 @@ def build_detector(path: str = SYNTHETIC_CONFIG, seed: int = 0, **model_options)
     cfg.model.update(model_options)  # nested dicts merge (addict)
     torch.manual_seed(seed)
     return init_weights_quietly(MODELS.build(cfg.model))
-
-
-def build_pair(**model_options):
-    """(fast, original) tiny detectors with identical weights."""
-    fast = build_detector(SYNTHETIC_CONFIG, **model_options)
-    original = build_detector(ORIGINAL_SYNTHETIC_CONFIG, **model_options)
-    original.load_state_dict(fast.state_dict())
-    return fast, original
 
 
 def make_batch(model, sizes=((96, 128), (128, 96)), num_items=(3, 2), training=True,

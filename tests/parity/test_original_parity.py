@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from helpers import load_tool
-from projects.dino_dinov2.analysis import original_parity as op
+import original_parity as op
 from projects.dino_dinov2.checkpoint import load_local_checkpoint, original_state_of
 from projects.dino_dinov2.original_checkpoint import (COCO_CATEGORIES, ConversionError,
                                                       class_permutation, convert_state)

@@ -165,24 +165,17 @@ class _Hooks:
                 self.data['train_enc_boxes'] = head_in['enc_outputs_coord'].detach().clone()
             return dec_in, head_in
         model.pre_decoder = pre_decoder
-        head = model.bbox_head
-        real_targets = head._targets_single
-
-        def targets_single(result, *args, **kwargs):
-            self.targets.append((result.get_extra_property('pos_inds').clone(),
-                                 result.get_extra_property('pos_assigned_gt_inds').clone()))
-            return real_targets(result, *args, **kwargs)
-        head._targets_single = targets_single
-        # the batched losses (BatchMatchingDINOHead.batched_losses) take the assignment
-        # from the host directly: record it there, in the same (set, image) order
-        assigner = head.assigner
+        # the assignments the head's losses are built from, per set (decoder layers, then
+        # the encoder proposals) and image: recorded on their way out of the assigner
+        assigner = model.bbox_head.assigner
         real_assign = assigner.assign_batch
 
-        def assign_batch(*args, host=False, **kwargs):
-            out = real_assign(*args, host=host, **kwargs)
-            if host:
-                for pos, pos_gt, _ in out:
-                    self.targets.append((torch.from_numpy(pos), torch.from_numpy(pos_gt)))
+        def assign_batch(preds, *args, **kwargs):
+            out = real_assign(preds, *args, **kwargs)
+            for s in range(len(preds[0]) if preds else 0):
+                for image in out:
+                    self.targets.append((torch.from_numpy(image[s][0]),
+                                         torch.from_numpy(image[s][1])))
             return out
         assigner.assign_batch = assign_batch
 
