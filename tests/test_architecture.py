@@ -2,10 +2,11 @@
 
 Each module of ``projects/dino_dinov2`` belongs to one unit (a top-level module or a
 subpackage). A unit imports only from itself and from units of a lower rank; units of the
-same rank do not import each other. The tools call the package through ``cli`` (and the
-tool-level ``analysis`` and ``deploy``), never ``engine``. Importing the package registers
-its modules in mmdet's registries and changes nothing else process-wide: the checkpoint
-loader is installed by the code paths that load (``CheckpointLoaderHook``, the tools).
+same rank do not import each other. The tools call the package through ``cli`` (and
+``deploy``), never ``engine``. Modules are built by type: none is re-classed and no method
+re-bound after construction. Importing the package registers its modules in mmdet's
+registries and changes nothing else process-wide: the loader for older checkpoints is
+installed by the code paths that load (``CheckpointLoaderHook``, the tools).
 """
 import ast
 import os
@@ -21,14 +22,14 @@ ROOT = osp.join(REPO, 'projects', 'dino_dinov2')
 # lowest first: what each unit may import is everything of a lower rank
 RANKS = {
     'errors': 0,
-    'checkpoint': 1,
-    'original_checkpoint': 2,
-    'models': 3, 'datasets': 3,
-    'evaluation': 4,
-    'engine': 5,
-    'cli': 6,
-    'deploy': 7,
-    'analysis': 8,
+    'upstream': 1,
+    'checkpoint': 2,
+    'original_checkpoint': 3,
+    'models': 4, 'datasets': 4,
+    'evaluation': 5,
+    'engine': 6,
+    'cli': 7,
+    'deploy': 8,
 }
 
 
@@ -99,6 +100,20 @@ def test_the_tools_do_not_import_engine():
         for i, text in enumerate(open(path), 1):
             if f'{PACKAGE}.engine' in text or f'{PACKAGE} import engine' in text:
                 wrong.append(f'{osp.relpath(path, REPO)}:{i}')
+    assert not wrong, wrong
+
+
+def test_nothing_is_re_classed_or_re_bound():
+    """No ``__class__`` assignment and no ``types.MethodType`` in the package: a config that
+    names a type gets that type."""
+    wrong = []
+    for rel, path in _modules():
+        for node in ast.walk(ast.parse(open(path).read(), path)):
+            if isinstance(node, ast.Assign) and any(
+                    isinstance(t, ast.Attribute) and t.attr == '__class__' for t in node.targets):
+                wrong.append(f'{rel}.py:{node.lineno} assigns __class__')
+            if isinstance(node, ast.Attribute) and node.attr == 'MethodType':
+                wrong.append(f'{rel}.py:{node.lineno} uses MethodType')
     assert not wrong, wrong
 
 

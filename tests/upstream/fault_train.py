@@ -1,4 +1,4 @@
-"""``python tests/engine/fault_train.py SECONDS N tools/train.py ARGS...``: tools/train.py
+"""``python tests/upstream/fault_train.py SECONDS N tools/train.py ARGS...``: tools/train.py
 with the N-th atomic write of the process (counting from 1; a checkpoint and then its
 ``last_checkpoint`` pointer are two writes) paused half-way for SECONDS: half the data in
 its temporary file, flushed, then the sleep, so a test can kill the process mid-write."""
@@ -11,13 +11,13 @@ import time
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, REPO)
 
-from projects.dino_dinov2 import checkpoint  # noqa: E402
+from projects.dino_dinov2.upstream import atomic_checkpoint  # noqa: E402
 
 
 def main():
     seconds, nth, tool, *args = sys.argv[1:]
     count = itertools.count(1)
-    write = checkpoint._write_data
+    write = atomic_checkpoint._write_data
 
     def paused(f, data):
         if next(count) != int(nth):
@@ -28,7 +28,7 @@ def main():
         time.sleep(float(seconds))
         f.write(data[half:])
 
-    checkpoint._write_data = paused
+    atomic_checkpoint._write_data = paused
     sys.argv = [tool, *args]
     runpy.run_path(tool, run_name='__main__')
 

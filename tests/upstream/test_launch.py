@@ -9,7 +9,7 @@ import pytest
 from helpers import REPO, clean_env
 from projects.dino_dinov2.cli import (detect_launcher, expand_nodelist, init_distributed,
                                       slurm_dist_env)
-from projects.dino_dinov2.cli.launcher import in_slurm_step, resolve_launcher
+from projects.dino_dinov2.upstream.launcher import in_slurm_step, resolve_launcher
 
 SCRIPTS = ['tools/dist_train.sh', 'tools/dist_test.sh', 'tools/slurm_train.sh',
            'tools/slurm_test.sh', 'tools/sbatch_preemptible.sh']

@@ -130,8 +130,8 @@ def test_work_dir_that_cannot_be_created(tiny_synthetic_data, tmp_path, monkeypa
 def test_disk_full_while_writing_a_checkpoint(tiny_synthetic_data, tmp_path, monkeypatch,
                                               capsys):
     """ENOSPC on the second checkpoint: the first and the pointer stay as they were."""
-    from projects.dino_dinov2 import checkpoint
-    real = checkpoint.atomic_write
+    from projects.dino_dinov2.upstream import atomic_checkpoint
+    real = atomic_checkpoint.atomic_write
 
     def full_disk(data, path, **kwargs):
         if osp.basename(str(path)) == 'epoch_2.pth':
@@ -143,7 +143,7 @@ def test_disk_full_while_writing_a_checkpoint(tiny_synthetic_data, tmp_path, mon
     options = [o for o in options if not o.startswith('default_hooks.checkpoint.interval')]
     argv = [SYNTHETIC_CONFIG, '--work-dir', str(work), '--batch-size', '4', '--cfg-options',
             *options, 'default_hooks.checkpoint.interval=1']
-    monkeypatch.setattr(checkpoint, 'atomic_write', full_disk)
+    monkeypatch.setattr(atomic_checkpoint, 'atomic_write', full_disk)
     line = _run('train', argv, monkeypatch, capsys)
     assert 'could not write checkpoint' in line and 'epoch_2.pth: No space left on device' in line
     assert 'epoch_1.pth is intact and last_checkpoint still names it' in line

@@ -6,7 +6,7 @@ from mmengine.config import Config
 
 from helpers import REPO
 from projects.dino_dinov2 import cli
-from projects.dino_dinov2.cli import config_text
+from projects.dino_dinov2.upstream import config_text
 
 RECIPE = osp.join(REPO, 'configs', 'dino_dinov2_s_12ep.py')
 

@@ -17,7 +17,7 @@ from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint
 from projects.dino_dinov2.cli import (CheckpointError, atomic_write, check_checkpoint_file,
                                       install_checkpoint_loader, load_local_checkpoint,
                                       set_resume)
-from projects.dino_dinov2.checkpoint import remove_stale_temp_files
+from projects.dino_dinov2.upstream.atomic_checkpoint import remove_stale_temp_files
 
 
 def _mmengine_like_checkpoint(path):

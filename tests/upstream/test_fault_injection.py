@@ -22,7 +22,7 @@ import time
 from helpers import REPO, SYNTHETIC_CONFIG, clean_env, tiny_run_options, wait_for_iteration
 from projects.dino_dinov2.cli import check_checkpoint_file, load_local_checkpoint
 
-FAULT_TRAIN = osp.join(REPO, 'tests', 'engine', 'fault_train.py')
+FAULT_TRAIN = osp.join(REPO, 'tests', 'upstream', 'fault_train.py')
 
 ITERS = 12
 
