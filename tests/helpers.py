@@ -14,6 +14,7 @@ import os.path as osp
 import socket
 import struct
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 
@@ -252,3 +253,31 @@ def read_checkpoint(path: str, map_location='cpu'):
     MMEngine's classes allowed): what the tests inspect of a run's files."""
     from projects.dino_dinov2.checkpoint import load_local_checkpoint
     return load_local_checkpoint(str(path), map_location=map_location)
+
+
+_OPEN_PLAIN = r'''
+import json, sys
+import torch
+paths, config, image = json.loads(sys.argv[1])
+for path in paths:  # torch's own safe loader, nothing allowed beyond its defaults
+    torch.load(path, map_location='cpu', weights_only=True)
+if config:
+    import projects.dino_dinov2  # noqa: F401  registers the modules, installs no loader
+    from mmdet.apis import inference_detector, init_detector
+    from mmengine.runner.checkpoint import CheckpointLoader
+    assert CheckpointLoader._schemes[''].__module__ == 'mmengine.runner.checkpoint'
+    for path in paths:
+        model = init_detector(config, path, device='cpu')
+        result = inference_detector(model, image)
+        print(path, len(result.pred_instances), model.dataset_meta['classes'])
+'''
+
+
+def open_without_the_plugin(paths, config=None, image=None):
+    """In a fresh process: ``torch.load(weights_only=True)`` of each checkpoint with torch's
+    own allow-list, then (with ``config``) mmdet's ``init_detector`` and
+    ``inference_detector`` on ``image`` with nothing installed by this project. Returns
+    the CompletedProcess."""
+    return subprocess.run([sys.executable, '-c', _OPEN_PLAIN,
+                           json.dumps([list(map(str, paths)), config, image])],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)

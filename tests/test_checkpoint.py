@@ -99,11 +99,8 @@ def test_arbitrary_pickled_object_is_refused(tmp_path):
     install_checkpoint_loader()
     with pytest.raises(CheckpointError) as e:
         _load_checkpoint(path, map_location='cpu')
-    assert str(e.value) == (
-        f'refused to load {path}: it holds a pickled object outside the allow-list '
-        '(Unsupported global: GLOBAL posix.mkdir); checkpoints are read with '
-        'torch.load(weights_only=True) and only the classes MMEngine saves are allowed '
-        '(checkpoint.py)')
+    assert str(e.value).startswith(f'refused to load {path}: it holds a pickled object')
+    assert 'posix.mkdir' in str(e.value) and 'weights_only=True' in str(e.value)
     assert not osp.exists(marker)
     # the allow-list's getattr reaches HistoryBuffer's statistics methods, nothing else
     torch.save({'x': GetAttr()}, path)

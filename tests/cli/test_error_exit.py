@@ -146,10 +146,8 @@ def test_resume_from_checkpoint_with_pickled_object(tiny_synthetic_data, tmp_pat
     subprocess.run([sys.executable, '-c', code], check=True)
     line, out = _subprocess(['tools/train.py', *_train_args(
         tmp_path / 'work', tiny_synthetic_data), '--resume', str(evil)], tmp_path)
-    assert line == (f'error: refused to load {evil}: it holds a pickled object outside the '
-                    'allow-list (Unsupported global: GLOBAL posix.mkdir); checkpoints are '
-                    'read with torch.load(weights_only=True) and only the classes MMEngine '
-                    'saves are allowed (checkpoint.py)')
+    assert line.startswith(f'error: refused to load {evil}: it holds a pickled object')
+    assert 'posix.mkdir' in line and 'weights_only=True' in line
     assert not marker.exists() and 'Epoch(train)' not in out
 
 

@@ -14,7 +14,8 @@ from mmengine.runner import Runner
 
 from helpers import init_weights_quietly
 from config_runs import REPO, SHRINK_MODEL, data_options, make_dataset_for, scale_options
-from projects.dino_dinov2 import cli, engine
+from projects.dino_dinov2 import cli
+from projects.dino_dinov2.upstream.amp import preferred_amp_dtype
 from projects.dino_dinov2.models import LN2d
 
 from mmdet.registry import DATASETS, METRICS, MODELS
@@ -222,4 +223,4 @@ def test_original_configs_amp_is_float16_with_a_scaler():
             assert cfg.optim_wrapper.dtype == 'float16'
             assert optim.cast_dtype == torch.bfloat16
         else:
-            assert optim.cast_dtype == getattr(torch, engine.preferred_amp_dtype())
+            assert optim.cast_dtype == getattr(torch, preferred_amp_dtype())

@@ -127,7 +127,7 @@ def test_fp16_loss_scaler_skips_the_step_and_training_goes_on(tiny_synthetic_dat
 def test_fp16_loss_scaler_gives_up_after_max_skipped(tiny_synthetic_data, tmp_path):
     runner = _runner(tmp_path, tiny_synthetic_data, 'nan_give_up',
                      'optim_wrapper.type=AutoAmpOptimWrapper', 'optim_wrapper.dtype=bfloat16',
-                     'default_hooks.nan_guard.max_skipped=2')
+                     'default_hooks.runtime_info.max_skipped=2')
     runner.register_hook(NanLossAt(range(2, 100), scaler=True))
     with pytest.raises(NonFiniteLossError) as e:
         runner.train()

@@ -92,7 +92,7 @@ GOOD = [
     'train_dataloader.dataset.pipeline.0.skip_bad=True',       # CheckedLoadImageFromFile's
     'optim_wrapper.paramwise_cfg.custom_keys.neck.lr_mult=0.5',  # free-form dict
     'model.backbone.model_kwargs.drop_path_rate=0.1',          # timm kwargs
-    'env_cfg.cudnn_benchmark=True', 'default_hooks.nan_guard.max_skipped=3',
+    'env_cfg.cudnn_benchmark=True', 'default_hooks.runtime_info.max_skipped=3',
     'default_hooks.checkpoint.save_best=None', 'load_from=None', 'resume=True',
     'optim_wrapper.optimizer.lr=1', 'model.neck.0.in_channels=192',
     'param_scheduler.0.milestones=[5,8]', 'custom_hooks=[]',

@@ -1,6 +1,6 @@
 """What one EMA update costs: mmdet's ``ExpMomentumEMA`` against :class:`LeanExpMomentumEMA`.
 
-``python -m projects.dino_dinov2.analysis.ema_cost [CONFIG] [--cfg-options k=v ...]``
+``python tools/analysis_tools/ema_cost.py [CONFIG] [--cfg-options k=v ...]``
 builds the config's detector (backbone weights not downloaded) and prints, for each EMA
 class: the values its copy holds, the ATen ops and host synchronisations of one update
 (counted by :class:`host_profile.StepCounter`; on a GPU each sync stalls the launch queue),
@@ -76,5 +76,10 @@ def main(argv=None) -> List[dict]:
     return rows
 
 
-if __name__ == '__main__':
-    main()
+if __name__ == '__main__':  # run as a script: the package and analysis_tools importable
+    import os.path as _osp
+    import sys as _sys
+    _tools = _osp.dirname(_osp.dirname(_osp.abspath(__file__)))
+    _sys.path[:0] = [_osp.dirname(_tools), _tools]
+    from analysis_tools.ema_cost import main as _ema_cost_main
+    _ema_cost_main()

@@ -121,8 +121,11 @@ def run(config: str, checkpoint: str, shape=(512, 512), iters: int = 10, warmup:
         request = dict(row=row, config=config, checkpoint=checkpoint, onnx_path=onnx_path,
                        shape=list(shape), iters=iters, warmup=warmup, device=device,
                        cfg_options=cfg_options)
+        tools = osp.dirname(osp.dirname(osp.abspath(__file__)))
+        path = os.pathsep.join([osp.dirname(tools), tools, os.environ.get('PYTHONPATH', '')])
         proc = subprocess.run([sys.executable, '-m', __name__, json.dumps(request)],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True,
+                              env=dict(os.environ, PYTHONPATH=path))
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('{')]
         if proc.returncode != 0 or not lines:
             tail = (proc.stderr.strip().splitlines() or ['?'])[-1]

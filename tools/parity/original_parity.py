@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 # The presets of tools/parity/original_outputs.py in this project's config terms.
 PRESET_CONFIGS = {'b': 'configs/dino_dinov2_b_12ep.py', 's': 'configs/dino_dinov2_s_12ep.py',
