@@ -44,8 +44,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from projects.dino_dinov2.datasets.check import (check_splits, draw_samples,
-                                                     format_report)
+    from analysis_tools.dataset_check import check_splits, draw_samples, format_report
     from projects.dino_dinov2.datasets.layout import Split, find_layout
     if args.data_root is not None:
         layout = find_layout(args.data_root)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/benchmarks.md in one run, on a machine with an NVIDIA GPU and
-# this project installed (tools/install.sh; MMCV_CUDA_OPS=1 for mmcv's CUDA kernel):
+# this project installed (tools/install.sh; MMCV_CUDA_OPS=1 for mmcv's CUDA kernel, which
+# the original-equivalent rows need: they are stock mmdet, whose deformable attention
+# runs mmcv's CUDA kernel on a GPU):
 #
 #   bash tools/gpu_tables.sh [OUT_DIR]        (default work_dirs/gpu_tables)
 #
@@ -8,7 +10,8 @@
 # 2. gpu_tests:   the GPU-only tests: compiled Triton kernels and mmcv's CUDA kernel
 #                 against the PyTorch path, a detector step, fewer host syncs
 # 3. deform_attn: the deformable-attention implementations side by side
-# 4. vit_b/vit_s: training steps of the fast path against the original-equivalent mode,
+# 4. vit_b/vit_s: training steps of the recipe against the original-equivalent (stock
+#                 mmdet) config,
 #                 bf16 and full precision, batch 2 and 8 (median of ITERS after WARMUP)
 # 5. train/test:  configs/dino_dinov2_s_12ep.py trained for TRAIN_ITERS iterations with
 #                 --amp on a synthetic dataset of 640 px images, validated, then tested
@@ -55,7 +58,7 @@ print('GPU', torch.cuda.get_device_name(), torch.cuda.get_device_capability(),
 PY
 }
 
-step_config() {  # step_config NAME SIZE: fast vs original-equivalent for one backbone
+step_config() {  # step_config NAME SIZE: the recipe vs stock mmdet for one backbone
     "$PYTHON" tools/benchmark.py "configs/dino_dinov2_$2_12ep.py" \
         --baseline "configs/dino_dinov2_$2_12ep_original.py" --baseline-label original \
         --precision mixed full --batch-sizes 2 8 --iters "$ITERS" --warmup "$WARMUP" \
@@ -79,9 +82,9 @@ export OUT_DIR ITERS WARMUP TRAIN_ITERS PYTHON PYTHONUNBUFFERED
 export -f env_report step_config train_and_test
 step env 60 env_report
 step gpu_tests 150 "$PYTHON" -m pytest -q -p no:cacheprovider \
-    tests/models/test_fast_deformable_attention.py \
-    tests/models/test_triton_deformable_attention.py tests/models/test_fast_matching.py \
-    tests/models/test_focal_loss.py
+    tests/models/test_deformable_attention.py \
+    tests/models/test_triton_deformable_attention.py \
+    tests/models/test_batch_matching_dino_head.py tests/upstream/test_focal_loss.py
 step deform_attn 100 "$PYTHON" tools/benchmark.py --deform-attn --precision full mixed \
     --iters 20 --warmup 5 --out-dir "$OUT_DIR/deform_attn"
 step vit_b 240 step_config vit_b b

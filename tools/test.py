@@ -76,7 +76,7 @@ def main(argv=None):
     if onnx_info is not None:
         from projects.dino_dinov2.deploy.runtime import OnnxRuntimeDetector
         runner.model = OnnxRuntimeDetector(args.onnx, onnx_info)
-        runner._load_from = None  # the graph holds the weights
+        cli.skip_checkpoint_load(runner)  # the graph holds the weights
     if args.out is not None:
         if not args.out.endswith(('.pkl', '.pickle')):
             raise ValueError(f'--out must be a .pkl or .pickle file, got {args.out}')

@@ -308,7 +308,7 @@ def test_yolo_data_root_trains_validates_and_tests(tmp_path, tiny_synthetic_data
 
 def test_bad_yolo_inputs_get_one_line(tmp_path, tiny_synthetic_data):
     from projects.dino_dinov2 import cli
-    from projects.dino_dinov2.datasets.check import check_splits
+    from analysis_tools.dataset_check import check_splits
     from projects.dino_dinov2.datasets import DatasetError, find_layout
     from projects.dino_dinov2.datasets.layouts_out import write_yolo
     root = tmp_path / 'yolo'

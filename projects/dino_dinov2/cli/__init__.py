@@ -14,6 +14,7 @@ from ..checkpoint import (CheckpointError, atomic_write, check_checkpoint_file,
                           load_local_checkpoint, original_state_of)
 from ..engine.fine_tune import check_run_checkpoints
 from ..upstream.loops import release_dataloader_workers
+from ..upstream.runner import skip_checkpoint_load
 from ..errors import ConfigError, UserError
 from ..upstream.config_check import check_cfg_options, check_data_paths
 from .config_setup import (add_common_arguments, build_target_model, check_config_device,
@@ -34,7 +35,7 @@ __all__ = [
     'CheckpointError', 'atomic_write', 'check_checkpoint_file', 'checkpoint_kind', 'describe_kind',
     'install_checkpoint_loader', 'load_local_checkpoint', 'original_state_of',
     'check_run_checkpoints',
-    'release_dataloader_workers', 'ConfigError', 'UserError', 'check_cfg_options',
+    'release_dataloader_workers', 'skip_checkpoint_load', 'ConfigError', 'UserError', 'check_cfg_options',
     'check_data_paths', 'add_common_arguments', 'build_target_model', 'check_config_device',
     'check_device', 'enable_amp', 'enable_fine_tuning', 'enable_preemption',
     'enable_visualization', 'load_config', 'log_at_start', 'print_metrics', 'set_resume',

@@ -18,10 +18,10 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .coco_summary import (CLIPPED, DROP_REASONS, SplitSummary, compare_classes,
-                           summarize_split)
-from .errors import DatasetError
-from .layout import Split
+from projects.dino_dinov2.datasets.coco_summary import (CLIPPED, DROP_REASONS, SplitSummary,
+                                                         compare_classes, summarize_split)
+from projects.dino_dinov2.datasets.errors import DatasetError
+from projects.dino_dinov2.datasets.layout import Split
 
 # COCO's size ranges (box area in px^2)
 SMALL, MEDIUM = 32 ** 2, 96 ** 2
