@@ -100,11 +100,14 @@ def test_half_inputs_throughout():
 def test_detector_training_step_equals_pytorch_path():
     """The tiny synthetic detector with deform_attn_impl='triton' against 'pytorch':
     same weights, same batch, same losses and head gradients."""
-    small = dict(encoder=dict(num_layers=1), decoder=dict(num_layers=1))  # interpreter time
+    # one layer each and 2 heads: the interpreter runs each program in Python
+    heads = dict(num_heads=2)
+    small = dict(encoder=dict(num_layers=1, layer_cfg=dict(self_attn_cfg=heads)),
+                 decoder=dict(num_layers=1, layer_cfg=dict(cross_attn_cfg=heads)))
     triton_model = build_detector(deform_attn_impl='triton', **small).to(DEVICE)
     torch_model = build_detector(deform_attn_impl='pytorch', **small).to(DEVICE)
     torch_model.load_state_dict(triton_model.state_dict())
-    batch = make_batch(triton_model, sizes=((64, 96), (96, 64)))
+    batch = make_batch(triton_model, sizes=((48, 64), (64, 48)))
     l_tri, g_tri = loss_and_grads(triton_model, batch)
     l_ref, g_ref = loss_and_grads(torch_model, batch)
     assert l_tri.keys() == l_ref.keys()
