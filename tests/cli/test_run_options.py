@@ -19,7 +19,8 @@ from mmengine.hooks import Hook
 from mmengine.logging import MessageHub
 from torch import nn
 
-from helpers import SYNTHETIC_CONFIG, TINY_MODEL_OPTIONS, load_tool, tiny_run_options
+from helpers import (SYNTHETIC_CONFIG, TINY_MODEL_OPTIONS, load_tool, open_without_the_plugin,
+                     tiny_run_options)
 from mmdet.registry import HOOKS, METRICS
 
 VALIDATED = []  # (epoch, sum of a decoder weight) seen by WeightProbeHook at validation
@@ -149,6 +150,9 @@ def test_ema_weights_are_validated_and_both_kept(tmp_path, tiny_synthetic_data, 
     # the backbone trains here (from scratch): every trained tensor has its raw twin
     assert all(f'module.{k}' in ckpt['ema_state_dict'] for k in ckpt['state_dict']
                if k.startswith('backbone.'))
+    # torch's own safe loader opens it, nothing installed
+    proc = open_without_the_plugin([osp.join(work, 'epoch_2.pth')])
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_checkpoint_written_during_validation_keeps_the_ema_layout():

@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from helpers import (REPO, SYNTHETIC_CONFIG, clean_env, free_port, read_checkpoint, read_scalars,
-                     tiny_run_options, wait_for_iteration)
+from helpers import (REPO, SYNTHETIC_CONFIG, clean_env, free_port, open_without_the_plugin,
+                     read_checkpoint, read_scalars, tiny_run_options, wait_for_iteration)
 from projects.dino_dinov2.engine import PREEMPTED_EXIT_CODE, PreemptionHook
 from projects.dino_dinov2.engine.hooks.preemption_hook import (
     SkipFirstBatches, get_rng_state, set_rng_state)
@@ -47,6 +47,8 @@ def test_sigterm_writes_a_checkpoint_at_that_iteration(preempted_runs):
     assert len(ckpt['message_hub']['log_scalars']['train/loss']['log_history']) >= stopped
     # and what resumes it exactly: the RNG states of the one process
     assert len(ckpt['preemption']['rng_states']) == 1
+    proc = open_without_the_plugin([last])  # torch's own safe loader, nothing installed
+    assert proc.returncode == 0, proc.stderr[-2000:]
     assert ckpt['preemption']['signal'] == signal.SIGTERM
     assert min(rows) == 1 and stopped in rows
 

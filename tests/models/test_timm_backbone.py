@@ -132,8 +132,8 @@ def test_local_weight_file_loads_as_timm_would(tmp_path, family, layout):
         assert ours['patch_embed.proj.weight'].shape == (384, 3, 16, 16)
         # and it is really a resampling of the file's 14x14 kernel
         src = torch.load(_patch14_file(tmp_path), weights_only=True)
-        torch.testing.assert_close(ours['patch_embed.proj.weight'], timm.layers.resample_patch_embed(
-            src['patch_embed.proj.weight'], [16, 16]))
+        resampled = timm.layers.resample_patch_embed(src['patch_embed.proj.weight'], [16, 16])
+        torch.testing.assert_close(ours['patch_embed.proj.weight'], resampled)
     else:
         torch.manual_seed(0)
         source = timm.create_model(V3_SMALL, pretrained=False, num_classes=0, depth=2)

@@ -3,9 +3,9 @@ import copy
 import glob
 import os.path as osp
 import shutil
-import subprocess
 import sys
 
+import pytest
 import torch
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
@@ -95,14 +95,30 @@ def test_resume_continues_with_same_state(synthetic_run, synthetic_data, tmp_pat
     assert (last['meta']['epoch'], last['meta']['iter']) == (3, 3 * ITERS_PER_EPOCH)
 
 
-def test_resume_cli_from_path(synthetic_run, synthetic_data, tmp_path):
+@pytest.mark.parametrize('written', ['now', 'before'])
+def test_resume_cli_from_path(synthetic_run, synthetic_data, tmp_path, written):
+    """--resume PATH, from a checkpoint as the project writes it, and from one written
+    before it wrote plain types (mmengine's HistoryBuffer objects and numpy scalars in the
+    message hub: read with mmengine's classes allowed)."""
+    path = osp.join(synthetic_run, 'epoch_1.pth')
+    if written == 'before':
+        import numpy as np
+
+        from projects.dino_dinov2.upstream.torch_load import restore_message_hub
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+        restore_message_hub(ckpt['message_hub'])
+        ckpt['message_hub']['runtime_info']['eta'] = np.float64(1.5)
+        path = str(tmp_path / 'epoch_1.pth')
+        torch.save(ckpt, path)
+        proc = open_without_the_plugin([path])
+        assert proc.returncode != 0 and 'HistoryBuffer' in proc.stderr  # the old format
     proc = run_tool([sys.executable, 'tools/train.py', SYNTHETIC_CONFIG, '--work-dir',
-                     str(tmp_path), '--resume', osp.join(synthetic_run, 'epoch_1.pth'),
+                     str(tmp_path / 'work'), '--resume', path,
                      '--cfg-options', 'train_cfg.max_epochs=2', 'train_cfg.val_interval=5',
                      *data_cfg_options(synthetic_data)])
     log = proc.stdout + proc.stderr
-    assert 'resumed epoch: 1, iter: 4' in log
-    assert osp.isfile(tmp_path / 'epoch_2.pth')
+    assert 'resumed epoch: 1, iter: 4' in log and 'is not HistoryBuffer' not in log
+    assert osp.isfile(tmp_path / 'work' / 'epoch_2.pth')
 
 
 def test_missing_resume_file_is_an_error(synthetic_data, tmp_path):

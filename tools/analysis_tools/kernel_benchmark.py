@@ -16,7 +16,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from projects.dino_dinov2.models.deformable_attention import (mmcv_has_cuda_ops, msda_mmcv, msda_pytorch)
+from projects.dino_dinov2.models.deformable_attention import (mmcv_has_cuda_ops, msda_mmcv,
+                                                              msda_pytorch)
 from projects.dino_dinov2.models.triton_deformable_attention import msda_triton, triton_runs_on
 
 RECIPE_LEVELS = ((100, 167), (50, 84), (25, 42), (13, 21))

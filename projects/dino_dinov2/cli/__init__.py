@@ -7,8 +7,9 @@ Where a new flag goes: a config edit for the data -> ``own_data.py``; batch and 
 ``lr_scaling.py``; iterations, epochs, validation cadence -> ``schedule.py``; EMA, best
 checkpoint, early stop, augmentation presets -> ``run_options.py``; W&B -> ``wandb_setup.py``;
 anything else a tool turns into a config setting -> ``config_setup.py``; a check that
-rejects a bad key or value -> ``config_check.py``.
+rejects a bad key or value -> ``upstream/config_check.py``.
 """
+# flake8: noqa: F401  (what the tools call, re-exported)
 from ..checkpoint import (CheckpointError, atomic_write, check_checkpoint_file,
                           checkpoint_kind, describe_kind, install_checkpoint_loader,
                           load_local_checkpoint, original_state_of)
@@ -30,19 +31,3 @@ from .run_options import apply_run_options, set_early_stop, set_ema, set_save_be
 from .schedule import (describe_schedule, scale_schedule, schedule_for_run, set_epochs,
                        sets_schedule)
 from .wandb_setup import enable_wandb
-
-__all__ = [
-    'CheckpointError', 'atomic_write', 'check_checkpoint_file', 'checkpoint_kind', 'describe_kind',
-    'install_checkpoint_loader', 'load_local_checkpoint', 'original_state_of',
-    'check_run_checkpoints',
-    'release_dataloader_workers', 'skip_checkpoint_load', 'ConfigError', 'UserError', 'check_cfg_options',
-    'check_data_paths', 'add_common_arguments', 'build_target_model', 'check_config_device',
-    'check_device', 'enable_amp', 'enable_fine_tuning', 'enable_preemption',
-    'enable_visualization', 'load_config', 'log_at_start', 'print_metrics', 'set_resume',
-    'set_work_dir', 'skip_backbone_download', 'USER_ERRORS', 'exit_on_user_error',
-    'LaunchError', 'LaunchInfo', 'detect_launcher', 'expand_nodelist', 'init_distributed',
-    'setup_launcher', 'slurm_dist_env', 'apply_batch_and_lr', 'log_batch_and_lr',
-    'add_dataset_arguments', 'count_train_images', 'dataset_files', 'use_dataset',
-    'apply_run_options', 'set_early_stop', 'set_ema', 'set_save_best', 'describe_schedule',
-    'scale_schedule', 'schedule_for_run', 'set_epochs', 'sets_schedule', 'enable_wandb'
-]

@@ -6,6 +6,7 @@ flags, checks, schedules, the exit path) is ``cli/``. Workarounds for mmengine i
 (atomic checkpoints, resumable loop, early stopping, AMP on the CPU, W&B) are
 ``upstream/``.
 """
+# flake8: noqa: F401  (re-exports)
 from .batch_lr import BatchLr, lr_scale_factor
 from .fine_tune import (check_fine_tuning, check_run_checkpoints, class_dependent_keys,
                         load_for_fine_tuning)
@@ -14,11 +15,3 @@ from .hooks import (PREEMPTED_EXIT_CODE, BatchLrLoggerHook, DeferredRuntimeInfoH
                     PreemptionHook, RunInfoHook)
 from .lean_optim import LeanOptimWrapperConstructor
 from .optim_wrapper import AutoAmpOptimWrapper, LeanOptimWrapper
-
-__all__ = [
-    'BatchLr', 'lr_scale_factor', 'check_fine_tuning', 'check_run_checkpoints',
-    'class_dependent_keys', 'load_for_fine_tuning', 'PREEMPTED_EXIT_CODE',
-    'BatchLrLoggerHook', 'DeferredRuntimeInfoHook', 'DetEMAHook', 'FineTuneLoadHook',
-    'NanGuardHook', 'NonFiniteLossError', 'PreemptionHook', 'RunInfoHook',
-    'LeanOptimWrapperConstructor', 'AutoAmpOptimWrapper', 'LeanOptimWrapper'
-]

@@ -127,6 +127,3 @@ class LeanExpMomentumEMA(BaseAveragedModel):
                 f'with warm-up gamma {self.gamma:g} updates, every {self.interval} '
                 f'iteration(s); {tensors} trainable tensors ({numel / 1e6:.1f} M values) '
                 f'averaged{shared}')
-
-
-__all__ = ['LeanExpMomentumEMA']

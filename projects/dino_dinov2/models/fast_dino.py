@@ -18,12 +18,7 @@ reach the device once, in one pinned copy with the level starts, and the encoder
 reference points, the proposals' grids and the PyTorch deformable sampling are computed
 from the ints. mmdet's code loops over the values of the device tensor instead (16 host
 reads a step, and a host-to-device copy per level). The values are the same.
-
-Where a batch goes (training): :meth:`extract_feat` (backbone, pyramid, channel mapper) ->
-:meth:`forward_transformer` (:meth:`pre_transformer`, the encoder,
-:meth:`pre_decoder`: top-K proposals and denoising queries, the decoder) -> the head's
-``loss`` (:class:`.BatchMatchingDINOHead`: matching and all losses in one pass) ->
-:meth:`parse_losses` (one sum of the packed losses).
+The path of a batch through it: docs/architecture.md.
 """
 from __future__ import annotations
 

@@ -18,26 +18,28 @@ from collections import OrderedDict
 
 from mmengine.config import Config
 
-_TEXTS: 'OrderedDict[tuple, str]' = OrderedDict()
-_STATEMENTS: 'OrderedDict[str, str]' = OrderedDict()
-_KEEP = 16
-_KEEP_STATEMENTS = 2048
+_TEXTS: 'OrderedDict[tuple, str]' = OrderedDict()  # (format flag, contents) -> text
+_STATEMENTS: 'OrderedDict[str, str]' = OrderedDict()  # one statement -> its yapf text
+_KEEP = {id(_TEXTS): 16, id(_STATEMENTS): 2048}
 # mmengine 0.10.7's style for Config.pretty_text (mmengine/config/config.py)
 YAPF_STYLE = dict(based_on_style='pep8', blank_line_before_nested_class_or_def=True,
                   split_before_expression_after_opening_paren=True)
 
 
-def _format_statement(code: str) -> str:
-    text = _STATEMENTS.get(code)
-    if text is None:
-        from yapf.yapflib.yapf_api import FormatCode
-        text, _ = FormatCode(code, style_config=YAPF_STYLE)
-        _STATEMENTS[code] = text
-        while len(_STATEMENTS) > _KEEP_STATEMENTS:
-            _STATEMENTS.popitem(last=False)
-    else:
-        _STATEMENTS.move_to_end(code)
-    return text
+def _cached(cache: OrderedDict, key, make):
+    """``cache[key]``, made by ``make()`` the first time; the least recently used go."""
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    value = cache[key] = make()
+    while len(cache) > _KEEP[id(cache)]:
+        cache.popitem(last=False)
+    return value
+
+
+def _yapf(code: str) -> str:
+    from yapf.yapflib.yapf_api import FormatCode
+    return FormatCode(code, style_config=YAPF_STYLE)[0]
 
 
 def format_by_statement(text: str) -> str:
@@ -45,7 +47,8 @@ def format_by_statement(text: str) -> str:
     lines = text.splitlines(keepends=True)
     out = []
     for node in ast.parse(text).body:
-        out.append(_format_statement(''.join(lines[node.lineno - 1:node.end_lineno])))
+        code = ''.join(lines[node.lineno - 1:node.end_lineno])
+        out.append(_cached(_STATEMENTS, code, lambda: _yapf(code)))
     return ''.join(out)
 
 
@@ -65,20 +68,13 @@ class TextCachedConfig(Config):
 
     @property
     def pretty_text(self) -> str:
-        key = (self._format_python_code, repr(self.to_dict()))
-        text = _TEXTS.get(key)
-        if text is None:
-            formatted = self._format_python_code
-            object.__setattr__(self, '_format_python_code', False)  # not a config key
-            try:
-                text = super().pretty_text
-            finally:
-                object.__setattr__(self, '_format_python_code', formatted)
-            if formatted:
-                text = format_by_statement(text)
-            _TEXTS[key] = text
-            while len(_TEXTS) > _KEEP:
-                _TEXTS.popitem(last=False)
-        else:
-            _TEXTS.move_to_end(key)
-        return text
+        return _cached(_TEXTS, (self._format_python_code, repr(self.to_dict())), self._formatted_text)
+
+    def _formatted_text(self) -> str:
+        formatted = self._format_python_code
+        object.__setattr__(self, '_format_python_code', False)  # not a config key
+        try:
+            text = super().pretty_text
+        finally:
+            object.__setattr__(self, '_format_python_code', formatted)
+        return format_by_statement(text) if formatted else text

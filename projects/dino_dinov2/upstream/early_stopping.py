@@ -73,6 +73,3 @@ class ResumableEarlyStoppingHook(EarlyStoppingHook):
         at = f' at iteration {self.best_iter}' if self.best_iter is not None else ''
         return (f'early stop: {self.monitor} did not improve in {self.wait_count} validations '
                 f'(best {self.best_score:.4f}{at}){where}')
-
-
-__all__ = ['ResumableEarlyStoppingHook']

@@ -86,6 +86,3 @@ class DetEMAHook(EMAHook):
         if 'ema_state_dict' in checkpoint and resuming(runner):
             runner.logger.info(f'resumed the EMA weights ({self._updates()} updates) and the '
                                'raw weights from the checkpoint')
-
-
-__all__ = ['DetEMAHook']
