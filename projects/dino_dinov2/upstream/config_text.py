@@ -20,19 +20,19 @@ from mmengine.config import Config
 
 _TEXTS: 'OrderedDict[tuple, str]' = OrderedDict()  # (format flag, contents) -> text
 _STATEMENTS: 'OrderedDict[str, str]' = OrderedDict()  # one statement -> its yapf text
-_KEEP = {id(_TEXTS): 16, id(_STATEMENTS): 2048}
 # mmengine 0.10.7's style for Config.pretty_text (mmengine/config/config.py)
 YAPF_STYLE = dict(based_on_style='pep8', blank_line_before_nested_class_or_def=True,
                   split_before_expression_after_opening_paren=True)
 
 
-def _cached(cache: OrderedDict, key, make):
-    """``cache[key]``, made by ``make()`` the first time; the least recently used go."""
+def _cached(cache: OrderedDict, key, make, keep: int):
+    """``cache[key]``, made by ``make()`` the first time; beyond ``keep`` entries the least
+    recently used go."""
     if key in cache:
         cache.move_to_end(key)
         return cache[key]
     value = cache[key] = make()
-    while len(cache) > _KEEP[id(cache)]:
+    while len(cache) > keep:
         cache.popitem(last=False)
     return value
 
@@ -48,7 +48,7 @@ def format_by_statement(text: str) -> str:
     out = []
     for node in ast.parse(text).body:
         code = ''.join(lines[node.lineno - 1:node.end_lineno])
-        out.append(_cached(_STATEMENTS, code, lambda: _yapf(code)))
+        out.append(_cached(_STATEMENTS, code, lambda: _yapf(code), keep=2048))
     return ''.join(out)
 
 
@@ -68,7 +68,8 @@ class TextCachedConfig(Config):
 
     @property
     def pretty_text(self) -> str:
-        return _cached(_TEXTS, (self._format_python_code, repr(self.to_dict())), self._formatted_text)
+        return _cached(_TEXTS, (self._format_python_code, repr(self.to_dict())),
+                       self._formatted_text, keep=16)
 
     def _formatted_text(self) -> str:
         formatted = self._format_python_code
