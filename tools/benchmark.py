@@ -64,6 +64,11 @@ def parse_args(argv=None):
     parser.add_argument('--host-profile', action='store_true',
                         help="count one training step's ATen ops and synchronisations "
                         "(mmdet's step and this project's) instead of timing")
+    parser.add_argument('--cpu-formulas', action='store_true',
+                        help='with --host-profile: count the step as the CPU runs it (the '
+                        'PyTorch formulas of deformable attention and focal loss, the '
+                        'optimizer per tensor where not fused) instead of standing in the '
+                        'GPU kernels')
     parser.add_argument('--inference', action='store_true',
                         help='inference latency instead: CONFIG CHECKPOINT, batch 1 at '
                              '--shape, PyTorch float32 / bfloat16, onnxruntime, TensorRT fp16 '
@@ -173,7 +178,8 @@ def host_profile_main(args) -> int:
             start = time.time()
             with bm.quiet_mmengine():
                 rows[f'{label}, {mode}'] = hp.profile_step(
-                    cfg, batch_size=batch, image_size=size, num_gt=num_gt)
+                    cfg, batch_size=batch, image_size=size, num_gt=num_gt,
+                    gpu_kernels=not args.cpu_formulas, foreach=not args.cpu_formulas)
             print(f'{label}, {mode}: {time.time() - start:.0f} s', flush=True)
     sites = '\n'.join(f'- {label}: ' + ('; '.join(r['sync_sites']) or 'none')
                       for label, r in rows.items() if 'this step' in label)

@@ -18,13 +18,13 @@ def param_group_lrs(optimizer, named_parameters) -> "OrderedDict[float, list]":
     mmengine's optimizer constructor makes one group per parameter when ``paramwise_cfg``
     is set, so groups are summarised by lr with the modules their parameters belong to.
     """
-    owner = {id(p): name for name, p in named_parameters}
+    owner = {p: name for name, p in named_parameters}  # tensors hash by identity
     groups: "OrderedDict[float, dict]" = OrderedDict()
     for group in optimizer.param_groups:
         entry = groups.setdefault(group['lr'], {'params': 0, 'modules': OrderedDict()})
         for p in group['params']:
             entry['params'] += 1
-            parts = owner.get(id(p), '?').split('.')
+            parts = owner.get(p, '?').split('.')
             parts = parts[1:] if parts[0] == 'module' else parts  # DDP's wrapper
             # a list of modules (the neck: pyramid, channel mapper) by item: neck.0
             top = '.'.join(parts[:2]) if len(parts) > 2 and parts[1].isdigit() else parts[0]

@@ -9,7 +9,7 @@ turns that into:
    signalled at slightly different moments stop after the same iteration);
 3. rank 0 writes ``iter_<N>.pth`` with ``runner.save_checkpoint`` -- a normal mmengine
    checkpoint (model, optimizer, schedulers, message hub) plus every rank's RNG states,
-   through the CheckpointHook's file backend (atomic writes with AtomicCheckpointHook) --
+   in the work dir (or ``out_dir``), written atomically as ``AtomicCheckpointHook`` writes --
    and then points ``<work_dir>/last_checkpoint`` at it;
 4. the end-of-run hooks run (logs flushed, W&B finished), the process group is
    destroyed and every rank exits with :data:`PREEMPTED_EXIT_CODE` (75, ``EX_TEMPFAIL``
@@ -39,12 +39,12 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 from mmengine.dist import all_gather_object, all_reduce, barrier, get_rank, is_distributed
-from mmengine.hooks import CheckpointHook, Hook
+from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 from mmengine.runner import EpochBasedTrainLoop
 
 from ...errors import ConfigError
-from ...upstream.atomic_checkpoint import write_last_checkpoint
+from ...upstream.atomic_checkpoint import ATOMIC_BACKEND_ARGS, write_last_checkpoint
 from ...upstream.loops import ResumableIterBasedTrainLoop, SkipFirstBatches
 from ...upstream.runner import built_loop
 
@@ -88,13 +88,17 @@ class PreemptionHook(Hook):
         signals: signal names to handle.
         exit_code: the exit status of every rank after a preemption checkpoint.
         filename_tmpl: checkpoint file name, formatted with the iterations done.
+        out_dir, backend_args: where and how to write it (default: the work dir, atomic
+            local writes, as ``AtomicCheckpointHook``'s; set both as the checkpoint
+            hook's when checkpoints go elsewhere).
     """
     # after the LoggerHook, ParamSchedulerHook and CheckpointHook (VERY_LOW): the saved
     # state includes everything the iteration changed, and is logged.
     priority = 'VERY_LOW'
 
     def __init__(self, signals: Sequence[str] = ('SIGTERM', 'SIGUSR1'),
-                 exit_code: int = PREEMPTED_EXIT_CODE, filename_tmpl: str = 'iter_{}.pth'):
+                 exit_code: int = PREEMPTED_EXIT_CODE, filename_tmpl: str = 'iter_{}.pth',
+                 out_dir: Optional[str] = None, backend_args: Optional[dict] = None):
         self.signals = []
         for name in signals:
             if not hasattr(signal, name):
@@ -102,6 +106,10 @@ class PreemptionHook(Hook):
             self.signals.append(getattr(signal, name))
         self.exit_code = int(exit_code)
         self.filename_tmpl = filename_tmpl
+        self.out_dir = out_dir
+        # local folders: atomic writes, as AtomicCheckpointHook's
+        self.backend_args = dict(ATOMIC_BACKEND_ARGS) if backend_args is None and (
+            out_dir is None or '://' not in str(out_dir)) else backend_args
         self.received: Optional[int] = None
         self._previous: Dict[int, object] = {}
         self._pending_rng: Optional[List[dict]] = None
@@ -160,12 +168,11 @@ class PreemptionHook(Hook):
 
     def _save_and_exit(self, runner, meta: dict, rng: bool) -> None:
         states = all_gather_object(get_rng_state()) if rng else None
-        ckpt_hook = next((h for h in runner.hooks if isinstance(h, CheckpointHook)), None)
-        out_dir = getattr(ckpt_hook, 'out_dir', None) or runner.work_dir
+        out_dir = self.out_dir or runner.work_dir
         filename = self.filename_tmpl.format(meta['iter'])
         self._save_rng = states
         runner.save_checkpoint(out_dir, filename, meta=meta, by_epoch=False,
-                               backend_args=getattr(ckpt_hook, 'backend_args', None))
+                               backend_args=self.backend_args)
         self._save_rng = None
         path = osp.join(out_dir, filename)
         if get_rank() == 0:
