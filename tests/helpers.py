@@ -266,18 +266,22 @@ if config:
     from mmdet.apis import inference_detector, init_detector
     from mmengine.runner.checkpoint import CheckpointLoader
     assert CheckpointLoader._schemes[''].__module__ == 'mmengine.runner.checkpoint'
+    from mmdet.apis import DetInferencer
     for path in paths:
         model = init_detector(config, path, device='cpu')
         result = inference_detector(model, image)
         print(path, len(result.pred_instances), model.dataset_meta['classes'])
+        out = DetInferencer(model=config, weights=path, device='cpu', show_progress=False)(
+            image, no_save_vis=True)
+        print('DetInferencer', len(out['predictions'][0]['labels']))
 '''
 
 
 def open_without_the_plugin(paths, config=None, image=None):
     """In a fresh process: ``torch.load(weights_only=True)`` of each checkpoint with torch's
-    own allow-list, then (with ``config``) mmdet's ``init_detector`` and
-    ``inference_detector`` on ``image`` with nothing installed by this project. Returns
-    the CompletedProcess."""
+    own allow-list, then (with ``config``) mmdet's ``init_detector``,
+    ``inference_detector`` and ``DetInferencer`` on ``image`` with nothing installed by
+    this project. Returns the CompletedProcess."""
     return subprocess.run([sys.executable, '-c', _OPEN_PLAIN,
                            json.dumps([list(map(str, paths)), config, image])],
                           cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -57,6 +57,7 @@ def main(argv=None):
     if files is not None:  # --data-root ...: its test split (else val), its classes
         line, _ = cli.use_dataset(cfg, args.data_root, files, test=True)
         cli.log_at_start(cfg, line)
+    cli.use_checked_loading(cfg)  # bad images: one line naming the file
     cli.setup_launcher(cfg, args.launcher)  # process group before the Runner
     cli.check_data_paths(cfg, ['test_dataloader'])
     if onnx_info is not None:  # the graph's letterbox replaces the pipeline's resize

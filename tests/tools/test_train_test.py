@@ -41,14 +41,16 @@ def test_test_tool_prints_bbox_map(synthetic_run, synthetic_data, tmp_path):
 
 def test_checkpoints_open_with_torch_and_mmdet_alone(synthetic_run, synthetic_data):
     """Every checkpoint the run wrote (each epoch's, the best) opens with torch's safe
-    loader and mmdet's init_detector / inference_detector, nothing installed (torch >= 2.6
-    refused mmengine's message-hub objects: the checkpoints hold plain types)."""
+    loader and mmdet's init_detector / inference_detector / DetInferencer, nothing
+    installed (torch >= 2.6 refused mmengine's message-hub objects: the checkpoints hold
+    plain types)."""
     paths = sorted(glob.glob(osp.join(synthetic_run, '*.pth')))
     assert len(paths) == 3 and any('best_coco_bbox_mAP' in p for p in paths)
     image = sorted(glob.glob(osp.join(synthetic_data, 'val', '*')))[0]
     proc = open_without_the_plugin(paths, SYNTHETIC_CONFIG, image)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("('circle', 'square', 'triangle')") == 3, proc.stdout
+    assert proc.stdout.count('DetInferencer') == 3, proc.stdout
 
 
 class CaptureAtStart(Hook):

@@ -52,7 +52,13 @@ val_dataloader = dict(
         test_mode=True,
         pipeline=test_pipeline,
         backend_args=backend_args))
-test_dataloader = val_dataloader
+# the test set as mmdet's tools and DetInferencer expect it: mmcv's LoadImageFromFile (the
+# inferencer swaps it for its own loader); this project's tools/test.py loads it checked
+test_dataloader = dict(
+    val_dataloader,
+    dataset=dict(val_dataloader['dataset'],
+                 pipeline=[dict(type='LoadImageFromFile', backend_args=backend_args)]
+                 + test_pipeline[1:]))
 
 val_evaluator = dict(
     type='CocoMetric',

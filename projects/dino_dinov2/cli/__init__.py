@@ -21,7 +21,8 @@ from ..upstream.config_check import check_cfg_options, check_data_paths
 from .config_setup import (add_common_arguments, build_target_model, check_config_device,
                            check_device, enable_amp, enable_fine_tuning, enable_preemption,
                            enable_visualization, load_config, log_at_start, print_metrics,
-                           set_resume, set_work_dir, skip_backbone_download)
+                           set_resume, set_work_dir, skip_backbone_download,
+                           use_checked_loading)
 from .error_exit import USER_ERRORS, exit_on_user_error
 from ..upstream.launcher import (LaunchError, LaunchInfo, detect_launcher, expand_nodelist,
                        init_distributed, setup_launcher, slurm_dist_env)

@@ -98,6 +98,15 @@ def enable_amp(cfg: Config, dtype: Optional[str] = None) -> None:
     cfg.optim_wrapper.dtype = dtype
 
 
+def use_checked_loading(cfg: Config, key: str = 'test_dataloader') -> None:
+    """The ``key`` loader's images read by ``CheckedLoadImageFromFile`` (one-line errors
+    naming the file) where its pipeline has mmcv's ``LoadImageFromFile`` (what mmdet's
+    ``DetInferencer`` needs in the config's test pipeline)."""
+    for transform in cfg.get(key, {}).get('dataset', {}).get('pipeline', []):
+        if transform.get('type') == 'LoadImageFromFile':
+            transform['type'] = 'CheckedLoadImageFromFile'
+
+
 def set_resume(cfg: Config, resume: Optional[str]) -> None:
     """``--resume`` alone: the latest checkpoint of the work dir; ``--resume PATH``: that file.
 
