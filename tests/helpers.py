@@ -285,3 +285,9 @@ def open_without_the_plugin(paths, config=None, image=None):
     return subprocess.run([sys.executable, '-c', _OPEN_PLAIN,
                            json.dumps([list(map(str, paths)), config, image])],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def names(message: str, *parts: str) -> bool:
+    """Whether ``message`` is one line that names each of ``parts`` (the file, key or value
+    at fault and what to do): the tests check what an error says, not its wording."""
+    return '\n' not in message.strip() and all(str(part) in message for part in parts)

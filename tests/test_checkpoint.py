@@ -14,6 +14,7 @@ from mmengine.config import Config
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint
 
+from helpers import names
 from projects.dino_dinov2.cli import (CheckpointError, atomic_write, check_checkpoint_file,
                                       install_checkpoint_loader, load_local_checkpoint,
                                       set_resume)
@@ -130,9 +131,8 @@ def test_truncated_checkpoint_is_named(truncated, tmp_path):
     with pytest.raises(CheckpointError) as e:
         check_checkpoint_file(truncated)
     size = osp.getsize(truncated)
-    assert str(e.value) == (f'checkpoint {truncated} is truncated ({size} bytes, the end of '
-                            'the archive is missing): it was not written completely; other '
-                            'checkpoints there: epoch_1.pth')
+    assert names(str(e.value), truncated, 'truncated', f'{size} bytes',
+                 'other checkpoints there: epoch_1.pth')
     with pytest.raises(CheckpointError) as e:
         _load_checkpoint(truncated, map_location='cpu')
     assert str(e.value).startswith(f'checkpoint {truncated} is truncated or damaged '

@@ -16,7 +16,7 @@ import pytest
 import timm
 import torch
 
-from helpers import REPO, SYNTHETIC_CONFIG, clean_env, load_tool, tiny_run_options
+from helpers import REPO, SYNTHETIC_CONFIG, clean_env, load_tool, names, tiny_run_options
 from projects.dino_dinov2.cli import exit_on_user_error
 
 
@@ -57,9 +57,8 @@ def test_main_block_prints_one_line_and_exits_2(tiny_synthetic_data, tmp_path):
 def test_missing_data_root(tmp_path, monkeypatch, capsys):
     line = _error_line(_train_args(tmp_path / 'work', str(tmp_path / 'no_data')), 'train',
                        monkeypatch, capsys)
-    assert line == (f'error: train_dataloader.dataset.data_root: folder not found: '
-                    f'{tmp_path}/no_data/ (make the dataset there, or pass --cfg-options '
-                    'train_dataloader.dataset.data_root=PATH)')
+    assert line.startswith('error: ') and names(
+        line, 'train_dataloader.dataset.data_root', f'{tmp_path}/no_data/', 'not found')
     assert not osp.exists(tmp_path / 'work' / 'last_checkpoint')
 
 
@@ -128,9 +127,8 @@ def test_truncated_checkpoint_in_the_tools(tool, tiny_synthetic_data, tmp_path, 
         argv, prefix = [SYNTHETIC_CONFIG, str(cut), '--work-dir', str(work), '--cfg-options',
                         *tiny_run_options(tiny_synthetic_data, 1)], ''
     line = _error_line(argv, tool, monkeypatch, capsys)
-    assert line == (f'error: {prefix}checkpoint {cut} is truncated (3000 bytes, the end of '
-                    'the archive is missing): it was not written completely; other '
-                    'checkpoints there: epoch_1.pth')
+    assert line.startswith(f'error: {prefix}') and names(
+        line, cut, 'truncated', 'other checkpoints there: epoch_1.pth')
     assert not osp.exists(work / 'last_checkpoint')
 
 
@@ -160,8 +158,7 @@ def test_corrupt_image_in_a_dataloader_worker(tiny_synthetic_data, tmp_path):
     line, _ = _subprocess(['tools/train.py', *_train_args(
         tmp_path / 'work', str(data), 'train_dataloader.num_workers=1',
         'train_dataloader.persistent_workers=False')], tmp_path)
-    assert line == (f'error: {bad}: cannot decode the image (corrupt, truncated or not an '
-                    'image)')
+    assert line.startswith('error: ') and names(line, bad, 'cannot decode the image')
     log = open(next((tmp_path / 'work').glob('*/*.log'))).read()
     assert log.rstrip().endswith(f'{bad}: cannot decode the image (corrupt, truncated or not '
                                  'an image)')  # also in the run's log file

@@ -116,9 +116,11 @@ def test_iteration_schedule_and_cadence(name, tmp_path):
     cfg.train_dataloader.persistent_workers = False
     runner = Runner.from_cfg(cfg)
     loop = runner.build_train_loop(cfg.train_cfg)
-    assert type(loop).__name__ == 'ResumableIterBasedTrainLoop'
+    from mmdet.datasets.samplers import AspectRatioBatchSampler
+    from mmengine.runner import IterBasedTrainLoop
+    assert isinstance(loop, IterBasedTrainLoop)  # iterations, as detectron2's trainer
     assert (loop.max_iters, loop.val_interval) == (max_iters, interval)
-    assert type(loop.dataloader.batch_sampler).__name__ == 'AspectRatioBatchSampler'
+    assert isinstance(loop.dataloader.batch_sampler, AspectRatioBatchSampler)
     runner.optim_wrapper = runner.build_optim_wrapper(runner.optim_wrapper)
     (sched, ) = runner.build_param_scheduler(cfg.param_scheduler)
     assert not sched.by_epoch and sorted(sched.milestones) == [step]

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from helpers import (REPO, SYNTHETIC_CONFIG, TINY_MODEL_OPTIONS, data_cfg_options, load_tool,
-                     read_checkpoint, tiny_run_options)
+                     names, read_checkpoint, tiny_run_options)
 from projects.dino_dinov2.cli import exit_on_user_error
 
 
@@ -193,8 +193,7 @@ def test_gpu_asked_for_where_there_is_none(tiny_synthetic_data, tmp_path, monkey
     assert 'AmpOptimWrapper' in line and 'needs a GPU' in line and 'use --amp' in line
     line = _run('infer', [SYNTHETIC_CONFIG, 'x.pth', 'x.jpg', '--device', 'cuda:0'],
                 monkeypatch, capsys)
-    assert line == ('error: --device cuda:0: no GPU is visible here '
-                    '(torch.cuda.is_available() is False); use cpu')
+    assert line.startswith('error: ') and names(line, '--device cuda:0', 'no GPU', 'use cpu')
 
 
 def test_a_bug_exits_1_with_the_traceback_kept(tmp_path, monkeypatch, capsys):
@@ -252,8 +251,7 @@ def test_annotation_file_without_images(tmp_path, monkeypatch, capsys):
     ann = _coco(tmp_path, [], [])
     line = _run('train', [SYNTHETIC_CONFIG, '--work-dir', str(tmp_path / 'w'), '--cfg-options',
                           *_edge_options(tmp_path, ann)], monkeypatch, capsys)
-    assert line == f'error: {ann}: no image to train on (its "images" list is empty): ' \
-                   'check the file, or the split it should be'
+    assert line.startswith('error: ') and names(line, ann, 'no image to train on')
 
 
 def test_zero_byte_image(tmp_path, monkeypatch, capsys):
@@ -264,7 +262,7 @@ def test_zero_byte_image(tmp_path, monkeypatch, capsys):
     line = _run('train', [SYNTHETIC_CONFIG, '--work-dir', str(tmp_path / 'w'), '--cfg-options',
                           *_edge_options(tmp_path, ann), 'train_dataloader.num_workers=0'],
                 monkeypatch, capsys)
-    assert line == f'error: {tmp_path}/img/zero.jpg: image file is empty (0 bytes)'
+    assert line.startswith('error: ') and names(line, f'{tmp_path}/img/zero.jpg', 'empty')
 
 
 def test_boxes_given_as_strings(tmp_path, monkeypatch, capsys):

@@ -2,7 +2,7 @@
 or annotation file -> error naming the key and path; good options still merge."""
 import pytest
 
-from helpers import SYNTHETIC_CONFIG, data_cfg_options, tiny_run_options
+from helpers import SYNTHETIC_CONFIG, data_cfg_options, names, tiny_run_options
 from projects.dino_dinov2.cli import ConfigError, check_data_paths, load_config
 
 
@@ -115,9 +115,8 @@ def test_missing_data_root_names_key_and_path(tmp_path):
     cfg = load_config(SYNTHETIC_CONFIG, _options(data_cfg_options(str(tmp_path / 'nope'))))
     with pytest.raises(ConfigError) as e:
         check_data_paths(cfg, ['train_dataloader', 'val_dataloader'])
-    assert str(e.value) == (
-        f'train_dataloader.dataset.data_root: folder not found: {tmp_path}/nope/ (make the '
-        'dataset there, or pass --cfg-options train_dataloader.dataset.data_root=PATH)')
+    assert names(str(e.value), 'train_dataloader.dataset.data_root', f'{tmp_path}/nope/',
+                 'not found', '--cfg-options train_dataloader.dataset.data_root=PATH')
 
 
 def test_missing_annotation_file_names_key_and_path(tiny_synthetic_data, tmp_path):
@@ -126,8 +125,8 @@ def test_missing_annotation_file_names_key_and_path(tiny_synthetic_data, tmp_pat
     cfg.val_dataloader.dataset.ann_file = 'annotations/instances_nope.json'
     with pytest.raises(ConfigError) as e:
         check_data_paths(cfg, ['train_dataloader', 'val_dataloader'])
-    assert str(e.value) == (f'val_dataloader.dataset.ann_file: annotation file not found: '
-                            f'{tiny_synthetic_data}/annotations/instances_nope.json')
+    assert names(str(e.value), 'val_dataloader.dataset.ann_file', 'not found',
+                 f'{tiny_synthetic_data}/annotations/instances_nope.json')
     cfg = load_config(SYNTHETIC_CONFIG, _options(data_cfg_options(tiny_synthetic_data)))
     cfg.test_evaluator.ann_file = str(tmp_path / 'gt.json')
     with pytest.raises(ConfigError, match=r'^test_evaluator.ann_file: annotation file not '

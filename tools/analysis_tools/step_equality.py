@@ -178,10 +178,10 @@ def _spread(a: List[Dict], b: List[Dict], key: str = 'loss') -> Tuple[float, flo
 
 def _main(argv=None) -> int:
     """``python tools/analysis_tools/step_equality.py CONFIG DATA_ROOT OUT_DIR [ITERS]``:
-    the loss curves of this project's step and of mmdet's step, and as the yardstick of
-    float rounding this project's step with its optimizer's update run per tensor instead
-    of fused (the same arithmetic in another order): DETR's matching turns any rounding
-    difference into a different curve after a few iterations."""
+    the loss curves of this project's step and of mmdet's step, and as yardsticks of float
+    rounding each with its optimizer's update run another way (per tensor instead of fused
+    and the reverse: the same arithmetic in another order): DETR's matching turns any
+    rounding difference into a different curve after a few iterations."""
     import os.path as osp
     import sys
     argv = sys.argv[1:] if argv is None else argv
@@ -191,18 +191,21 @@ def _main(argv=None) -> int:
     stock = loss_curve(config, data_root, osp.join(out, 'mmdet'), iters, stock=True)
     rounding = loss_curve(config, data_root, osp.join(out, 'lean_unfused'), iters,
                           options={'optim_wrapper.optimizer.fused': False})
+    stock_fused = loss_curve(config, data_root, osp.join(out, 'mmdet_fused'), iters,
+                             stock=True, options={'optim_wrapper.optimizer.fused': True})
     print(f'{len(lean)} iterations logged (total loss, relative differences per iteration)')
     print('| pair | largest | mean | first iteration > 1e-6 | mean loss, last 10 |')
     print('| --- | ---: | ---: | ---: | --- |')
 
     def tail(rows):
         return sum(r['loss'] for r in rows[-10:]) / len(rows[-10:])
-    for name, other in (('this step vs mmdet step', stock),
-                        ('this step vs itself, optimizer not fused (rounding only)',
-                         rounding)):
-        big, mean, first = _spread(lean, other)
+    for name, (one, other) in (
+            ('this step vs mmdet step', (lean, stock)),
+            ('this step vs itself, optimizer not fused (rounding only)', (lean, rounding)),
+            ('mmdet step vs itself, optimizer fused (rounding only)', (stock, stock_fused))):
+        big, mean, first = _spread(one, other)
         print(f'| {name} | {big:.1e} | {mean:.1e} | {first or "none"} | '
-              f'{tail(lean):.4f} vs {tail(other):.4f} |')
+              f'{tail(one):.4f} vs {tail(other):.4f} |')
     return 0
 
 
