@@ -132,7 +132,8 @@ def test_truncated_checkpoint_in_the_tools(tool, tiny_synthetic_data, tmp_path, 
     assert not osp.exists(work / 'last_checkpoint')
 
 
-def test_resume_from_checkpoint_with_pickled_object(tiny_synthetic_data, tmp_path):
+def test_resume_from_checkpoint_with_pickled_object(tiny_synthetic_data, tmp_path,
+                                                    monkeypatch, capsys):
     """Refused when the Runner reads it (the archive itself is complete)."""
     evil = tmp_path / 'epoch_1.pth'
     marker = tmp_path / 'code_ran'
@@ -142,22 +143,23 @@ def test_resume_from_checkpoint_with_pickled_object(tiny_synthetic_data, tmp_pat
             f'torch.save({{"meta": {{"epoch": 1, "iter": 4}}, "state_dict": {{}}, '
             f'"x": P()}}, {str(evil)!r})\n')
     subprocess.run([sys.executable, '-c', code], check=True)
-    line, out = _subprocess(['tools/train.py', *_train_args(
-        tmp_path / 'work', tiny_synthetic_data), '--resume', str(evil)], tmp_path)
+    line = _error_line([*_train_args(tmp_path / 'work', tiny_synthetic_data), '--resume',
+                        str(evil)], 'train', monkeypatch, capsys)
     assert line.startswith(f'error: refused to load {evil}: it holds a pickled object')
     assert 'posix.mkdir' in line and 'weights_only=True' in line
-    assert not marker.exists() and 'Epoch(train)' not in out
+    assert not marker.exists() and not (tmp_path / 'work' / 'epoch_2.pth').exists()
 
 
-def test_corrupt_image_in_a_dataloader_worker(tiny_synthetic_data, tmp_path):
+def test_corrupt_image_in_a_dataloader_worker(tiny_synthetic_data, tmp_path, monkeypatch,
+                                              capsys):
     """The worker's exception reaches the tool as the same one line."""
     data = tmp_path / 'data'
     shutil.copytree(tiny_synthetic_data, data)
     bad = sorted((data / 'train').iterdir())[3]
     bad.write_bytes(bad.read_bytes()[:100])
-    line, _ = _subprocess(['tools/train.py', *_train_args(
-        tmp_path / 'work', str(data), 'train_dataloader.num_workers=1',
-        'train_dataloader.persistent_workers=False')], tmp_path)
+    argv = _train_args(tmp_path / 'work', str(data), 'train_dataloader.num_workers=1',
+                       'train_dataloader.persistent_workers=False')
+    line = _error_line(argv, 'train', monkeypatch, capsys)
     assert line.startswith('error: ') and names(line, bad, 'cannot decode the image')
     log = open(next((tmp_path / 'work').glob('*/*.log'))).read()
     assert log.rstrip().endswith(f'{bad}: cannot decode the image (corrupt, truncated or not '

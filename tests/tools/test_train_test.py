@@ -10,7 +10,7 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
-from helpers import (SYNTHETIC_CONFIG, data_cfg_options, open_without_the_plugin,
+from helpers import (SYNTHETIC_CONFIG, data_cfg_options, load_tool, open_without_the_plugin,
                      read_checkpoint, run_tool)
 from projects.dino_dinov2 import cli
 
@@ -114,11 +114,10 @@ def test_resume_cli_from_path(synthetic_run, synthetic_data, tmp_path, written):
         torch.save(ckpt, path)
         proc = open_without_the_plugin([path])
         assert proc.returncode != 0 and 'HistoryBuffer' in proc.stderr  # the old format
-    proc = run_tool([sys.executable, 'tools/train.py', SYNTHETIC_CONFIG, '--work-dir',
-                     str(tmp_path / 'work'), '--resume', path,
-                     '--cfg-options', 'train_cfg.max_epochs=2', 'train_cfg.val_interval=5',
-                     *data_cfg_options(synthetic_data)])
-    log = proc.stdout + proc.stderr
+    load_tool('train').main([SYNTHETIC_CONFIG, '--work-dir', str(tmp_path / 'work'),
+                             '--resume', path, '--cfg-options', 'train_cfg.max_epochs=2',
+                             'train_cfg.val_interval=5', *data_cfg_options(synthetic_data)])
+    log = open(glob.glob(str(tmp_path / 'work' / '*' / '*.log'))[0]).read()
     assert 'resumed epoch: 1, iter: 4' in log and 'is not HistoryBuffer' not in log
     assert osp.isfile(tmp_path / 'work' / 'epoch_2.pth')
 
