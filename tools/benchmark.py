@@ -13,9 +13,11 @@ the config's test Resize, 800x1333 for the recipe), or the config's train datalo
 with --real-data (data time reported apart). Pretrained backbone weights are not loaded
 (timing does not depend on them) unless --pretrained.
 
---inference CONFIG CHECKPOINT [--shape 512x512] times inference instead, batch 1: PyTorch
-eager float32 and bfloat16 autocast, onnxruntime (CUDA provider on a GPU), TensorRT fp16
-where importable; writes inference.md.
+--inference CONFIG CHECKPOINT [--shape 512x512] [--rows ...] [--calib DIR] [--check IMAGE]
+times inference instead, batch 1: PyTorch eager float32, the exported graph in onnxruntime
+(this layout and the earlier one; CUDA provider on a GPU), INT8 (calibrated on --calib),
+OpenVINO float32 / bf16 / INT8 where installed, each row's agreement with PyTorch; writes
+inference.md.
 
 --host-profile CONFIG [CONFIG ...] counts what the host does in one training step on the
 CPU (a proxy for a GPU step: every ATen op is a kernel launch there): ATen ops per phase,
@@ -75,6 +77,18 @@ def parse_args(argv=None):
                              'where importable (each row in its own process)')
     parser.add_argument('--shape', default='512x512',
                         help='with --inference: HEIGHTxWIDTH of the input')
+    parser.add_argument('--rows', nargs='+', metavar='ROW',
+                        help='with --inference: the rows to measure (default: all of '
+                        'pytorch-fp32 onnxruntime onnxruntime-gridsample onnxruntime-int8 '
+                        'openvino-f32 openvino-bf16 openvino-int8 tensorrt-fp16; also '
+                        'pytorch-bf16)')
+    parser.add_argument('--calib', metavar='DIR',
+                        help='with --inference: calibration images for the INT8 rows')
+    parser.add_argument('--calib-images', type=int, default=300,
+                        help='with --inference --calib: how many calibration images')
+    parser.add_argument('--check', metavar='IMAGE',
+                        help='with --inference: the input image (letterboxed; default a '
+                        'seeded random image) on which each row is compared with PyTorch')
     parser.add_argument('--labels', nargs='+', help='Backbone column label per config')
     parser.add_argument('--precision', nargs='+', default=['full', 'mixed'],
                         choices=['full', 'mixed'], help='default: full mixed')
@@ -205,7 +219,9 @@ def inference_main(args) -> int:
     shape = parse_shape(args.shape)
     config, checkpoint = args.configs
     results = ib.run(config, checkpoint, shape, iters=args.iters, warmup=args.warmup,
-                     out_dir=args.out_dir, device=args.device, cfg_options=args.cfg_options)
+                     out_dir=args.out_dir, device=args.device, cfg_options=args.cfg_options,
+                     rows=tuple(args.rows or ib.ROWS), calib=args.calib,
+                     calib_images=args.calib_images, image=args.check)
     title = (f'Inference, {osp.basename(config)}, batch 1, {shape[0]}x{shape[1]}, median of '
              f'{args.iters} after {args.warmup} warm-up')
     text = ib.table(results, title)

@@ -20,12 +20,16 @@ def parse_args(argv=None):
     parser.add_argument('--show-dir', help='directory (inside the work dir) where painted '
                         'images are saved')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
-    parser.add_argument('--backend', choices=('pytorch', 'onnxruntime'), default='pytorch',
+    parser.add_argument('--backend', choices=('pytorch', 'onnxruntime', 'openvino'),
+                        default='pytorch',
                         help='evaluate the PyTorch model, or the graph tools/export.py wrote '
-                        '(--onnx) with the same dataset and metric')
+                        '(--onnx, float32 or INT8) with the same dataset and metric')
     parser.add_argument('--onnx', metavar='MODEL.onnx',
                         help='the exported graph (model.json beside it), with --backend '
-                        'onnxruntime')
+                        'onnxruntime or openvino')
+    parser.add_argument('--precision', choices=('f32', 'bf16'), default='f32',
+                        help='with --backend openvino: its inference precision (f32 pinned '
+                        'by default; bf16 where the CPU has it)')
     from projects.dino_dinov2.cli import add_common_arguments
     add_common_arguments(parser, 'the directory to save the evaluation metrics')
     args = parser.parse_args(argv)
@@ -42,11 +46,12 @@ def main(argv=None):
     from projects.dino_dinov2 import cli
 
     onnx_info = None
-    if args.backend == 'onnxruntime':
+    if args.backend != 'pytorch':
         from projects.dino_dinov2 import deploy
         if not args.onnx:
-            raise deploy.ExportError('--backend onnxruntime needs --onnx MODEL.onnx')
-        deploy.onnx_export.require('onnxruntime')
+            raise deploy.ExportError(f'--backend {args.backend} needs --onnx MODEL.onnx')
+        deploy.onnx_export.require(args.backend, 'openvino' if args.backend == 'openvino'
+                                   else 'deploy')
         onnx_info = deploy.read_sidecar(args.onnx)
     cfg = cli.load_config(args.config, args.cfg_options)
     cli.set_work_dir(cfg, args.work_dir, args.config)
@@ -61,11 +66,8 @@ def main(argv=None):
     cli.setup_launcher(cfg, args.launcher)  # process group before the Runner
     cli.check_data_paths(cfg, ['test_dataloader'])
     if onnx_info is not None:  # the graph's letterbox replaces the pipeline's resize
-        from projects.dino_dinov2.deploy.runtime import use_letterbox_pipeline
-        use_letterbox_pipeline(cfg)
-        h, w = onnx_info['input']['shape'][2:]
-        cli.log_at_start(cfg, f'backend: onnxruntime on {args.onnx} ({h}x{w} input, '
-                         'images letterboxed as its model.json says)')
+        from projects.dino_dinov2.deploy.runtime import prepare_graph_test
+        cli.log_at_start(cfg, prepare_graph_test(cfg, args.onnx, onnx_info, args.backend))
     cli.check_checkpoint_file(args.checkpoint)  # missing or truncated: one-line error
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
@@ -74,10 +76,10 @@ def main(argv=None):
     cli.install_checkpoint_loader()  # weights_only=True with mmengine's classes allowed
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     cli.check_run_checkpoints(runner, test_checkpoint=args.checkpoint)
-    if onnx_info is not None:
-        from projects.dino_dinov2.deploy.runtime import OnnxRuntimeDetector
-        runner.model = OnnxRuntimeDetector(args.onnx, onnx_info)
-        cli.skip_checkpoint_load(runner)  # the graph holds the weights
+    if onnx_info is not None:  # the graph holds the weights
+        from projects.dino_dinov2.deploy.runtime import use_graph
+        graph = use_graph(runner, args.onnx, onnx_info, args.backend, args.precision)
+        runner.logger.info(f'graph: {graph.session.describe()}')
     if args.out is not None:
         if not args.out.endswith(('.pkl', '.pickle')):
             raise ValueError(f'--out must be a .pkl or .pickle file, got {args.out}')

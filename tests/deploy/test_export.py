@@ -114,11 +114,11 @@ def test_dynamic_batch(synthetic_export, tmp_path):
     ckpt, _ = synthetic_export
     out = str(tmp_path / 'dyn.onnx')
     deploy.export(SYNTHETIC_CONFIG, ckpt, out, (128, 128), dynamic_batch=True)
-    session = deploy.onnx_session(out)
+    session = deploy.open_graph(out)
     x = torch.rand(3, 3, 128, 128) * 255
-    boxes, scores, labels = session.run(None, {'images': x.numpy()})
+    boxes, scores, labels = session.run(x.numpy())
     assert boxes.shape == (3, 50, 4) and labels.dtype == np.int64
-    one = session.run(None, {'images': x[1:2].numpy()})
+    one = session.run(x[1:2].numpy())
     np.testing.assert_allclose(one[1][0], scores[1], atol=1e-5)
     assert deploy.read_sidecar(out)['input']['shape'][0] == 'N'
 
@@ -201,18 +201,26 @@ def test_other_config_unreadable_image_missing_onnxruntime(synthetic_export, tmp
     assert os.listdir(tmp_path) == ['bad.jpg']  # nothing half-written
 
 
-def test_inference_benchmark_rows(synthetic_export, tmp_path):
+def test_inference_benchmark_rows(synthetic_export, synthetic_data, tmp_path):
     """tools/benchmark.py --inference prints a row per runtime, each from its own
-    process; a runtime missing here says so instead of a number."""
+    process, with its agreement with PyTorch on the same image; a runtime missing here says
+    so instead of a number."""
     ckpt, _ = synthetic_export
     from analysis_tools import inference_benchmark as ib
-    rows = ib.run(SYNTHETIC_CONFIG, ckpt, (128, 128), iters=2, warmup=1,
-                  out_dir=str(tmp_path), device='cpu')
-    by_row = {r['row']: r for r in rows}
-    assert set(by_row) == set(ib.ROWS)
-    for name in ('pytorch-fp32', 'pytorch-bf16', 'onnxruntime'):
+    rows = ('pytorch-fp32', 'onnxruntime', 'onnxruntime-gridsample', 'openvino-int8',
+            'tensorrt-fp16')
+    results = ib.run(SYNTHETIC_CONFIG, ckpt, (128, 128), iters=2, warmup=1,
+                     out_dir=str(tmp_path), device='cpu', rows=rows,
+                     calib=osp.join(synthetic_data, 'val'), calib_images=4,
+                     image=first_val_image(synthetic_data))
+    by_row = {r['row']: r for r in results}
+    assert tuple(by_row) == rows
+    for name in rows[:4]:
         assert by_row[name]['median_ms'] > 0 and by_row[name]['peak_mb'] > 0, by_row[name]
+    for name in ('onnxruntime', 'onnxruntime-gridsample'):  # float32: the same detections
+        assert by_row[name]['agree'] >= 0.98 and by_row[name]['max_box_diff'] < 0.05
+    assert by_row['openvino-int8']['agree'] > 0.3  # INT8: its AP is the test (test_int8)
     assert 'not measured' in by_row['tensorrt-fp16']['skipped']
-    text = ib.table(rows, 'title')
-    assert 'onnxruntime (CPUExecutionProvider)' in text and 'vs PyTorch float32' in text
+    text = ib.table(results, 'title')
+    assert 'onnxruntime (onnxruntime CPUExecutionProvider' in text and 'openvino CPU' in text
     assert osp.isfile(tmp_path / 'inference.json')

@@ -106,6 +106,21 @@ def test_pytorch_path_equals_mmcv_module_on_cpu(batch_first, ref_dim, host_shape
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize('batch_first', [True, False])
+@pytest.mark.parametrize('ref_dim', [2, 4])
+def test_onnx_layout_equals_mmcv_to_rounding(batch_first, ref_dim):
+    """impl='onnx' (the layout the export traces): mmcv's products summed in another
+    order, outputs and gradients equal to float32 rounding; it runs on the CPU as is."""
+    stock, ours = _modules(batch_first, impl='onnx')
+    assert resolve_impl('onnx', CPU) == 'onnx'
+    inputs = _inputs(batch_first, ref_dim)
+    out_stock, g_stock = _run(stock, inputs)
+    out_ours, g_ours = _run(ours, inputs, host_shapes=HOST_SHAPES)
+    torch.testing.assert_close(out_ours, out_stock, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g_ours, g_stock):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_pytorch_path_under_bf16_autocast_close_to_float32():
     """Under bfloat16 autocast the projections run in bfloat16 and the sampling in
     float32 (the inputs' dtypes differ): close to float32, gradients finite."""

@@ -56,9 +56,14 @@ def require(module: str, extra: str = 'deploy'):
                           f'(or pip install {module})') from None
 
 
-def load_model(config: str, checkpoint: str, cfg_options: Optional[dict] = None):
+DEFORM_ATTN = ('onnx', 'pytorch')
+
+
+def load_model(config: str, checkpoint: str, cfg_options: Optional[dict] = None,
+               deform_attn: str = 'onnx'):
     """(config, model on the CPU in eval mode with ``checkpoint`` loaded) with the
-    checkpoint checked against the config's model first."""
+    checkpoint checked against the config's model first; its deformable attention runs
+    ``deform_attn`` (``'onnx'``: the layout the export traces; ``'pytorch'``: mmcv's)."""
     from mmengine.runner import load_checkpoint
 
     from ..checkpoint import (check_checkpoint_file, check_checkpoint_fits,
@@ -66,8 +71,10 @@ def load_model(config: str, checkpoint: str, cfg_options: Optional[dict] = None)
     from ..cli.config_setup import build_target_model, load_config
     check_checkpoint_file(checkpoint)
     cfg = load_config(config, cfg_options)
+    if deform_attn not in DEFORM_ATTN:
+        raise ExportError(f'--deform-attn {deform_attn!r}: one of {", ".join(DEFORM_ATTN)}')
     if 'deform_attn_impl' in cfg.model:
-        cfg.model.deform_attn_impl = 'pytorch'  # GridSample: what every ONNX runtime has
+        cfg.model.deform_attn_impl = deform_attn  # GridSample: what every ONNX runtime has
     model = build_target_model(cfg)
     check_checkpoint_fits(model, checkpoint, 'export')
     install_checkpoint_loader()
@@ -87,8 +94,13 @@ def _sha256(path: str) -> str:
     return sha256(path)
 
 
+ATTENTION_FORMS = {
+    'onnx': 'GridSample per level, points x queries as rows, levels accumulated',
+    'pytorch': "GridSample per level, mmcv's layout (stacked levels)"}
+
+
 def sidecar(model, exportable, config: str, checkpoint: str, batch: Optional[int],
-            simplified: bool) -> dict:
+            simplified: bool, deform_attn: str = 'onnx') -> dict:
     import mmdet
     import timm
     pre = model.data_preprocessor
@@ -112,7 +124,8 @@ def sidecar(model, exportable, config: str, checkpoint: str, batch: Optional[int
             pad_value=mean, boxes_back='divide x by new_w / w and y by new_h / h, clip'),
         export=dict(exporter='torch.onnx.export(dynamo=False)', opset=OPSET,
                     simplified=simplified, dynamic_batch=batch is None,
-                    deformable_attention='GridSample (pure PyTorch path)'),
+                    deform_attn=deform_attn,
+                    deformable_attention=ATTENTION_FORMS[deform_attn]),
         source=dict(config=osp.relpath(config) if not osp.isabs(config) else
                     osp.basename(config),
                     checkpoint=osp.basename(checkpoint), sha256=_sha256(checkpoint)),
@@ -123,9 +136,10 @@ def sidecar(model, exportable, config: str, checkpoint: str, batch: Optional[int
 
 def export(config: str, checkpoint: str, out: str, shape: Tuple[int, int] = (512, 512),
            batch: int = 1, dynamic_batch: bool = False, simplify: bool = False,
-           cfg_options: Optional[dict] = None) -> dict:
+           cfg_options: Optional[dict] = None, deform_attn: str = 'onnx') -> dict:
     """Write ``out`` (ONNX) and ``<out stem>.json`` (the sidecar); returns the sidecar
-    with ``seconds``. Nothing is left at ``out`` when anything fails."""
+    with ``seconds``. Nothing is left at ``out`` when anything fails. ``deform_attn``:
+    the deformable attention's form in the graph (:data:`ATTENTION_FORMS`)."""
     from ..checkpoint import atomic_write
     from .exportable import ExportableDetector
     onnx = require('onnx')
@@ -134,7 +148,7 @@ def export(config: str, checkpoint: str, out: str, shape: Tuple[int, int] = (512
     if not out.endswith('.onnx'):
         raise ExportError(f'--out {out}: the file name must end in .onnx')
     start = time.time()
-    cfg, model = load_model(config, checkpoint, cfg_options)
+    cfg, model = load_model(config, checkpoint, cfg_options, deform_attn)
     height, width = shape
     wrapper = ExportableDetector(model, height, width).eval()
     example = torch.zeros(batch, 3, height, width)
@@ -159,7 +173,7 @@ def export(config: str, checkpoint: str, out: str, shape: Tuple[int, int] = (512
             onnx.checker.check_model(graph)
             simplified = True
         info = sidecar(model, wrapper, config, checkpoint, None if dynamic_batch else batch,
-                       simplified)
+                       simplified, deform_attn)
         data = graph.SerializeToString()
         atomic_write(data, out)
         atomic_write(json.dumps(info, indent=1), sidecar_path(out))
@@ -188,15 +202,19 @@ def read_sidecar(onnx_path: str) -> dict:
 
 def check(config: str, checkpoint: str, onnx_path: str, images: Sequence[str],
           cfg_options: Optional[dict] = None, box_tol: float = 0.05,
-          score_tol: float = 1e-4, min_agreement: float = 0.98) -> Tuple[list, bool]:
-    """onnxruntime and PyTorch (the same wrapper, eager) on the same letterboxed images:
-    per image the agreement of the top K detections (:func:`compare_detections`), the
-    largest box (px) and score differences. Returns (rows, all within the tolerances)."""
+          score_tol: float = 1e-4, min_agreement: float = 0.98,
+          backend: str = 'onnxruntime', precision: str = 'f32') -> Tuple[list, bool]:
+    """The graph in ``backend`` and PyTorch (the same wrapper, eager, float32) on the same
+    letterboxed images: per image the agreement of the top K detections
+    (:func:`compare_detections`), the largest box (px) and score differences. Returns
+    (rows, all within the tolerances)."""
+    from .backends import open_graph
     from .exportable import ExportableDetector
     from .letterbox import letterbox, read_image
     info = read_sidecar(onnx_path)
-    session = onnx_session(onnx_path)
-    _, model = load_model(config, checkpoint, cfg_options)
+    session = open_graph(onnx_path, backend, precision)
+    _, model = load_model(config, checkpoint, cfg_options,
+                          info['export'].get('deform_attn', 'pytorch'))
     height, width = info['input']['shape'][2:]
     wrapper = ExportableDetector(model, height, width).eval()
     mean = info['preprocess']['pad_value']
@@ -209,7 +227,7 @@ def check(config: str, checkpoint: str, onnx_path: str, images: Sequence[str],
             ref = [t.numpy() for t in wrapper(batch)]
         fixed = info['input']['shape'][0]
         feed = batch.numpy() if fixed in ('N', 1) else batch.repeat(fixed, 1, 1, 1).numpy()
-        got = session.run(None, {'images': feed})
+        got = session.run(feed)
         row = compare_detections([g[0] for g in got], [r[0] for r in ref], score_tol, box_tol)
         good = row['labels'] >= min_agreement
         ok = ok and good
@@ -243,13 +261,3 @@ def compare_detections(got, ref, score_tol: float, box_tol: float) -> dict:
         box_diff = max(box_diff, float(dist.min()))
         score_diff = max(score_diff, float(abs(r_scores[j] - g_scores[i])))
     return dict(labels=matched / max(len(g_scores), 1), boxes=box_diff, scores=score_diff)
-
-
-def onnx_session(path: str, providers: Optional[Sequence[str]] = None):
-    ort = require('onnxruntime')
-    if not osp.isfile(path):
-        raise ExportError(f'ONNX file not found: {path}')
-    available = ort.get_available_providers()
-    providers = [p for p in (providers or ['CUDAExecutionProvider', 'CPUExecutionProvider'])
-                 if p in available]
-    return ort.InferenceSession(path, providers=providers)

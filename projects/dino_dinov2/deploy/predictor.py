@@ -3,13 +3,15 @@
     from projects.dino_dinov2.deploy import Detector
     det = Detector.from_checkpoint('configs/dino_dinov2_b_12ep.py', 'iter_90000.pth')
     # or: det = Detector.from_onnx('model.onnx')   (model.json beside it)
+    # or: det = Detector.from_openvino('model.onnx')   (the same graph in OpenVINO)
     result = det.predict('photo.jpg', score_thr=0.3)   # path, RGB array or PIL image
     for box, score, name in zip(result.boxes, result.scores, result.class_names):
         print(name, round(score, 2), box)
 
 Both return :class:`Detections` in the pixels of the image given. ``from_checkpoint``
 runs the config's own test pipeline (any image size, the model's masks);
-``from_onnx`` letterboxes the image to the graph's size as its sidecar says.
+``from_onnx`` / ``from_openvino`` letterbox the image to the graph's size as its sidecar
+says (float32 or the INT8 graph of ``tools/export.py --int8``).
 """
 from __future__ import annotations
 
@@ -61,7 +63,7 @@ def _keep(boxes, scores, labels, score_thr: float, classes, image_hw) -> Detecti
 
 
 class Detector:
-    """Use :meth:`from_checkpoint` or :meth:`from_onnx`."""
+    """Use :meth:`from_checkpoint`, :meth:`from_onnx` or :meth:`from_openvino`."""
 
     def __init__(self, backend: str, classes: Sequence[str]) -> None:
         self.backend = backend
@@ -77,12 +79,28 @@ class Detector:
         return det
 
     @classmethod
-    def from_onnx(cls, path: str, providers: Optional[Sequence[str]] = None) -> 'Detector':
-        from .onnx_export import onnx_session, read_sidecar
+    def from_onnx(cls, path: str, providers: Optional[Sequence[str]] = None,
+                  threads: Optional[int] = None) -> 'Detector':
+        """The graph in onnxruntime (``providers``: default CUDA where installed, CPU)."""
+        from .backends import OnnxRuntimeSession
+        return cls._graph(path, lambda: OnnxRuntimeSession(path, providers, threads))
+
+    @classmethod
+    def from_openvino(cls, path: str, precision: str = 'f32',
+                      threads: Optional[int] = None) -> 'Detector':
+        """The graph in OpenVINO's CPU plugin (``precision`` ``'f32'`` pinned, or
+        ``'bf16'``); ``pip install openvino``."""
+        from .backends import open_graph
+        return cls._graph(path, lambda: open_graph(path, 'openvino', precision,
+                                                   threads=threads))
+
+    @classmethod
+    def _graph(cls, path: str, session) -> 'Detector':
+        from .onnx_export import read_sidecar
         info = read_sidecar(path)
-        det = cls('onnxruntime', info['classes'])
-        det.info = info
-        det.session = onnx_session(path, providers)
+        graph = session()
+        det = cls(graph.backend, info['classes'])
+        det.info, det.session = info, graph
         return det
 
     def predict(self, image, score_thr: float = 0.0) -> Detections:
@@ -102,6 +120,6 @@ class Detector:
         batch = x[None].numpy()
         if shape[0] not in ('N', 1):
             batch = np.repeat(batch, shape[0], axis=0)
-        boxes, scores, labels = self.session.run(None, {'images': batch})
+        boxes, scores, labels = self.session.run(batch)
         boxes = boxes_back(boxes[0], scale, rgb.shape[:2])
         return _keep(boxes, scores[0], labels[0], score_thr, self.classes, rgb.shape[:2])

@@ -1,6 +1,7 @@
 """An exported graph evaluated by mmengine's test loop (``tools/test.py --backend
-onnxruntime --onnx model.onnx``): the same dataset, pipeline up to the decoded image, and
-COCO metric as the PyTorch model, so the AP is the parity check.
+onnxruntime|openvino --onnx model.onnx``, and the INT8 accuracy gate): the same dataset,
+pipeline up to the decoded image, and COCO metric as the PyTorch model, so the AP is the
+parity check.
 
 The config's test pipeline keeps its loading and packing; its resize is dropped, because
 the graph's input size and the sidecar's letterbox rule (:mod:`.letterbox`) decide it, as
@@ -8,13 +9,15 @@ for any caller of the graph. Boxes go back to the original image's pixels.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
 from mmengine.model import BaseModel
 from mmengine.structures import InstanceData
 
+from .backends import open_graph
 from .letterbox import boxes_back, letterbox
-from .onnx_export import onnx_session
 
 _RESIZES = ('Resize', 'RandomResize', 'RandomChoiceResize', 'FixShapeResize')
 
@@ -33,12 +36,14 @@ def use_letterbox_pipeline(cfg) -> list:
     return dropped
 
 
-class OnnxRuntimeDetector(BaseModel):
-    """``test_step`` of a detector, computed by onnxruntime on the exported graph."""
+class GraphDetector(BaseModel):
+    """``test_step`` of a detector, computed by a runtime (:mod:`.backends`) on the
+    exported graph."""
 
-    def __init__(self, onnx_path: str, info: dict) -> None:
+    def __init__(self, onnx_path: str, info: dict, backend: str = 'onnxruntime',
+                 precision: str = 'f32') -> None:
         super().__init__()
-        self.session = onnx_session(onnx_path)
+        self.session = open_graph(onnx_path, backend, precision)
         self.info = info
         shape = info['input']['shape']
         self.batch = shape[0]
@@ -49,7 +54,7 @@ class OnnxRuntimeDetector(BaseModel):
         batch = x[None].numpy()
         if self.batch not in ('N', 1):
             batch = np.repeat(batch, self.batch, axis=0)
-        boxes, scores, labels = self.session.run(None, {'images': batch})
+        boxes, scores, labels = self.session.run(batch)
         return boxes[0], scores[0], labels[0]
 
     def test_step(self, data: dict) -> list:
@@ -68,4 +73,78 @@ class OnnxRuntimeDetector(BaseModel):
     val_step = test_step
 
     def forward(self, *args, **kwargs):  # pragma: no cover - only test_step is used
-        raise NotImplementedError('OnnxRuntimeDetector only evaluates (test_step)')
+        raise NotImplementedError('GraphDetector only evaluates (test_step)')
+
+
+def prepare_graph_test(cfg, onnx_path: str, info: dict, backend: str) -> str:
+    """Point a test config at a graph: the letterbox replaces the resize; returns the line
+    the log starts with."""
+    use_letterbox_pipeline(cfg)
+    h, w = info['input']['shape'][2:]
+    return (f'backend: {backend} on {onnx_path} ({h}x{w} input, images letterboxed as '
+            'its model.json says)')
+
+
+def use_graph(runner, onnx_path: str, info: dict, backend: str,
+              precision: str = 'f32') -> GraphDetector:
+    """The built Runner's model replaced by the graph (the graph holds the weights)."""
+    from ..upstream.runner import skip_checkpoint_load
+    runner.model = GraphDetector(onnx_path, info, backend, precision)
+    skip_checkpoint_load(runner)
+    return runner.model
+
+
+def evaluate_graph(config: str, onnx_path: str, info: dict, work_dir: str,
+                   val: Optional[str] = None, val_images: Optional[int] = None,
+                   backend: str = 'onnxruntime', cfg_options: Optional[dict] = None) -> dict:
+    """COCO metrics of a graph on a validation set: ``val`` (a dataset root in any
+    ``--data-root`` layout: its val split; or a folder holding one COCO file and its
+    images) or the config's own validation set; the first ``val_images`` images when
+    given."""
+    from mmengine.runner import Runner
+
+    from .. import cli
+    cfg = cli.load_config(config, cfg_options)
+    cfg.work_dir = work_dir
+    cli.skip_backbone_download(cfg)
+    if val is not None:
+        cli.use_dataset(cfg, *_val_source(val), test=False)
+    cfg.test_dataloader = cfg.val_dataloader
+    cfg.test_evaluator = cfg.val_evaluator
+    if val_images:
+        cfg.test_dataloader.dataset.indices = int(val_images)
+    cli.use_checked_loading(cfg)
+    cli.check_data_paths(cfg, ['test_dataloader'])
+    prepare_graph_test(cfg, onnx_path, info, backend)
+    cfg.load_from = None
+    runner = Runner.from_cfg(cfg)
+    use_graph(runner, onnx_path, info, backend)
+    try:
+        return runner.test()
+    finally:
+        cli.release_dataloader_workers(runner)
+
+
+def _val_source(val: str):
+    """(data_root, files) for :func:`cli.use_dataset` from ``--val``."""
+    import glob
+    import os.path as osp
+
+    from ..datasets.errors import DatasetError
+    from ..datasets.layout import ROBOFLOW_FILE, find_layout
+    if not osp.exists(val):
+        raise DatasetError(f'--val {val}: not found')
+    try:
+        find_layout(val)
+        return val, None
+    except DatasetError as layout_error:
+        if not osp.isdir(val):
+            raise
+        named = osp.join(val, ROBOFLOW_FILE)
+        found = [named] if osp.isfile(named) else sorted(glob.glob(osp.join(val, '*.json')))
+        if len(found) != 1:
+            raise DatasetError(f'--val {val}: needs annotations: a dataset root (COCO 2017, '
+                               f'one folder per split, YOLO data.yaml) or a folder with one '
+                               f'COCO file beside its images ({layout_error})') from None
+        files = {'train': (found[0], val), 'val': (found[0], val)}
+        return None, files

@@ -12,6 +12,9 @@ names; this project's encoder and decoder layers (:mod:`.transformer`) build it 
   and cast back: the kernel has float32 and float16 versions only), PyTorch on the CPU;
 - ``'pytorch'``: ``grid_sample`` per level (mmcv's pure-PyTorch formula), as the original
   trained, computed in one dtype (float32 when autocast mixes them);
+- ``'onnx'``: the same formula laid out for an exported graph's runtimes (one
+  ``GridSample`` per level, the points x queries as the sampled image's rows, levels
+  accumulated): what ``tools/export.py`` traces; it runs in eager PyTorch on any device;
 - ``'auto'``: Triton on a CUDA device, mmcv's kernel where Triton is missing and mmcv has
   CUDA ops, PyTorch on the CPU.
 
@@ -34,7 +37,7 @@ from ..errors import ConfigError
 
 from .triton_deformable_attention import HAS_TRITON, msda_triton
 
-IMPLS = ('auto', 'triton', 'mmcv', 'pytorch')
+IMPLS = ('auto', 'triton', 'mmcv', 'pytorch', 'onnx')
 _REPORTED = set()
 
 HostShapes = Sequence[Tuple[int, int]]
@@ -90,20 +93,49 @@ def _sample_pytorch(value, host_shapes: HostShapes, sampling_locations, attentio
     return output.transpose(1, 2).contiguous()
 
 
-def msda_pytorch(value, host_shapes: HostShapes, sampling_locations, attention_weights):
+def _sample_onnx(value, host_shapes: HostShapes, sampling_locations, attention_weights):
+    """``impl='onnx'``: :func:`_sample_pytorch`'s formula laid out for the runtimes of an
+    exported graph. Each level's grid is (B*heads, points, queries, 2), so the weighted
+    sum over points runs over an outer axis with the queries contiguous, and the levels
+    accumulate instead of being stacked (no Concat of four sampled tensors). The same
+    products summed in another order (within 1e-6 of mmcv's); measured on a 2-core CPU
+    at the recipe's 512x512 shapes (docs/deploy.md#deformable-attention-in-the-graph).
+    """
+    bs, _, num_heads, embed_dims = value.shape
+    _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
+    value = value.permute(0, 2, 3, 1).reshape(bs * num_heads, embed_dims, -1)
+    grids = (2 * sampling_locations - 1).permute(0, 2, 3, 4, 1, 5).reshape(
+        bs * num_heads, num_levels, num_points, num_queries, 2)
+    weights = attention_weights.permute(0, 2, 3, 4, 1).reshape(
+        bs * num_heads, 1, num_levels, num_points, num_queries)
+    output, start = None, 0
+    for level, (h, w) in enumerate(host_shapes):
+        value_l = value[..., start:start + h * w].reshape(bs * num_heads, embed_dims, h, w)
+        sampled = F.grid_sample(value_l, grids[:, level], mode='bilinear',
+                                padding_mode='zeros', align_corners=False)
+        part = (sampled * weights[:, :, level]).sum(2)  # (B*heads, C/heads, queries)
+        output = part if output is None else output + part
+        start += h * w
+    return output.view(bs, num_heads * embed_dims, num_queries).transpose(1, 2).contiguous()
+
+
+def msda_pytorch(value, host_shapes: HostShapes, sampling_locations, attention_weights,
+                 layout: str = 'mmcv'):
     """The PyTorch deformable sampling, computed in one dtype (float32 when the inputs'
-    dtypes differ, as under bfloat16 autocast) and returned in ``value``'s.
+    dtypes differ, as under bfloat16 autocast) and returned in ``value``'s; ``layout``
+    ``'mmcv'`` (:func:`_sample_pytorch`) or ``'onnx'`` (:func:`_sample_onnx`).
 
     Shapes: value (B, S, heads, C/heads), ``host_shapes`` the levels' (H, W) as ints,
     sampling_locations (B, Q, heads, levels, points, 2), attention_weights
     (B, Q, heads, levels, points); returns (B, Q, C).
     """
     dtype = value.dtype
+    sample = _sample_onnx if layout == 'onnx' else _sample_pytorch
     if sampling_locations.dtype == attention_weights.dtype == dtype:
-        return _sample_pytorch(value, host_shapes, sampling_locations, attention_weights)
+        return sample(value, host_shapes, sampling_locations, attention_weights)
     with torch.autocast(device_type=value.device.type, enabled=False):
-        out = _sample_pytorch(value.float(), host_shapes, sampling_locations.float(),
-                              attention_weights.float())
+        out = sample(value.float(), host_shapes, sampling_locations.float(),
+                     attention_weights.float())
     return out.to(dtype)
 
 
@@ -134,7 +166,8 @@ class DeformableAttention(MultiScaleDeformableAttention):
     """``MultiScaleDeformableAttention`` whose sampling runs the implementation ``impl``.
 
     Args:
-        impl: ``'auto'``, ``'triton'``, ``'mmcv'`` or ``'pytorch'`` (module docstring).
+        impl: ``'auto'``, ``'triton'``, ``'mmcv'``, ``'pytorch'`` or ``'onnx'`` (module
+            docstring).
         *args, **kwargs: mmcv's ``MultiScaleDeformableAttention`` arguments.
 
     Shapes as mmcv's: query (Q, B, C) or (B, Q, C) with ``batch_first``; value likewise
@@ -214,4 +247,5 @@ class DeformableAttention(MultiScaleDeformableAttention):
                              attention_weights, self.im2col_step)
         if host_shapes is None:
             host_shapes = [tuple(hw) for hw in spatial_shapes.tolist()]
-        return msda_pytorch(value, host_shapes, sampling_locations, attention_weights)
+        return msda_pytorch(value, host_shapes, sampling_locations, attention_weights,
+                            layout='onnx' if resolved == 'onnx' else 'mmcv')

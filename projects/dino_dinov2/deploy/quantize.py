@@ -1,0 +1,242 @@
+"""INT8 post-training quantization of an exported graph (``tools/export.py --int8``).
+
+onnxruntime's static quantizer in QDQ form (QuantizeLinear/DequantizeLinear around the
+quantized products, which onnxruntime and OpenVINO both run as integer products):
+activations uint8 asymmetric, weights int8 symmetric per output channel, ranges from the
+calibration images (min/max). What is quantized (``scope``):
+
+- ``'default'``: the products with a learned weight (MatMul/Gemm: the ViT's qkv, proj and
+  MLP, the encoder's and decoder's projections and FFNs, the query and reference heads),
+  **except** the final class and box layers (every ``cls_branches`` layer and the last
+  layer of every ``reg_branches`` MLP, the encoder's proposal heads included) and any
+  product whose input comes from a Softmax (an attention-value product, e.g. the first
+  decoder layer's, whose values are constant). Kept in float with them: the
+  attention-score and attention-value products, LayerNorm, Softmax, the deformable
+  sampling (GridSample), every other operator, and the quantized products' outputs (no
+  QuantizeLinear after them). The per-layer errors behind this choice are in
+  docs/deploy.md (``tools/analysis_tools/int8_layer_error.py`` measures them).
+- ``'products'``: every MatMul/Gemm, attention and final layers included;
+- ``'everything'``: every operator onnxruntime can quantize, per-tensor weights (the
+  full-graph quantization published DETR results warn about; for the accuracy gate to
+  refuse).
+"""
+from __future__ import annotations
+
+import os
+import os.path as osp
+import re
+import tempfile
+import time
+from collections import defaultdict
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+
+from .onnx_export import ExportError, require
+
+SCOPES = ('default', 'products', 'everything')
+PRODUCTS = ('MatMul', 'Gemm')
+
+
+class QuantizationError(ExportError):
+    """A quantization request that cannot be met."""
+
+
+def _producers(graph) -> Dict[str, object]:
+    return {out: node for node in graph.node for out in node.output}
+
+
+def _from_softmax(node, producers, passthrough=('Identity', 'Dropout', 'Cast')) -> bool:
+    src = producers.get(node.input[0])
+    while src is not None and src.op_type in passthrough:
+        src = producers.get(src.input[0])
+    return src is not None and src.op_type == 'Softmax'
+
+
+def _last_box_layers(names: Iterable[str]) -> set:
+    """The last layer of each ``reg_branches.K`` MLP (``reg_branches.K.I``, largest I)."""
+    last: Dict[str, Tuple[int, str]] = {}
+    for name in names:
+        m = re.search(r'(.*reg_branches\.\d+)\.(\d+)/', name)
+        if m:
+            index = int(m.group(2))
+            if m.group(1) not in last or index > last[m.group(1)][0]:
+                last[m.group(1)] = (index, name)
+    return {name for _, name in last.values()}
+
+
+def plan(model, scope: str = 'default') -> Tuple[List[str], Dict[str, str]]:
+    """(names of the products to quantize, {product kept in float: why}) for ``scope``
+    on a pre-processed graph (constants folded: a learned weight is an initializer)."""
+    if scope not in SCOPES:
+        raise QuantizationError(f'--int8-scope {scope!r}: one of {", ".join(SCOPES)}')
+    graph = model.graph
+    weights = {init.name for init in graph.initializer}
+    producers = _producers(graph)
+    products = [n for n in graph.node if n.op_type in PRODUCTS]
+    box_last = _last_box_layers(n.name for n in products)
+    quantize, kept = [], {}
+    for node in products:
+        if scope != 'default':
+            quantize.append(node.name)
+        elif len(node.input) < 2 or node.input[1] not in weights:
+            kept[node.name] = 'attention product (two activations)'
+        elif _from_softmax(node, producers):
+            kept[node.name] = 'attention-value product'
+        elif 'cls_branches' in node.name:
+            kept[node.name] = 'final class layer'
+        elif node.name in box_last:
+            kept[node.name] = 'final box layer'
+        else:
+            quantize.append(node.name)
+    return quantize, kept
+
+
+def summarize(kept: Dict[str, str]) -> str:
+    counts = defaultdict(int)
+    for why in kept.values():
+        counts[why] += 1
+    return ', '.join(f'{n} {why}{"s" if n > 1 else ""}' for why, n in sorted(counts.items()))
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader over the letterboxed images."""
+
+    def __init__(self, batches: Callable[[], Iterable[np.ndarray]], input_name: str):
+        self.batches, self.input_name = batches, input_name
+        self.iterator = None
+        self.count = 0
+
+    def get_next(self):
+        if self.iterator is None:
+            self.iterator = iter(self.batches())
+        batch = next(self.iterator, None)
+        if batch is None:
+            return None
+        self.count += 1
+        return {self.input_name: batch}
+
+    def rewind(self):
+        self.iterator = None
+
+
+def quantize(float_path: str, out_path: str, batches: Callable[[], Iterable[np.ndarray]],
+             scope: str = 'default') -> dict:
+    """Write the INT8 graph of ``float_path`` to ``out_path``; ``batches()`` yields the
+    calibration inputs. Returns what was done (counts, the float-kept reasons, seconds)."""
+    onnx = require('onnx')
+    require('onnxruntime')
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    start = time.time()
+    folder = osp.dirname(osp.abspath(out_path))
+    with tempfile.TemporaryDirectory(dir=folder, prefix='.int8-') as tmp:
+        pre = osp.join(tmp, 'pre.onnx')
+        # shapes inferred, constants folded (a learned weight becomes an initializer),
+        # MatMul+Add fused to Gemm: what the quantizer and the plan read
+        quant_pre_process(float_path, pre, skip_symbolic_shape=True)
+        model = onnx.load(pre)
+        nodes, kept = plan(model, scope)
+        reader = _Reader(batches, model.graph.input[0].name)
+        everything = scope == 'everything'
+        quantize_static(
+            pre, out_path, reader, quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=None if everything else list(PRODUCTS),
+            nodes_to_quantize=None if everything else nodes,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            per_channel=not everything, calibrate_method=CalibrationMethod.MinMax,
+            # (no CalibMaxIntermediateOutputs: onnxruntime 1.32 drops each full chunk
+            # without computing its ranges; the min/max calibrator keeps only two numbers
+            # per tensor and image anyway)
+            extra_options={'WeightSymmetric': True, 'ActivationSymmetric': False})
+    if not reader.count:
+        raise QuantizationError('calibration saw no image')
+    return dict(scope=scope, quantized=(len(nodes) if not everything else 'all'),
+                products=len(nodes) + len(kept), kept=kept, images=reader.count,
+                seconds=round(time.time() - start, 1))
+
+
+def size_mb(path: str) -> float:
+    return os.path.getsize(path) / 2 ** 20
+
+
+class GateError(QuantizationError):
+    """The INT8 graph lost more AP than ``--max-drop`` allows (nothing was written)."""
+
+    def __init__(self, message: str, float_ap: float, int8_ap: float) -> None:
+        super().__init__(message)
+        self.float_ap, self.int8_ap = float_ap, int8_ap
+
+
+def export_int8(config: str, checkpoint: str, out: str, calib_images: List[str],
+                shape: Tuple[int, int] = (512, 512), batch: int = 1, scope: str = 'default',
+                max_drop: Optional[float] = None, val: Optional[str] = None,
+                val_images: Optional[int] = None, cfg_options: Optional[dict] = None,
+                deform_attn: str = 'onnx', log: Callable[[str], None] = print) -> dict:
+    """The float32 graph (:func:`.onnx_export.export`), quantized on ``calib_images``
+    (:func:`quantize`), written to ``out`` with its sidecar. With ``max_drop``, the
+    float32 and INT8 graphs are first evaluated on the validation set (``val`` or the
+    config's, :func:`.runtime.evaluate_graph`) and nothing is written when the INT8 bbox
+    mAP is lower by more than ``max_drop`` (:class:`GateError`, both APs in it)."""
+    import json
+
+    from ..checkpoint import atomic_write
+    from .calibration import letterboxed
+    from .onnx_export import export, sidecar_path
+    if scope not in SCOPES:
+        raise QuantizationError(f'--int8-scope {scope!r}: one of {", ".join(SCOPES)}')
+    if max_drop is not None and max_drop < 0:
+        raise QuantizationError(f'--max-drop {max_drop}: must be 0 or more')
+    if not out.endswith('.onnx'):
+        raise ExportError(f'--out {out}: the file name must end in .onnx')
+    folder = osp.dirname(osp.abspath(out))
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix='.export-') as tmp:
+        float_path, int8_path = osp.join(tmp, 'float32.onnx'), osp.join(tmp, 'int8.onnx')
+        info = export(config, checkpoint, float_path, shape, batch, cfg_options=cfg_options,
+                      deform_attn=deform_attn)
+        log(f'float32 graph exported in {info["seconds"]} s; calibrating on '
+            f'{len(calib_images)} images')
+        height, width = info['input']['shape'][2:]
+        pad = info['preprocess']['pad_value']
+        done = quantize(float_path, int8_path,
+                        lambda: letterboxed(calib_images, height, width, pad, batch), scope)
+        log(f'INT8 ({scope}): {done["quantized"]} of {done["products"]} products quantized'
+            + (f'; kept in float: {summarize(done["kept"])}' if done['kept'] else '')
+            + f' ({done["seconds"]} s)')
+        info['int8'] = dict(scope=scope, quantized=done['quantized'],
+                            products=done['products'], kept_float=summarize(done['kept']),
+                            activations='uint8 asymmetric, per tensor, min/max',
+                            weights='int8 symmetric, per output channel'
+                            if scope != 'everything' else 'int8 symmetric, per tensor',
+                            calibration_images=done['images'], format='QDQ')
+        if max_drop is not None:
+            from .runtime import evaluate_graph
+            aps = {}
+            for name, path in (('float32', float_path), ('int8', int8_path)):
+                metrics = evaluate_graph(config, path, info, osp.join(tmp, name), val,
+                                         val_images, cfg_options=cfg_options)
+                aps[name] = _bbox_map(metrics)
+                log(f'gate: {name} bbox mAP {aps[name]:.4f}')
+            drop = aps['float32'] - aps['int8']
+            info['int8']['gate'] = dict(float32_map=aps['float32'], int8_map=aps['int8'],
+                                        max_drop=max_drop, val=val or "the config's")
+            if drop > max_drop:
+                raise GateError(
+                    f'INT8 bbox mAP {aps["int8"]:.4f} is {drop:.4f} below the float32 graph\'s '
+                    f'{aps["float32"]:.4f}, more than --max-drop {max_drop}: {out} not '
+                    'written (try --int8-scope default, more --calib-images, or keep the '
+                    'float32 graph)', aps['float32'], aps['int8'])
+        with open(int8_path, 'rb') as f:
+            atomic_write(f.read(), out)
+        atomic_write(json.dumps(info, indent=1), sidecar_path(out))
+    info['bytes'] = osp.getsize(out)
+    return info
+
+
+def _bbox_map(metrics: dict) -> float:
+    for key in ('coco/bbox_mAP', 'bbox_mAP'):
+        if key in metrics:
+            return float(metrics[key])
+    raise QuantizationError(f'the evaluation gave no bbox mAP ({sorted(metrics)})')
