@@ -22,6 +22,7 @@ setup(
     packages=find_namespace_packages(include=['projects.dino_dinov2', 'projects.dino_dinov2.*']),
     install_requires=read_requirements('requirements/runtime.txt'),
     extras_require={'tests': read_requirements('requirements/tests.txt'),
-                    'deploy': read_requirements('requirements/deploy.txt')},
+                    'deploy': read_requirements('requirements/deploy.txt'),
+                    'openvino': read_requirements('requirements/openvino.txt')},
     license='Apache-2.0',
 )
