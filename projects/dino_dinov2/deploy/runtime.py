@@ -104,8 +104,17 @@ def evaluate_graph(config: str, onnx_path: str, info: dict, work_dir: str,
     from mmengine.runner import Runner
 
     from .. import cli
+    import os.path as osp
+    import time
     cfg = cli.load_config(config, cfg_options)
     cfg.work_dir = work_dir
+    # names of its own: mmengine reuses the logger and the visualizer of an earlier object
+    # of the same name (mmdet's configs name theirs 'visualizer'), whose folder this
+    # temporary one would become for every later Runner of the process
+    cfg.experiment_name = f'{osp.basename(work_dir)}_{time.time_ns()}'
+    if cfg.get('visualizer'):
+        cfg.visualizer.name = cfg.experiment_name
+    cfg.log_level = 'WARNING'  # the gate prints its own lines
     cli.skip_backbone_download(cfg)
     if val is not None:
         cli.use_dataset(cfg, *_val_source(val), test=False)
