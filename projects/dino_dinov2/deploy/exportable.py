@@ -4,8 +4,9 @@
 them inside the graph, runs the detector's own backbone, pyramid, transformer and head
 (deformable attention on a pure-PyTorch path, ``grid_sample``, which any ONNX runtime
 has: ``deform_attn_impl='onnx'``, laid out for the runtimes, or ``'pytorch'``, mmcv's),
-and ends with the head's post-processing: sigmoid, the top ``K`` of queries x classes (``K = test_cfg.max_per_img``, at most queries x classes), boxes as x1y1x2y2 in
-input pixels, clipped to the image. Shapes that the detector computes from the data
+and ends with the head's post-processing: sigmoid, the top ``K`` of queries x classes
+(``K = test_cfg.max_per_img``, at most queries x classes), boxes as x1y1x2y2 in input
+pixels, clipped to the image. Shapes that the detector computes from the data
 (feature sizes, level start indices, reference grids) are fixed by the export size:
 traced, they become constants of the graph.
 """
