@@ -31,10 +31,14 @@ def parse_args(argv=None):
     parser.add_argument('--no-draw', action='store_true', help='JSON only')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value')
-    parser.add_argument('--backend', choices=('pytorch', 'onnxruntime'), default='pytorch',
+    parser.add_argument('--backend', choices=('pytorch', 'onnxruntime', 'openvino'),
+                        default='pytorch',
                         help='the checkpoint in PyTorch, or the exported graph (--onnx)')
     parser.add_argument('--onnx', metavar='MODEL.onnx',
-                        help='the graph tools/export.py wrote, with --backend onnxruntime')
+                        help='the graph tools/export.py wrote (float32 or INT8), with '
+                        '--backend onnxruntime or openvino')
+    parser.add_argument('--precision', choices=('f32', 'bf16'), default='f32',
+                        help='with --backend openvino: its inference precision')
     return parser.parse_args(argv)
 
 
@@ -44,11 +48,12 @@ def main(argv=None):
     from projects.dino_dinov2.cli import check_device
     check_device(args.device)
     model = None
-    if args.backend == 'onnxruntime':
+    if args.backend != 'pytorch':
         from projects.dino_dinov2.deploy import Detector, ExportError
         if not args.onnx:
-            raise ExportError('--backend onnxruntime needs --onnx MODEL.onnx')
-        model = Detector.from_onnx(args.onnx)
+            raise ExportError(f'--backend {args.backend} needs --onnx MODEL.onnx')
+        model = (Detector.from_openvino(args.onnx, args.precision)
+                 if args.backend == 'openvino' else Detector.from_onnx(args.onnx))
     result = inference.run_inference(
         args.config, args.checkpoint, args.images, args.out_dir,
         score_thr=args.score_thr, device=args.device, cfg_options=args.cfg_options,

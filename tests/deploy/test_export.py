@@ -123,17 +123,21 @@ def test_dynamic_batch(synthetic_export, tmp_path):
     assert deploy.read_sidecar(out)['input']['shape'][0] == 'N'
 
 
-def test_python_api_from_checkpoint_and_onnx(synthetic_export, synthetic_data):
+def test_python_api_from_checkpoint_onnx_and_openvino(synthetic_export, synthetic_data):
     from PIL import Image
     ckpt, out = synthetic_export
     path = first_val_image(synthetic_data)
     by_torch = deploy.Detector.from_checkpoint(SYNTHETIC_CONFIG, ckpt, device='cpu')
     by_onnx = deploy.Detector.from_onnx(out)
+    by_openvino = deploy.Detector.from_openvino(out)
+    assert by_openvino.backend == 'openvino' and 'f32' in by_openvino.session.describe()
     a = by_torch.predict(path, score_thr=0.3)
     b = by_onnx.predict(np.asarray(Image.open(path).convert('RGB')), score_thr=0.3)
     c = by_onnx.predict(Image.open(path))
-    assert len(a) > 0 and len(a) == len(b)
+    d = by_openvino.predict(path, score_thr=0.3)
+    assert len(a) > 0 and len(a) == len(b) == len(d)
     np.testing.assert_allclose(a.boxes, b.boxes, atol=0.05)
+    np.testing.assert_allclose(d.boxes, b.boxes, atol=0.05)
     assert a.class_names == b.class_names and set(a.class_names) <= set(by_onnx.classes)
     assert len(c) == 50 and c.image_size == (128, 128)
     try:
@@ -145,17 +149,21 @@ def test_python_api_from_checkpoint_and_onnx(synthetic_export, synthetic_data):
         assert len(b.to_supervision()) == len(b)
 
 
-def test_infer_with_onnxruntime(synthetic_export, synthetic_data, tmp_path):
+def test_infer_with_each_backend(synthetic_export, synthetic_data, tmp_path):
     ckpt, out = synthetic_export
     image = first_val_image(synthetic_data)
-    for backend in ('pytorch', 'onnxruntime'):
+    backends = ('pytorch', 'onnxruntime', 'openvino')
+    for backend in backends:
         argv = [SYNTHETIC_CONFIG, ckpt, image, '--out-dir', str(tmp_path / backend),
                 '--device', 'cpu', '--backend', backend, '--onnx', out]
         assert load_tool('infer').main(argv) == 0
         assert osp.isfile(tmp_path / backend / osp.basename(image))  # drawn
     dets = [json.load(open(tmp_path / b / 'predictions.json'))['images'][0]['detections']
-            for b in ('pytorch', 'onnxruntime')]
-    assert [d['label_name'] for d in dets[0]] == [d['label_name'] for d in dets[1]]
+            for b in backends]
+    for other in dets[1:]:
+        assert [d['label_name'] for d in other] == [d['label_name'] for d in dets[0]]
+        np.testing.assert_allclose([d['bbox'] for d in other], [d['bbox'] for d in dets[0]],
+                                   atol=0.05)
 
 
 def _run_export(argv, capsys):

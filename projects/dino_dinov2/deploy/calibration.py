@@ -19,10 +19,9 @@ from typing import Iterator, List, Sequence
 
 import numpy as np
 
+from .inference import IMAGE_EXTENSIONS
 from .letterbox import ImageError, letterbox, read_image
 from .onnx_export import ExportError
-
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 RECOMMENDED = 100  # fewer calibration images than this: a warning
 
 

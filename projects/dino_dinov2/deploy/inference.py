@@ -90,7 +90,7 @@ def make_visualizer(model):
     return vis
 
 
-def _onnx_sample(detector, path: str):
+def _graph_sample(detector, path: str):
     """A ``deploy.Detector``'s detections as the DetDataSample the rest expects."""
     import torch
     from mmdet.structures import DetDataSample
@@ -134,13 +134,14 @@ def run_inference(config: str, checkpoint: str, images: Sequence[str], out_dir: 
     images = expand_images(images)
     if model is None:
         model = load_detector(config, checkpoint, device, cfg_options)
-    onnx = getattr(model, 'backend', None) == 'onnxruntime'  # a deploy.Detector
-    classes = model.classes if onnx else class_names(model)
+    from .predictor import Detector
+    graph = isinstance(model, Detector) and model.backend != 'pytorch'  # an exported graph
+    classes = model.classes if graph else class_names(model)
     vis = make_visualizer(model) if draw else None
     os.makedirs(out_dir, exist_ok=True)
     entries = []
     for path, name in zip(images, _out_names(images)):
-        sample = _onnx_sample(model, path) if onnx else inference_detector(model, path)
+        sample = _graph_sample(model, path) if graph else inference_detector(model, path)
         h, w = sample.metainfo['ori_shape'][:2]
         entry = dict(image=path, height=int(h), width=int(w),
                      detections=detections(sample, classes, score_thr))
