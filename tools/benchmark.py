@@ -14,6 +14,7 @@ with --real-data (data time reported apart). Pretrained backbone weights are not
 (timing does not depend on them) unless --pretrained.
 
 --inference CONFIG CHECKPOINT [--shape 512x512] [--rows ...] [--calib DIR] [--check IMAGE]
+[--interleave ROUNDS]
 times inference instead, batch 1: PyTorch eager float32, the exported graph in onnxruntime
 (this layout and the earlier one; CUDA provider on a GPU), INT8 (calibrated on --calib),
 OpenVINO float32 / bf16 / INT8 where installed, each row's agreement with PyTorch; writes
@@ -89,6 +90,9 @@ def parse_args(argv=None):
     parser.add_argument('--check', metavar='IMAGE',
                         help='with --inference: the input image (letterboxed; default a '
                         'seeded random image) on which each row is compared with PyTorch')
+    parser.add_argument('--interleave', type=int, default=0, metavar='ROUNDS',
+                        help='with --inference: also run the measured rows in turn in one '
+                        'process, ROUNDS rounds (for a machine whose speed drifts)')
     parser.add_argument('--labels', nargs='+', help='Backbone column label per config')
     parser.add_argument('--precision', nargs='+', default=['full', 'mixed'],
                         choices=['full', 'mixed'], help='default: full mixed')
@@ -221,9 +225,13 @@ def inference_main(args) -> int:
     results = ib.run(config, checkpoint, shape, iters=args.iters, warmup=args.warmup,
                      out_dir=args.out_dir, device=args.device, cfg_options=args.cfg_options,
                      rows=tuple(args.rows or ib.ROWS), calib=args.calib,
-                     calib_images=args.calib_images, image=args.check)
+                     calib_images=args.calib_images, image=args.check,
+                     interleave=args.interleave)
     title = (f'Inference, {osp.basename(config)}, batch 1, {shape[0]}x{shape[1]}, median of '
              f'{args.iters} after {args.warmup} warm-up')
+    if args.interleave:
+        title += (f'; in turn: the rows run one after another in one process, median of '
+                  f'{args.interleave} rounds (the ratios are theirs)')
     text = ib.table(results, title)
     path = os.path.join(args.out_dir, 'inference.md')
     with open(path, 'w') as f:

@@ -80,11 +80,9 @@ def _input(shape, image: Optional[str], pad_value):
     return letterbox(read_image(image), height, width, pad_value)[0][None]
 
 
-def measure_row(row: str, config: str, checkpoint: str, graph: Optional[str], shape,
-                iters: int, warmup: int, device: str, out: str,
-                cfg_options: Optional[dict] = None, image: Optional[str] = None) -> dict:
-    """One row, in this process; its detections are saved to ``out`` (.npz)."""
-    import numpy as np
+def _runner(row: str, config: str, checkpoint: str, graph: Optional[str], shape,
+            device: str, cfg_options: Optional[dict] = None, image: Optional[str] = None):
+    """(run() -> [boxes, scores, labels] as arrays, runtime description) of one row."""
     import torch
     height, width = shape
     if row.startswith('pytorch'):
@@ -95,8 +93,6 @@ def measure_row(row: str, config: str, checkpoint: str, graph: Optional[str], sh
         pad = [round(float(v), 4) for v in model.data_preprocessor.mean.flatten()]
         x = _input(shape, image, pad).to(device)
         dtype = torch.bfloat16 if row == 'pytorch-bf16' else None
-        if device.startswith('cuda'):
-            torch.cuda.reset_peak_memory_stats()
 
         def run():
             with torch.no_grad(), torch.autocast(device.split(':')[0], dtype=dtype,
@@ -106,22 +102,28 @@ def measure_row(row: str, config: str, checkpoint: str, graph: Optional[str], sh
                 torch.cuda.synchronize()
             return [t.float().cpu().numpy() if t.is_floating_point() else t.cpu().numpy()
                     for t in result]
-        runtime = f'torch {torch.__version__}'
-    else:
-        from projects.dino_dinov2.deploy.backends import open_graph
-        from projects.dino_dinov2.deploy.onnx_export import read_sidecar
-        backend, _, kind = row.partition('-')
-        precision = 'bf16' if kind == 'bf16' else 'f32'
-        providers = (['CUDAExecutionProvider', 'CPUExecutionProvider']
-                     if device.startswith('cuda') else ['CPUExecutionProvider'])
-        session = open_graph(graph, backend, precision,
-                             providers=providers if backend == 'onnxruntime' else None)
-        info = read_sidecar(graph)
-        feed = _input(shape, image, info['preprocess']['pad_value']).numpy()
+        return run, f'torch {torch.__version__}'
+    from projects.dino_dinov2.deploy.backends import open_graph
+    from projects.dino_dinov2.deploy.onnx_export import read_sidecar
+    backend, _, kind = row.partition('-')
+    precision = 'bf16' if kind == 'bf16' else 'f32'
+    providers = (['CUDAExecutionProvider', 'CPUExecutionProvider']
+                 if device.startswith('cuda') else ['CPUExecutionProvider'])
+    session = open_graph(graph, backend, precision,
+                         providers=providers if backend == 'onnxruntime' else None)
+    feed = _input(shape, image, read_sidecar(graph)['preprocess']['pad_value']).numpy()
+    return (lambda: list(session.run(feed))), session.describe()
 
-        def run():
-            return list(session.run(feed))
-        runtime = session.describe()
+
+def measure_row(row: str, config: str, checkpoint: str, graph: Optional[str], shape,
+                iters: int, warmup: int, device: str, out: str,
+                cfg_options: Optional[dict] = None, image: Optional[str] = None) -> dict:
+    """One row, in this process; its detections are saved to ``out`` (.npz)."""
+    import numpy as np
+    import torch
+    if device.startswith('cuda'):
+        torch.cuda.reset_peak_memory_stats()
+    run, runtime = _runner(row, config, checkpoint, graph, shape, device, cfg_options, image)
     first = run()
     for _ in range(max(warmup - 1, 0)):
         run()
@@ -134,6 +136,26 @@ def measure_row(row: str, config: str, checkpoint: str, graph: Optional[str], sh
     median, p90 = _percentiles(ms)
     return dict(row=row, median_ms=median, p90_ms=p90, peak_mb=_peak_mb(device),
                 iters=iters, warmup=warmup, device=device, runtime=runtime)
+
+
+def measure_interleaved(requests: List[dict], rounds: int) -> dict:
+    """Every row of ``requests`` opened in this process and run in turn, ``rounds`` times
+    after one warm-up round: {row: median ms}. On a machine whose speed drifts (shared
+    cores), rows measured one after another differ by the drift; in turn they share it."""
+    import numpy as np
+    runs = {}
+    for req in requests:
+        runs[req['row']] = _runner(req['row'], req['config'], req['checkpoint'],
+                                   req['graph'], tuple(req['shape']), req['device'],
+                                   req.get('cfg_options'), req.get('image'))[0]
+        runs[req['row']]()
+    ms = {row: [] for row in runs}
+    for _ in range(rounds):
+        for row, run in runs.items():
+            start = time.perf_counter()
+            run()
+            ms[row].append((time.perf_counter() - start) * 1000)
+    return {row: float(np.median(v)) for row, v in ms.items()}
 
 
 def _skip_reason(row: str, calib) -> Optional[str]:
@@ -176,6 +198,12 @@ def _export_graphs(rows, config, checkpoint, shape, out_dir, calib, calib_images
     return seconds
 
 
+def _child(request: dict, path: str):
+    return subprocess.run([sys.executable, '-m', __name__, json.dumps(request)],
+                          capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=path))
+
+
 def agreement(row: dict, reference: str, candidate: str) -> dict:
     """``row`` with the share of its top K that agree with the reference row."""
     import numpy as np
@@ -194,9 +222,11 @@ def agreement(row: dict, reference: str, candidate: str) -> dict:
 def run(config: str, checkpoint: str, shape=(512, 512), iters: int = 10, warmup: int = 3,
         out_dir: str = 'work_dirs/benchmark_inference', device: Optional[str] = None,
         rows=ROWS, cfg_options: Optional[dict] = None, calib: Optional[str] = None,
-        calib_images: int = 300, image: Optional[str] = None) -> List[dict]:
-    """Export the graphs the rows need, then every row in its own process; returns the
-    rows."""
+        calib_images: int = 300, image: Optional[str] = None,
+        interleave: int = 0) -> List[dict]:
+    """Export the graphs the rows need, then every row in its own process, then (with
+    ``interleave`` rounds) every measured row again in turn in one process
+    (``interleaved_ms``); returns the rows."""
     import torch
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     os.makedirs(out_dir, exist_ok=True)
@@ -209,7 +239,7 @@ def run(config: str, checkpoint: str, shape=(512, 512), iters: int = 10, warmup:
                               calib_images, cfg_options)
     tools = osp.dirname(osp.dirname(osp.abspath(__file__)))
     path = os.pathsep.join([osp.dirname(tools), tools, os.environ.get('PYTHONPATH', '')])
-    results = []
+    results, requests = [], []
     for row in rows:
         if skipped[row]:
             results.append(dict(row=row, skipped=skipped[row]))
@@ -219,9 +249,7 @@ def run(config: str, checkpoint: str, shape=(512, 512), iters: int = 10, warmup:
                        shape=list(shape), iters=iters, warmup=warmup, device=device,
                        out=osp.join(out_dir, f'{row}.npz'), cfg_options=cfg_options,
                        image=image)
-        proc = subprocess.run([sys.executable, '-m', __name__, json.dumps(request)],
-                              capture_output=True, text=True,
-                              env=dict(os.environ, PYTHONPATH=path))
+        proc = _child(request, path)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('{')]
         if proc.returncode != 0 or not lines:
             tail = (proc.stderr.strip().splitlines() or ['?'])[-1]
@@ -231,6 +259,16 @@ def run(config: str, checkpoint: str, shape=(512, 512), iters: int = 10, warmup:
         if graph:
             result['export_seconds'] = exported.get(GRAPHS[row])
         results.append(result)
+        requests.append(request)
+    if interleave and requests:
+        proc = _child(dict(interleave=interleave, requests=requests), path)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('{')]
+        if proc.returncode != 0 or not lines:
+            tail = (proc.stderr.strip().splitlines() or ['?'])[-1]
+            raise RuntimeError(f'the interleaved rows failed: {tail[:200]}')
+        medians = json.loads(lines[-1])
+        results = [dict(r, interleaved_ms=medians[r['row']]) if r['row'] in medians else r
+                   for r in results]
     reference = osp.join(out_dir, 'pytorch-fp32.npz')
     if osp.isfile(reference) and any(r['row'] == 'pytorch-fp32' and 'median_ms' in r
                                      for r in results):
@@ -243,30 +281,45 @@ def run(config: str, checkpoint: str, shape=(512, 512), iters: int = 10, warmup:
 
 
 def table(results: List[dict], title: str = '') -> str:
-    base = {r['row']: r['median_ms'] for r in results if 'median_ms' in r}
+    """The rows as markdown. With interleaved medians the ratios are theirs (the rows
+    measured in turn share the machine's drift) and a column shows them."""
+    turn = any('interleaved_ms' in r for r in results)
+    key = 'interleaved_ms' if turn else 'median_ms'
+    base = {r['row']: r[key] for r in results if key in r}
     ref_ms = base.get('pytorch-fp32')
     ort_ms = base.get('onnxruntime-gridsample')
-    head = ['| runtime | median (ms) | p90 (ms) | vs PyTorch float32 | vs today\'s graph '
-            '(onnxruntime, GridSample stacked) | agreement with PyTorch (top K; box px, '
-            'score) | peak memory (MiB) |', '| --- | ---: | ---: | ---: | ---: | --- | ---: |']
-    lines = ([title, ''] if title else []) + head
+    cols = ['runtime', 'median (ms)', 'p90 (ms)'] + (['in turn (ms)'] if turn else []) + [
+        'vs PyTorch float32', "vs today's graph (onnxruntime, GridSample stacked)",
+        'agreement with PyTorch (top K; box px, score)', 'peak memory (MiB)']
+    lines = ([title, ''] if title else []) + [
+        '| ' + ' | '.join(cols) + ' |',
+        '| --- | ' + ' | '.join('---' if c.startswith('agree') else '---:'
+                                for c in cols[1:]) + ' |']
     for r in results:
         name = r['row'] + (f' ({r["runtime"]})' if r.get('runtime') else '')
         if 'median_ms' not in r:
-            lines.append(f'| {name} | - | - | - | - | - | {r["skipped"]} |')
+            lines.append('| ' + ' | '.join([name] + ['-'] * (len(cols) - 2) + [r['skipped']])
+                         + ' |')
             continue
-        ratio = f'{ref_ms / r["median_ms"]:.2f}x' if ref_ms else '-'
-        vs_ort = f'{ort_ms / r["median_ms"]:.2f}x' if ort_ms else '-'
+        ms = r.get(key)
+        ratio = f'{ref_ms / ms:.2f}x' if ref_ms and ms else '-'
+        vs_ort = f'{ort_ms / ms:.2f}x' if ort_ms and ms else '-'
         agree = (f'{100 * r["agree"]:.1f}% (within {r["agree_tol"]}; largest '
                  f'{r["max_box_diff"]:.1e} px, {r["max_score_diff"]:.1e})'
                  if 'agree' in r else 'reference')
-        lines.append(f'| {name} | {r["median_ms"]:.1f} | {r["p90_ms"]:.1f} | {ratio} | '
-                     f'{vs_ort} | {agree} | {r["peak_mb"]:.0f} |')
+        cells = [name, f'{r["median_ms"]:.1f}', f'{r["p90_ms"]:.1f}']
+        if turn:
+            cells.append(f'{ms:.1f}' if ms else '-')
+        cells += [ratio, vs_ort, agree, f'{r["peak_mb"]:.0f}']
+        lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
 
 if __name__ == '__main__':
     req = json.loads(sys.argv[1])
+    if 'interleave' in req:
+        print(json.dumps(measure_interleaved(req['requests'], req['interleave'])))
+        sys.exit(0)
     print(json.dumps(measure_row(req['row'], req['config'], req['checkpoint'],
                                  req['graph'], tuple(req['shape']), req['iters'],
                                  req['warmup'], req['device'], req['out'],
