@@ -28,7 +28,9 @@ from PIL import Image, ImageDraw
 
 from helpers import REPO, TINY_MODEL
 
-CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs', '*.py')))
+# and the configs the measurement tools ship (the INT8 measurement's recipe architecture)
+CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs', '*.py'))) + [
+    osp.join(REPO, 'tools', 'analysis_tools', 'recipe_synthetic.py')]
 
 SHRINK_MODEL = {'model.backbone.pretrained': False, **TINY_MODEL}
 SCALE_KEYS = ('scale', 'scales', 'crop_size')

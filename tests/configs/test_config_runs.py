@@ -1,4 +1,5 @@
-"""Every config in configs/ trains, validates, checkpoints, resumes and tests for real.
+"""Every config in configs/ (and the measurement config of tools/analysis_tools/) trains,
+validates, checkpoints, resumes and tests for real.
 
 One parametrized case per file of ``configs/*.py``: a config added later runs here too,
 and fails the suite if it cannot. What a run may change is in ``tests/config_runs.py``.

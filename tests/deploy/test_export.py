@@ -235,3 +235,23 @@ def test_inference_benchmark_rows(synthetic_export, synthetic_data, tmp_path):
     assert 'onnxruntime (onnxruntime CPUExecutionProvider' in text and 'openvino CPU' in text
     assert '| in turn (ms) |' in text
     assert osp.isfile(tmp_path / 'inference.json')
+
+
+def test_deformable_sampling_forms_agree_and_are_timed(capsys):
+    """tools/analysis_tools/deform_attn_graph.py: each graph form of the sampling, exported
+    alone, gives mmcv's result to float32 rounding on every runtime (zero padding near the
+    borders included) and is timed on each."""
+    from analysis_tools import deform_attn_graph as dag
+    dag.main(['--size', '128', '--repeats', '1'])
+    rows = [line.split('|')[1:-1] for line in capsys.readouterr().out.splitlines()
+            if line.startswith('| ') and ('encoder' in line or 'decoder' in line)]
+    seen = {(r[2].strip(), r[3].strip()) for r in rows}
+    for form in dag.FORMS:
+        for runtime in ('onnxruntime', 'openvino-f32', 'openvino-bf16', 'eager'):
+            assert (form, runtime) in seen, (form, runtime)
+    for layer, _, form, runtime, ms, diff in rows:
+        if runtime.strip() == 'openvino-bf16':
+            continue  # bf16 inputs: 8 bits of mantissa
+        assert float(diff) < 1e-4, (layer, form, runtime, diff)
+        if runtime.strip() != 'eager':
+            assert float(ms) > 0
