@@ -210,3 +210,25 @@ def test_plan_reads_the_graph():
         model, 'products')[1]
     with pytest.raises(quantize.QuantizationError, match='--int8-scope'):
         quantize.plan(model, 'some')
+
+
+def test_per_layer_error_tool(synthetic_run, synthetic_data, tmp_path, capsys):
+    """tools/analysis_tools/int8_layer_error.py: every product's own and arrived INT8 error
+    (SQNR) on images other than the calibration ones, by kind, and at the outputs."""
+    import json
+
+    from analysis_tools import int8_layer_error as tool
+    out_dir = str(tmp_path / 'err')
+    assert tool.main([SYNTHETIC_CONFIG, osp.join(synthetic_run, 'epoch_2.pth'), '--calib',
+                      synthetic_data, '--shape', '128x128', '--calib-images', '8',
+                      '--images', '2', '--out-dir', out_dir]) == 0
+    result = json.load(open(osp.join(out_dir, 'int8_layer_error.json')))
+    kinds = {r['kind'] for r in result['rows']}
+    assert {'attention product', 'final class layer', 'final box layer',
+            'learned-weight product'} <= kinds
+    for r in result['rows']:
+        assert 5 < r['own_db'] < 200, r  # a quantized product: noise, but not noise only
+        assert r['arrived_db'] <= r['own_db'] + 30
+    assert set(result['outputs']) == {'scores', 'boxes'}
+    assert result['images'] == 2 and result['calibration_images'] == 8
+    assert '| attention product |' in capsys.readouterr().out

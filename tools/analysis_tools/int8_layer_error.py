@@ -53,6 +53,17 @@ def _initializers(model):
     return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
 
 
+def _with_outputs(model, names, path: str) -> str:
+    """``model`` saved at ``path`` with the tensors ``names`` as extra graph outputs."""
+    import onnx
+    existing = {o.name for o in model.graph.output}
+    for name in names:
+        if name not in existing:
+            model.graph.output.append(onnx.ValueInfoProto(name=name))
+    onnx.save(model, path)
+    return path
+
+
 def product_quantization(qdq_model):
     """{product name: (A tensor (float name), A scale, A zero point, dequantized B)}."""
     inits = _initializers(qdq_model)
@@ -127,19 +138,9 @@ def run(config, checkpoint, calib, shape, calib_images, images, out_dir):
         wanted = sorted({p['a'] for p in products.values()} | {p['out'] for p in
                          products.values()} | {p['b'][1] for p in products.values()
                                                if p['b'][0] == 'activation'})
-        existing = {o.name for o in pre_model.graph.output}
-        for name in wanted:
-            if name not in existing:
-                pre_model.graph.output.append(onnx.ValueInfoProto(name=name))
-        float_aug = osp.join(tmp, 'float_aug.onnx')
-        onnx.save(pre_model, float_aug)
-        outs = [p['out'] for p in products.values()]
-        qdq_outputs = {o.name for o in qdq.graph.output}
-        for name in outs:
-            if name not in qdq_outputs:
-                qdq.graph.output.append(onnx.ValueInfoProto(name=name))
-        qdq_aug = osp.join(tmp, 'qdq_aug.onnx')
-        onnx.save(qdq, qdq_aug)
+        float_aug = _with_outputs(pre_model, wanted, osp.join(tmp, 'float_aug.onnx'))
+        qdq_aug = _with_outputs(qdq, [p['out'] for p in products.values()],
+                                osp.join(tmp, 'qdq_aug.onnx'))
         s_float = ort.InferenceSession(float_aug, providers=['CPUExecutionProvider'])
         s_qdq = ort.InferenceSession(qdq_aug, providers=['CPUExecutionProvider'])
         own, arrived, final = defaultdict(list), defaultdict(list), defaultdict(list)
