@@ -20,6 +20,8 @@ setup(
     long_description_content_type='text/markdown',
     python_requires='>=3.9',
     packages=find_namespace_packages(include=['projects.dino_dinov2', 'projects.dino_dinov2.*']),
+    # the fused OpenVINO operation's source, compiled on first use (deploy/openvino_ext.py)
+    package_data={'projects.dino_dinov2.deploy': ['openvino_ext/*.cpp']},
     install_requires=read_requirements('requirements/runtime.txt'),
     extras_require={'tests': read_requirements('requirements/tests.txt'),
                     'deploy': read_requirements('requirements/deploy.txt'),

@@ -40,9 +40,12 @@ def parse_args(argv=None):
     parser.add_argument('--dynamic-batch', action='store_true',
                         help='any batch size (the batch axis is named N)')
     parser.add_argument('--simplify', action='store_true', help='simplify with onnxslim')
-    parser.add_argument('--deform-attn', choices=('onnx', 'pytorch'), default='onnx',
+    parser.add_argument('--deform-attn', choices=('onnx', 'pytorch', 'openvino'),
+                        default='onnx',
                         help="the deformable attention's form in the graph: 'onnx' (laid "
-                        "out for the runtimes, the default) or 'pytorch' (mmcv's layout)")
+                        "out for the runtimes, the default), 'pytorch' (mmcv's layout) or "
+                        "'openvino' (one fused node per layer, OpenVINO only, with the "
+                        "project's extension; the standard graph where it cannot be built)")
     parser.add_argument('--check', nargs='+', metavar='IMAGE',
                         help='compare the graph with PyTorch on these images')
     parser.add_argument('--backend', choices=('onnxruntime', 'openvino'),
@@ -90,6 +93,13 @@ def _check_flags(args) -> None:
             raise deploy.ExportError(f'{flag} goes with --max-drop D (the accuracy gate)')
     if args.int8 and args.dynamic_batch:
         raise deploy.ExportError('--int8 is calibrated at a fixed batch: drop --dynamic-batch')
+    if args.deform_attn == 'openvino' and args.int8:
+        raise deploy.ExportError('--int8 calibrates in onnxruntime, which cannot run the '
+                                 'fused OpenVINO node: use --deform-attn onnx (OpenVINO '
+                                 'runs that INT8 graph too)')
+    if args.deform_attn == 'openvino' and args.check and args.backend != 'openvino':
+        raise deploy.ExportError('--deform-attn openvino: the graph runs in OpenVINO only; '
+                                 '--check needs --backend openvino')
 
 
 def main(argv=None):

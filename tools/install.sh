@@ -163,6 +163,11 @@ satisfied "${reqs[@]}" || "${PIP[@]}" -q "${reqs[@]/#/-r}"
 where=$(cd / && "$PYTHON" -c 'import importlib.util as u, os; s = u.find_spec("projects.dino_dinov2"); print(os.path.dirname(os.path.dirname(os.path.dirname(s.origin))))' 2>/dev/null || true)
 [ "$where" = "$ROOT" ] || "${PIP[@]}" -q --no-build-isolation --no-deps -e "$ROOT"
 
+# 4b. The fused deformable sampling for OpenVINO (a few seconds with g++; without it,
+# --deform-attn openvino writes the standard graph and says so).
+(cd "$ROOT" && "$PYTHON" -m projects.dino_dinov2.deploy.openvino_ext) || \
+    say "the fused OpenVINO operation was not built (the line above says why)"
+
 # 5. Check every piece and name the broken one.
 (cd / && "$PYTHON" - <<'PY') || die "the installation is broken (see the line above)"
 import importlib, sys

@@ -19,6 +19,9 @@ Forms:
           each level's locations mapped (and clamped into its gap) onto it
   gather  bilinear sampling in Gather ops: four corner values gathered from (tokens,
           channels) per head, weighted by corner, validity and attention weight
+  fused   one dino_dinov2::MSDeformAttn node (``--deform-attn openvino``): the project's
+          OpenVINO extension, a loop over (query, head) on the value as the model lays it
+          out (tokens, heads, channels); OpenVINO only, where the extension builds
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from projects.dino_dinov2.deploy.backends import physical_cores
-from projects.dino_dinov2.models.deformable_attention import msda_pytorch
+from projects.dino_dinov2.models.deformable_attention import OpenVinoSampling, msda_pytorch
 
 HEADS, DIM, POINTS = 8, 32, 4
 
@@ -106,6 +109,7 @@ FORMS = {
     'onnx': lambda v, s, l, w: msda_pytorch(v, s, l, w, layout='onnx'),
     'canvas': _canvas,
     'gather': _gather,
+    'fused': lambda v, s, l, w: OpenVinoSampling.apply(v, l, w, tuple(s)),
 }
 
 
@@ -132,21 +136,27 @@ def inputs(shapes, queries: int, seed: int = 0):
 def to_onnx(module, args) -> bytes:
     buf = io.BytesIO()
     torch.onnx.export(module, args, buf, input_names=['value', 'locations', 'weights'],
-                      output_names=['out'], opset_version=17, dynamo=False)
+                      output_names=['out'], opset_version=17, dynamo=False,
+                      custom_opsets={'dino_dinov2': 1})
     return buf.getvalue()
 
 
-def runners(model: bytes, feeds: Dict[str, np.ndarray], threads: int):
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model, options, providers=['CPUExecutionProvider'])
-    out = {'onnxruntime': lambda: session.run(None, feeds)[0]}
+def runners(model: bytes, feeds: Dict[str, np.ndarray], threads: int, fused: bool = False):
+    out = {}
+    if not fused:
+        import onnxruntime as ort
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(model, options, providers=['CPUExecutionProvider'])
+        out['onnxruntime'] = lambda: session.run(None, feeds)[0]
     try:
         import openvino as ov
     except ImportError:
         return out
     core = ov.Core()
+    if fused:
+        from projects.dino_dinov2.deploy.openvino_ext import add_to
+        add_to(core)
     ov_model = core.read_model(model=model)
     for precision in ('f32', 'bf16'):
         compiled = core.compile_model(ov_model, 'CPU', {
@@ -164,6 +174,13 @@ def main(argv=None) -> None:
     parser.add_argument('--repeats', type=int, default=30)
     parser.add_argument('--forms', nargs='+', default=list(FORMS), choices=list(FORMS))
     args = parser.parse_args(argv)
+    if 'fused' in args.forms:
+        from projects.dino_dinov2.deploy.openvino_ext import ExtensionError, library
+        try:
+            library()
+        except ExtensionError as e:
+            print(f'fused: not measured ({e})')
+            args.forms = [f for f in args.forms if f != 'fused']
     shapes = levels_for(args.size)
     tokens = sum(h * w for h, w in shapes)
     threads = physical_cores()
@@ -182,7 +199,7 @@ def main(argv=None) -> None:
             with torch.no_grad():
                 eager = module(value, locations, weights).numpy()
             for backend, run in runners(to_onnx(module, (value, locations, weights)), feeds,
-                                        threads).items():
+                                        threads, fused=form == 'fused').items():
                 out = np.asarray(run(), dtype=np.float32)
                 runs[form, backend] = (run, [], float(np.abs(out - reference).max()))
             runs[form, 'eager'] = (None, [], float(np.abs(eager - reference).max()))

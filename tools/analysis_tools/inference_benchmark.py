@@ -12,6 +12,8 @@ Rows (:data:`ROWS`; ``rows=`` picks some):
   calibration images (``calib``; skipped without them);
 - ``openvino-f32`` (precision pinned), ``openvino-bf16``, ``openvino-int8`` (the INT8
   graph): the same files in OpenVINO's CPU plugin, where ``openvino`` is installed;
+  ``openvino-f32-fused``, ``openvino-bf16-fused``: the graph of ``--deform-attn openvino``
+  (the fused sampling of the project's extension; skipped where it cannot be built);
 - ``tensorrt-fp16``: not measured by this tool (says why).
 
 Every row runs the same wrapper (:class:`projects.dino_dinov2.deploy.ExportableDetector`:
@@ -35,11 +37,14 @@ import time
 from typing import List, Optional, Tuple
 
 ROWS = ('pytorch-fp32', 'onnxruntime', 'onnxruntime-gridsample', 'onnxruntime-int8',
-        'openvino-f32', 'openvino-bf16', 'openvino-int8', 'tensorrt-fp16')
+        'openvino-f32', 'openvino-bf16', 'openvino-f32-fused', 'openvino-bf16-fused',
+        'openvino-int8', 'tensorrt-fp16')
 OPTIONAL_ROWS = ('pytorch-bf16', )
 GRAPHS = {'onnxruntime': 'model.onnx', 'onnxruntime-gridsample': 'model_gridsample.onnx',
           'onnxruntime-int8': 'model_int8.onnx', 'openvino-f32': 'model.onnx',
-          'openvino-bf16': 'model.onnx', 'openvino-int8': 'model_int8.onnx'}
+          'openvino-bf16': 'model.onnx', 'openvino-int8': 'model_int8.onnx',
+          'openvino-f32-fused': 'model_openvino.onnx',
+          'openvino-bf16-fused': 'model_openvino.onnx'}
 # --check tolerances (box px, score, share) per row kind: float32, or INT8/bf16
 FLOAT_TOL, LOOSE_TOL = (0.05, 1e-4, 0.98), (2.0, 0.05, 0.5)
 
@@ -106,7 +111,7 @@ def _runner(row: str, config: str, checkpoint: str, graph: Optional[str], shape,
     from projects.dino_dinov2.deploy.backends import open_graph
     from projects.dino_dinov2.deploy.onnx_export import read_sidecar
     backend, _, kind = row.partition('-')
-    precision = 'bf16' if kind == 'bf16' else 'f32'
+    precision = 'bf16' if kind.startswith('bf16') else 'f32'
     providers = (['CUDAExecutionProvider', 'CPUExecutionProvider']
                  if device.startswith('cuda') else ['CPUExecutionProvider'])
     session = open_graph(graph, backend, precision,
@@ -171,6 +176,12 @@ def _skip_reason(row: str, calib) -> Optional[str]:
             import openvino  # noqa: F401
         except ImportError:
             return 'openvino is not installed (pip install openvino): not measured'
+    if row.endswith('fused'):
+        from projects.dino_dinov2.deploy.openvino_ext import ExtensionError, library
+        try:
+            library()
+        except ExtensionError as e:
+            return f'{e}: not measured'
     if row.endswith('int8') and not calib:
         return 'needs calibration images (--calib DIR)'
     return None
@@ -192,7 +203,8 @@ def _export_graphs(rows, config, checkpoint, shape, out_dir, calib, calib_images
                                cfg_options=cfg_options, log=lambda line: None)
             seconds[name] = info.get('seconds')
         else:
-            form = 'pytorch' if name == 'model_gridsample.onnx' else 'onnx'
+            form = {'model_gridsample.onnx': 'pytorch',
+                    'model_openvino.onnx': 'openvino'}.get(name, 'onnx')
             seconds[name] = export(config, checkpoint, path, shape, cfg_options=cfg_options,
                                    deform_attn=form)['seconds']
     return seconds
@@ -210,7 +222,7 @@ def agreement(row: dict, reference: str, candidate: str) -> dict:
 
     from projects.dino_dinov2.deploy.onnx_export import compare_detections
     ref, got = np.load(reference), np.load(candidate)
-    loose = row['row'].endswith(('int8', 'bf16'))
+    loose = row['row'].endswith(('int8', 'bf16', 'bf16-fused'))
     box_tol, score_tol, _ = LOOSE_TOL if loose else FLOAT_TOL
     result = compare_detections([got['boxes'], got['scores'], got['labels']],
                                 [ref['boxes'], ref['scores'], ref['labels']],

@@ -106,6 +106,10 @@ class OpenVinoSession(GraphSession):
         config = {'INFERENCE_PRECISION_HINT': precision, 'PERFORMANCE_HINT': 'LATENCY'}
         if device == 'CPU':
             config['INFERENCE_NUM_THREADS'] = self.threads
+        self.extension = None
+        if _needs_extension(path):
+            from .openvino_ext import add_to
+            self.extension = add_to(core)
         self.compiled = core.compile_model(path, device, config)
         self.request = self.compiled.create_infer_request()
         self.outputs = [self.compiled.output(i) for i in range(3)]
@@ -116,7 +120,17 @@ class OpenVinoSession(GraphSession):
         return boxes, scores, labels.astype(np.int64, copy=False)
 
     def describe(self) -> str:
-        return f'openvino {self.device} {self.precision}, {self.threads} threads'
+        fused = ', fused deformable sampling' if self.extension else ''
+        return f'openvino {self.device} {self.precision}, {self.threads} threads{fused}'
+
+
+def _needs_extension(path: str) -> bool:
+    from .onnx_export import needs_extension, sidecar_path
+    if not osp.isfile(sidecar_path(path)):
+        return False
+    import json
+    with open(sidecar_path(path)) as f:
+        return needs_extension(json.load(f))
 
 
 def open_graph(path: str, backend: str = 'onnxruntime', precision: str = 'f32',
@@ -131,6 +145,10 @@ def open_graph(path: str, backend: str = 'onnxruntime', precision: str = 'f32',
         raise ExportError(f'ONNX file not found: {path}')
     if backend == 'openvino':
         return OpenVinoSession(path, precision, threads=threads)
+    if _needs_extension(path):
+        raise ExportError(f'{path} holds the fused OpenVINO node (--deform-attn openvino): '
+                          'run it with --backend openvino, or export with --deform-attn '
+                          'onnx for onnxruntime')
     if precision != 'f32':
         raise ExportError(f'--precision {precision}: onnxruntime runs the graph in its own '
                           'types (float32, or INT8 where tools/export.py --int8 put it); '

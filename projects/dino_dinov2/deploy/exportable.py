@@ -3,7 +3,8 @@
 ``ExportableDetector`` takes float32 RGB images in 0-255 at the export size, normalizes
 them inside the graph, runs the detector's own backbone, pyramid, transformer and head
 (deformable attention on a pure-PyTorch path, ``grid_sample``, which any ONNX runtime
-has: ``deform_attn_impl='onnx'``, laid out for the runtimes, or ``'pytorch'``, mmcv's),
+has: ``deform_attn_impl='onnx'``, laid out for the runtimes, or ``'pytorch'``, mmcv's;
+or ``'openvino'``, one fused node for OpenVINO with the project's extension),
 and ends with the head's post-processing: sigmoid, the top ``K`` of queries x classes
 (``K = test_cfg.max_per_img``, at most queries x classes), boxes as x1y1x2y2 in input
 pixels, clipped to the image. Shapes that the detector computes from the data
@@ -51,7 +52,8 @@ class ExportableDetector(nn.Module):
     Args:
         model: a built ``FastDINO`` (eval mode) whose deformable attention runs a PyTorch
             path on the CPU (``deform_attn_impl`` ``'onnx'``, what
-            :func:`.onnx_export.load_model` builds, ``'pytorch'`` or ``'auto'``).
+            :func:`.onnx_export.load_model` builds, ``'pytorch'``, ``'openvino'`` or
+            ``'auto'``).
         height, width: the export size (every image the graph sees has it).
     """
 
@@ -59,7 +61,8 @@ class ExportableDetector(nn.Module):
         super().__init__()
         from ..models import DeformableAttention, resolve_impl
         impls = {m.impl for m in model.modules() if isinstance(m, DeformableAttention)}
-        if any(resolve_impl(i, torch.device('cpu')) not in ('onnx', 'pytorch') for i in impls):
+        if any(resolve_impl(i, torch.device('cpu')) not in ('onnx', 'pytorch', 'openvino')
+               for i in impls):
             raise ValueError(f'export traces a PyTorch deformable attention (GridSample); '
                              f'this model runs {sorted(impls)}: build it with '
                              "model.deform_attn_impl='onnx'")

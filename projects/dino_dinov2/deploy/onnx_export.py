@@ -11,6 +11,7 @@ sha256 and the versions.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import os.path as osp
 import re
@@ -56,14 +57,15 @@ def require(module: str, extra: str = 'deploy'):
                           f'(or pip install {module})') from None
 
 
-DEFORM_ATTN = ('onnx', 'pytorch')
+DEFORM_ATTN = ('onnx', 'pytorch', 'openvino')
 
 
 def load_model(config: str, checkpoint: str, cfg_options: Optional[dict] = None,
                deform_attn: str = 'onnx'):
     """(config, model on the CPU in eval mode with ``checkpoint`` loaded) with the
     checkpoint checked against the config's model first; its deformable attention runs
-    ``deform_attn`` (``'onnx'``: the layout the export traces; ``'pytorch'``: mmcv's)."""
+    ``deform_attn`` (``'onnx'``: the layout the export traces; ``'pytorch'``: mmcv's;
+    ``'openvino'``: ``'onnx'``'s, traced as one fused node)."""
     from mmengine.runner import load_checkpoint
 
     from ..checkpoint import (check_checkpoint_file, check_checkpoint_fits,
@@ -96,7 +98,32 @@ def _sha256(path: str) -> str:
 
 ATTENTION_FORMS = {
     'onnx': 'GridSample per level, points x queries as rows, levels accumulated',
-    'pytorch': "GridSample per level, mmcv's layout (stacked levels)"}
+    'pytorch': "GridSample per level, mmcv's layout (stacked levels)",
+    'openvino': 'one dino_dinov2::MSDeformAttn node per layer: the fused kernel of the '
+                "project's OpenVINO extension (OpenVINO only)"}
+
+
+def needs_extension(info: dict) -> bool:
+    """Whether the graph of sidecar ``info`` holds the fused OpenVINO node."""
+    return info.get('export', {}).get('deform_attn') == 'openvino'
+
+
+def _fused_or_standard(deform_attn: str) -> str:
+    """``'openvino'`` where its extension builds and loads here, else ``'onnx'``, saying
+    why (the standard graph runs everywhere)."""
+    if deform_attn != 'openvino':
+        return deform_attn
+    from mmengine.logging import print_log
+
+    from .openvino_ext import ExtensionError, add_to
+    try:
+        import openvino as ov
+        add_to(ov.Core())
+    except (ImportError, ExtensionError) as e:
+        print_log(f'--deform-attn openvino: {e}; writing the standard graph '
+                  '(--deform-attn onnx) instead', logger='current', level=logging.WARNING)
+        return 'onnx'
+    return deform_attn
 
 
 def sidecar(model, exportable, config: str, checkpoint: str, batch: Optional[int],
@@ -148,6 +175,7 @@ def export(config: str, checkpoint: str, out: str, shape: Tuple[int, int] = (512
     if not out.endswith('.onnx'):
         raise ExportError(f'--out {out}: the file name must end in .onnx')
     start = time.time()
+    deform_attn = _fused_or_standard(deform_attn)
     cfg, model = load_model(config, checkpoint, cfg_options, deform_attn)
     height, width = shape
     wrapper = ExportableDetector(model, height, width).eval()
@@ -162,6 +190,7 @@ def export(config: str, checkpoint: str, out: str, shape: Tuple[int, int] = (512
             torch.onnx.export(
                 wrapper, (example, ), tmp, input_names=INPUT_NAMES,
                 output_names=OUTPUT_NAMES, opset_version=OPSET, dynamo=False,
+                custom_opsets={'dino_dinov2': 1} if deform_attn == 'openvino' else None,
                 dynamic_axes=({name: {0: 'N'} for name in INPUT_NAMES + OUTPUT_NAMES}
                               if dynamic_batch else None))
         graph = onnx.load(tmp)

@@ -15,6 +15,9 @@ names; this project's encoder and decoder layers (:mod:`.transformer`) build it 
 - ``'onnx'``: the same formula laid out for an exported graph's runtimes (one
   ``GridSample`` per level, the points x queries as the sampled image's rows, levels
   accumulated): what ``tools/export.py`` traces; it runs in eager PyTorch on any device;
+- ``'openvino'``: ``'onnx'``'s formula in eager PyTorch, exported as one
+  ``dino_dinov2::MSDeformAttn`` node that OpenVINO runs with the project's fused kernel
+  (``tools/export.py --deform-attn openvino``; :mod:`..deploy.openvino_ext`);
 - ``'auto'``: Triton on a CUDA device, mmcv's kernel where Triton is missing and mmcv has
   CUDA ops, PyTorch on the CPU.
 
@@ -37,7 +40,7 @@ from ..errors import ConfigError
 
 from .triton_deformable_attention import HAS_TRITON, msda_triton
 
-IMPLS = ('auto', 'triton', 'mmcv', 'pytorch', 'onnx')
+IMPLS = ('auto', 'triton', 'mmcv', 'pytorch', 'onnx', 'openvino')
 _REPORTED = set()
 
 HostShapes = Sequence[Tuple[int, int]]
@@ -139,6 +142,23 @@ def msda_pytorch(value, host_shapes: HostShapes, sampling_locations, attention_w
     return out.to(dtype)
 
 
+class OpenVinoSampling(torch.autograd.Function):
+    """``impl='openvino'``: :func:`msda_pytorch` (``'onnx'`` layout) when run, one
+    ``dino_dinov2::MSDeformAttn`` node (attribute ``spatial_shapes``: h0 w0 h1 w1 ...)
+    when exported; OpenVINO runs it with ``deploy/openvino_ext/msda.cpp``."""
+
+    @staticmethod
+    def forward(ctx, value, sampling_locations, attention_weights, host_shapes):
+        return msda_pytorch(value, host_shapes, sampling_locations, attention_weights,
+                            layout='onnx')
+
+    @staticmethod
+    def symbolic(g, value, sampling_locations, attention_weights, host_shapes):
+        return g.op('dino_dinov2::MSDeformAttn', value, sampling_locations,
+                    attention_weights,
+                    spatial_shapes_i=[int(x) for hw in host_shapes for x in hw])
+
+
 def msda_mmcv(value, spatial_shapes, level_start_index, sampling_locations,
               attention_weights, im2col_step: int = 64):
     """mmcv's CUDA kernel; bfloat16 (or mixed) inputs run through its float32 version."""
@@ -166,8 +186,8 @@ class DeformableAttention(MultiScaleDeformableAttention):
     """``MultiScaleDeformableAttention`` whose sampling runs the implementation ``impl``.
 
     Args:
-        impl: ``'auto'``, ``'triton'``, ``'mmcv'``, ``'pytorch'`` or ``'onnx'`` (module
-            docstring).
+        impl: ``'auto'``, ``'triton'``, ``'mmcv'``, ``'pytorch'``, ``'onnx'`` or
+            ``'openvino'`` (module docstring).
         *args, **kwargs: mmcv's ``MultiScaleDeformableAttention`` arguments.
 
     Shapes as mmcv's: query (Q, B, C) or (B, Q, C) with ``batch_first``; value likewise
@@ -247,5 +267,9 @@ class DeformableAttention(MultiScaleDeformableAttention):
                              attention_weights, self.im2col_step)
         if host_shapes is None:
             host_shapes = [tuple(hw) for hw in spatial_shapes.tolist()]
+        if resolved == 'openvino':
+            return OpenVinoSampling.apply(value, sampling_locations, attention_weights,
+                                          tuple(tuple(int(x) for x in hw)
+                                                for hw in host_shapes))
         return msda_pytorch(value, host_shapes, sampling_locations, attention_weights,
                             layout='onnx' if resolved == 'onnx' else 'mmcv')
