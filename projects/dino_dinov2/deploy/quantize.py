@@ -96,7 +96,10 @@ def summarize(kept: Dict[str, str]) -> str:
     counts = defaultdict(int)
     for why in kept.values():
         counts[why] += 1
-    return ', '.join(f'{n} {why}{"s" if n > 1 else ""}' for why, n in sorted(counts.items()))
+    def plural(why: str, n: int) -> str:  # 'attention product (...)' -> 'attention products (...)'
+        noun, sep, rest = why.partition(' (')
+        return f'{noun}{"s" if n > 1 else ""}{sep}{rest}'
+    return ', '.join(f'{n} {plural(why, n)}' for why, n in sorted(counts.items()))
 
 
 class _Reader:
