@@ -99,8 +99,9 @@ def calibration_images(source: str, count: int = 300) -> List[str]:
         _warn(f'calibration: {len(readable)} images, fewer than the {count} asked '
               f'(--calib-images)')
     if len(readable) < RECOMMENDED:
-        _warn(f'calibration: only {len(readable)} images; with fewer than {RECOMMENDED} the '
-              'ranges may miss what the deployed model sees')
+        n = len(readable)
+        _warn(f'calibration: only {n} image{"s" if n != 1 else ""}; with fewer than '
+              f'{RECOMMENDED} the ranges may miss what the deployed model sees')
     return readable
 
 
