@@ -248,7 +248,8 @@ def test_deformable_sampling_forms_agree_and_are_timed(capsys):
     seen = {(r[2].strip(), r[3].strip()) for r in rows}
     for form in dag.FORMS:  # the fused node: OpenVINO only (its extension built here)
         for runtime in ('onnxruntime', 'openvino-f32', 'openvino-bf16', 'eager'):
-            assert ((form, runtime) in seen) != (form, runtime) == ('fused', 'onnxruntime')
+            expected = (form, runtime) != ('fused', 'onnxruntime')
+            assert ((form, runtime) in seen) == expected, (form, runtime)
     for layer, _, form, runtime, ms, diff in rows:
         if runtime.strip() == 'openvino-bf16':
             continue  # bf16 inputs: 8 bits of mantissa

@@ -39,6 +39,7 @@ from projects.dino_dinov2.deploy.backends import physical_cores
 from projects.dino_dinov2.models.deformable_attention import OpenVinoSampling, msda_pytorch
 
 HEADS, DIM, POINTS = 8, 32, 4
+_CORES = []
 
 
 def levels_for(size: int) -> List[Tuple[int, int]]:
@@ -158,6 +159,7 @@ def runners(model: bytes, feeds: Dict[str, np.ndarray], threads: int, fused: boo
         from projects.dino_dinov2.deploy.openvino_ext import add_to
         add_to(core)
     ov_model = core.read_model(model=model)
+    _CORES.append(core)  # outlives the requests it compiles
     for precision in ('f32', 'bf16'):
         compiled = core.compile_model(ov_model, 'CPU', {
             'INFERENCE_PRECISION_HINT': precision, 'PERFORMANCE_HINT': 'LATENCY',

@@ -110,6 +110,7 @@ class OpenVinoSession(GraphSession):
         if _needs_extension(path):
             from .openvino_ext import add_to
             self.extension = add_to(core)
+        self.core = core  # outlives the compiled model (and the extension it may hold)
         self.compiled = core.compile_model(path, device, config)
         self.request = self.compiled.create_infer_request()
         self.outputs = [self.compiled.output(i) for i in range(3)]

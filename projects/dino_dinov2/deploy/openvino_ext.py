@@ -124,9 +124,22 @@ def library() -> str:
     return built() or build()
 
 
+_PINNED = {}
+
+
+def _pin(path: str) -> None:
+    """Keep the library in this process until it exits. OpenVINO unloads an extension's
+    library with the last ``Core`` that loaded it, while nodes of a compiled model (their
+    code in that library) may still be alive: freed later, they crash the process."""
+    if path not in _PINNED:
+        import ctypes
+        _PINNED[path] = ctypes.CDLL(path, mode=os.RTLD_NOW | getattr(os, 'RTLD_NODELETE', 0))
+
+
 def add_to(core) -> str:
     """Load the extension into an ``openvino.Core``; returns the library's path."""
     path = library()
+    _pin(path)
     try:
         core.add_extension(path)
     except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError with its text
