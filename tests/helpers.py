@@ -101,6 +101,20 @@ def load_tool(name: str):
     return module
 
 
+def run_export(argv, capsys, code: int = 0):
+    """``tools/export.py argv`` as its command line ends (a user error: one line, exit 2);
+    asserts the exit code and returns what it printed (``capsys.readouterr()``)."""
+    import pytest
+
+    from projects.dino_dinov2.cli import exit_on_user_error
+    with pytest.raises(SystemExit) as e:
+        with exit_on_user_error():
+            raise SystemExit(load_tool('export').main(argv))
+    out = capsys.readouterr()
+    assert e.value.code == code, out.out + out.err
+    return out
+
+
 def exit_code(main, argv) -> int:
     """A tool's ``main(argv)`` run as its ``__main__`` block runs it (inside
     ``exit_on_user_error``): the exit status it would end with (0, 2 for bad input, 1 for a

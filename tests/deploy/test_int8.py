@@ -8,19 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import SYNTHETIC_CONFIG, captured_log, data_cfg_options, load_tool
+from helpers import (SYNTHETIC_CONFIG, captured_log, data_cfg_options, load_tool,
+                     run_export)
 from projects.dino_dinov2 import deploy
-from projects.dino_dinov2.cli import exit_on_user_error
 from projects.dino_dinov2.deploy import calibration, quantize
-
-
-def _export(argv, capsys, code=0):
-    with pytest.raises(SystemExit) as e:
-        with exit_on_user_error():
-            raise SystemExit(load_tool('export').main(argv))
-    out = capsys.readouterr()
-    assert e.value.code == code, out.out + out.err
-    return out
 
 
 @pytest.fixture(scope='module')
@@ -96,9 +87,9 @@ def test_gate_refuses_a_bad_setting(int8_export, synthetic_data, tmp_path, capsy
     blank.mkdir()
     Image.new('RGB', (128, 128), (0, 0, 0)).save(blank / 'black.png')
     out = tmp_path / 'out' / 'bad_int8.onnx'
-    printed = _export([SYNTHETIC_CONFIG, ckpt, '--out', str(out), '--shape', '128x128',
-                       '--int8', '--calib', str(blank), '--int8-scope', 'everything',
-                       '--max-drop', '0.01', '--val', synthetic_data], capsys, code=1)
+    printed = run_export([SYNTHETIC_CONFIG, ckpt, '--out', str(out), '--shape', '128x128',
+                          '--int8', '--calib', str(blank), '--int8-scope', 'everything',
+                          '--max-drop', '0.01', '--val', synthetic_data], capsys, code=1)
     line = [ln for ln in printed.out.splitlines() if ln.startswith('gate: float32')][-1]
     float_map, int8_map = (float(v.strip(',')) for v in line.split()[4:7:2])
     assert float_map - int8_map > 0.01, line
@@ -131,8 +122,8 @@ def test_bad_calibration_sources(case, int8_export, tmp_path, capsys):
         source = tmp_path / 'calib.txt'
         source.write_text('x')
     out = tmp_path / 'out' / 'x.onnx'
-    err = _export([SYNTHETIC_CONFIG, ckpt, '--out', str(out), '--int8', '--calib',
-                   str(source)], capsys, code=2).err.strip().splitlines()
+    err = run_export([SYNTHETIC_CONFIG, ckpt, '--out', str(out), '--int8', '--calib',
+                      str(source)], capsys, code=2).err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith('error: --calib') and str(source) in err[0]
     expected = {'missing': 'not found', 'empty': 'no images', 'unreadable': 'can be read',
                 'a file': 'a file'}[case]
@@ -163,8 +154,8 @@ def test_calibration_skips_unreadable_and_spreads_the_choice(tmp_path):
 ])
 def test_flag_errors(argv, message, int8_export, tmp_path, capsys):
     ckpt, _, _ = int8_export
-    err = _export([SYNTHETIC_CONFIG, ckpt, '--out', str(tmp_path / 'x.onnx'), *argv],
-                  capsys, code=2).err.strip().splitlines()
+    err = run_export([SYNTHETIC_CONFIG, ckpt, '--out', str(tmp_path / 'x.onnx'), *argv],
+                     capsys, code=2).err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
 
 
@@ -173,8 +164,8 @@ def test_missing_runtimes_one_line(int8_export, synthetic_data, tmp_path, capsys
     import sys
     ckpt, out, _ = int8_export
     monkeypatch.setitem(sys.modules, 'onnxruntime', None)  # import fails as if missing
-    err = _export([SYNTHETIC_CONFIG, ckpt, '--out', str(tmp_path / 'x.onnx'), '--int8',
-                   '--calib', synthetic_data], capsys, code=2).err.strip().splitlines()
+    err = run_export([SYNTHETIC_CONFIG, ckpt, '--out', str(tmp_path / 'x.onnx'), '--int8',
+                      '--calib', synthetic_data], capsys, code=2).err.strip().splitlines()
     assert len(err) == 1 and 'onnxruntime is not installed' in err[0]
     monkeypatch.setitem(sys.modules, 'openvino', None)
     with pytest.raises(deploy.ExportError, match='openvino is not installed'):

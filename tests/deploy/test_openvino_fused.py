@@ -8,9 +8,9 @@ import os.path as osp
 import onnx
 import pytest
 
-from helpers import SYNTHETIC_CONFIG, captured_log, data_cfg_options, load_tool
+from helpers import (SYNTHETIC_CONFIG, captured_log, data_cfg_options, load_tool,
+                     run_export)
 from projects.dino_dinov2 import deploy
-from projects.dino_dinov2.cli import exit_on_user_error
 from projects.dino_dinov2.deploy import openvino_ext
 
 
@@ -22,22 +22,13 @@ def fused_export(synthetic_run, tmp_path_factory):
     return ckpt, out
 
 
-def _main(argv, capsys, code=0):
-    with pytest.raises(SystemExit) as e:
-        with exit_on_user_error():
-            raise SystemExit(load_tool('export').main(argv))
-    out = capsys.readouterr()
-    assert e.value.code == code, out.out + out.err
-    return out
-
-
 def test_fused_graph_checks_and_evaluates_in_openvino(fused_export, synthetic_data, tmp_path,
                                                       monkeypatch, capsys):
     ckpt, out = fused_export
     images = [osp.join(synthetic_data, 'val', n) for n in ('000000.png', '000001.png')]
-    printed = _main([SYNTHETIC_CONFIG, ckpt, '--out', out, '--shape', '128x128',
-                     '--deform-attn', 'openvino', '--check', *images, '--backend',
-                     'openvino'], capsys).out
+    printed = run_export([SYNTHETIC_CONFIG, ckpt, '--out', out, '--shape', '128x128',
+                          '--deform-attn', 'openvino', '--check', *images, '--backend',
+                          'openvino'], capsys).out
     shares = [float(line.split(': ')[1].split('%')[0]) for line in printed.splitlines()
               if '% agree;' in line]
     assert len(shares) == 2 and min(shares) >= 98, printed
@@ -70,8 +61,8 @@ def test_falls_back_to_the_standard_graph(fused_export, tmp_path, monkeypatch, c
     monkeypatch.setenv('CXX', str(tmp_path / 'no-such-compiler'))
     out = str(tmp_path / 'model.onnx')
     with captured_log() as log:
-        _main([SYNTHETIC_CONFIG, ckpt, '--out', out, '--shape', '128x128',
-               '--deform-attn', 'openvino'], capsys)
+        run_export([SYNTHETIC_CONFIG, ckpt, '--out', out, '--shape', '128x128',
+                    '--deform-attn', 'openvino'], capsys)
     assert any(m.startswith('--deform-attn openvino: ') and 'standard graph' in m
                for m in log), log
     assert json.load(open(deploy.sidecar_path(out)))['export']['deform_attn'] == 'onnx'
@@ -97,7 +88,7 @@ def test_build_writes_whole_or_nothing(tmp_path, monkeypatch):
 ])
 def test_flag_errors(argv, message, fused_export, tmp_path, capsys):
     ckpt, _ = fused_export
-    err = _main([SYNTHETIC_CONFIG, ckpt, '--out', str(tmp_path / 'x.onnx'), '--deform-attn',
-                 'openvino', *argv], capsys, code=2).err.strip().splitlines()
+    err = run_export([SYNTHETIC_CONFIG, ckpt, '--out', str(tmp_path / 'x.onnx'), '--deform-attn',
+                      'openvino', *argv], capsys, code=2).err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / 'x.onnx').exists()
