@@ -41,6 +41,8 @@ def test_fused_graph_checks_and_evaluates_in_openvino(fused_export, synthetic_da
     # onnxruntime cannot run it and says so in one line
     with pytest.raises(deploy.ExportError, match='--backend openvino'):
         deploy.open_graph(out, 'onnxruntime')
+    with pytest.raises(deploy.ExportError, match='--backend openvino'):
+        deploy.Detector.from_onnx(out)  # the Python API goes through the same check
     # its AP in tools/test.py equals PyTorch's (the same sampling, fused)
     monkeypatch.setenv('LOCAL_RANK', '0')
     options = ['--cfg-options', *data_cfg_options(synthetic_data)]

@@ -126,12 +126,10 @@ class OpenVinoSession(GraphSession):
 
 
 def _needs_extension(path: str) -> bool:
-    from .onnx_export import needs_extension, sidecar_path
-    if not osp.isfile(sidecar_path(path)):
-        return False
-    import json
-    with open(sidecar_path(path)) as f:
-        return needs_extension(json.load(f))
+    """Whether the sidecar beside ``path`` (where there is one) says the graph holds the
+    fused OpenVINO node."""
+    from .onnx_export import needs_extension, read_sidecar, sidecar_path
+    return osp.isfile(sidecar_path(path)) and needs_extension(read_sidecar(path))
 
 
 def open_graph(path: str, backend: str = 'onnxruntime', precision: str = 'f32',

@@ -82,8 +82,9 @@ class Detector:
     def from_onnx(cls, path: str, providers: Optional[Sequence[str]] = None,
                   threads: Optional[int] = None) -> 'Detector':
         """The graph in onnxruntime (``providers``: default CUDA where installed, CPU)."""
-        from .backends import OnnxRuntimeSession
-        return cls._graph(path, lambda: OnnxRuntimeSession(path, providers, threads))
+        from .backends import open_graph
+        return cls._graph(path, lambda: open_graph(path, 'onnxruntime', providers=providers,
+                                                   threads=threads))
 
     @classmethod
     def from_openvino(cls, path: str, precision: str = 'f32',
