@@ -5,6 +5,8 @@
         [--dynamic-batch] [--simplify] [--check IMAGE ...]
     python tools/export.py CONFIG CHECKPOINT --out model_int8.onnx --int8 --calib DIR
         [--calib-images 300] [--max-drop 0.01 [--val DATA_ROOT] [--val-images N]]
+    python tools/export.py CONFIG CHECKPOINT --out model_int8.xml --int8 --calib DIR
+        --backend openvino [--deform-attn openvino] [--max-drop ...]
 
 Input ``images``: float32 N x 3 x H x W, RGB, 0-255, at the export size (normalized inside
 the graph). Outputs ``boxes`` (N x K x 4, x1 y1 x2 y2 in input pixels), ``scores``
@@ -20,6 +22,9 @@ weights in INT8, the attention products, the final class and box layers and ever
 operator in float (docs/deploy.md). ``--max-drop D`` evaluates the float32 and the INT8
 graphs on ``--val`` (a dataset root, or a folder with its COCO file; default: the config's
 validation set) and writes nothing, exit 1, when the INT8 bbox mAP is lower by more than D.
+The quantizer is ``--backend``'s: onnxruntime's (a QDQ ``.onnx`` both runtimes run), or
+OpenVINO's NNCF (``--out MODEL.xml``: OpenVINO IR, ``MODEL.bin`` beside; with
+``--deform-attn openvino`` the fused sampling stays in the INT8 graph: the fastest on a CPU).
 """
 import argparse
 import os.path as osp
@@ -34,7 +39,8 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='checkpoint file (.pth)')
-    parser.add_argument('--out', required=True, help='ONNX file to write (.onnx)')
+    parser.add_argument('--out', required=True,
+                        help='ONNX file to write (.onnx; .xml with --int8 --backend openvino)')
     parser.add_argument('--shape', default='512x512', help='HEIGHTxWIDTH of the graph input')
     parser.add_argument('--batch', type=int, default=1, help='fixed batch size')
     parser.add_argument('--dynamic-batch', action='store_true',
@@ -49,7 +55,9 @@ def parse_args(argv=None):
     parser.add_argument('--check', nargs='+', metavar='IMAGE',
                         help='compare the graph with PyTorch on these images')
     parser.add_argument('--backend', choices=('onnxruntime', 'openvino'),
-                        default='onnxruntime', help='the runtime --check runs the graph in')
+                        default='onnxruntime',
+                        help='the runtime --check runs the graph in, and whose quantizer '
+                        '--int8 uses (openvino: NNCF, OpenVINO IR at --out MODEL.xml)')
     parser.add_argument('--precision', choices=('f32', 'bf16'), default='f32',
                         help='with --backend openvino: its inference precision')
     int8 = parser.add_argument_group('INT8 post-training quantization')
@@ -93,13 +101,21 @@ def _check_flags(args) -> None:
             raise deploy.ExportError(f'{flag} goes with --max-drop D (the accuracy gate)')
     if args.int8 and args.dynamic_batch:
         raise deploy.ExportError('--int8 is calibrated at a fixed batch: drop --dynamic-batch')
-    if args.deform_attn == 'openvino' and args.int8:
-        raise deploy.ExportError('--int8 calibrates in onnxruntime, which cannot run the '
-                                 'fused OpenVINO node: use --deform-attn onnx (OpenVINO '
-                                 'runs that INT8 graph too)')
+    if args.deform_attn == 'openvino' and args.int8 and args.backend != 'openvino':
+        raise deploy.ExportError('--deform-attn openvino --int8: onnxruntime\'s quantizer '
+                                 'cannot run the fused node; add --backend openvino (NNCF, '
+                                 'OpenVINO IR at --out MODEL.xml)')
     if args.deform_attn == 'openvino' and args.check and args.backend != 'openvino':
         raise deploy.ExportError('--deform-attn openvino: the graph runs in OpenVINO only; '
                                  '--check needs --backend openvino')
+    if args.int8 and args.backend == 'openvino' and not args.out.endswith('.xml'):
+        raise deploy.ExportError(f'--out {args.out}: the file name must end in .xml (--int8 '
+                                 '--backend openvino writes OpenVINO IR: MODEL.xml and '
+                                 'MODEL.bin)')
+    if args.out.endswith('.xml') and not (args.int8 and args.backend == 'openvino'):
+        raise deploy.ExportError(f'--out {args.out}: OpenVINO IR is what --int8 --backend '
+                                 'openvino writes; the float32 graph is ONNX (.onnx), '
+                                 'which OpenVINO reads as it is')
 
 
 def main(argv=None):
@@ -109,10 +125,13 @@ def main(argv=None):
     _check_flags(args)
     deploy.onnx_export.require('onnx')
     if args.int8 or args.check:
-        deploy.onnx_export.require('onnxruntime')
-    if args.check:
         if args.backend == 'openvino':
             deploy.onnx_export.require('openvino', 'openvino')
+            if args.int8:
+                deploy.onnx_export.require('nncf', 'openvino')
+        else:
+            deploy.onnx_export.require('onnxruntime')
+    if args.check:
         for path in args.check:  # before minutes of export: a missing image is known now
             deploy.read_image(path)
     if args.int8:
@@ -123,7 +142,7 @@ def main(argv=None):
             info = quantize.export_int8(
                 args.config, args.checkpoint, args.out, calib, shape, args.batch,
                 args.int8_scope, args.max_drop, args.val, args.val_images, args.cfg_options,
-                args.deform_attn)
+                args.deform_attn, backend=args.backend)
         except quantize.GateError as e:
             print(f'gate: float32 bbox mAP {e.float_ap:.4f}, INT8 {e.int8_ap:.4f}')
             print(f'error: {e}', file=sys.stderr)
@@ -137,7 +156,9 @@ def main(argv=None):
         info = deploy.export(args.config, args.checkpoint, args.out, shape, args.batch,
                              args.dynamic_batch, args.simplify, args.cfg_options,
                              args.deform_attn)
-    print(f'wrote {args.out} ({info["bytes"] / 2 ** 20:.1f} MB, opset '
+    written = (f'{args.out} + {osp.splitext(args.out)[0]}.bin' if args.out.endswith('.xml')
+               else args.out)
+    print(f'wrote {written} ({info["bytes"] / 2 ** 20:.1f} MB, opset '
           f'{info["export"]["opset"]}, input {"x".join(map(str, info["input"]["shape"]))}, '
           f'K={info["outputs"]["K"]}, {len(info["classes"])} classes'
           + (', INT8' if args.int8 else '') + f') and {deploy.sidecar_path(args.out)}'

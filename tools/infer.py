@@ -36,7 +36,8 @@ def parse_args(argv=None):
                         help='the checkpoint in PyTorch, or the exported graph (--onnx)')
     parser.add_argument('--onnx', metavar='MODEL.onnx',
                         help='the graph tools/export.py wrote (float32 or INT8), with '
-                        '--backend onnxruntime or openvino')
+                        '--backend onnxruntime or openvino (which also reads the '
+                        'MODEL.xml of --int8 --backend openvino)')
     parser.add_argument('--precision', choices=('f32', 'bf16'), default='f32',
                         help='with --backend openvino: its inference precision')
     return parser.parse_args(argv)

@@ -26,7 +26,8 @@ def parse_args(argv=None):
                         '(--onnx, float32 or INT8) with the same dataset and metric')
     parser.add_argument('--onnx', metavar='MODEL.onnx',
                         help='the exported graph (model.json beside it), with --backend '
-                        'onnxruntime or openvino')
+                        'onnxruntime or openvino; OpenVINO also reads the IR of --int8 '
+                        '--backend openvino (MODEL.xml)')
     parser.add_argument('--precision', choices=('f32', 'bf16'), default='f32',
                         help='with --backend openvino: its inference precision (f32 pinned '
                         'by default; bf16 where the CPU has it)')

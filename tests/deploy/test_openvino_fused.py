@@ -85,7 +85,7 @@ def test_build_writes_whole_or_nothing(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize('argv, message', [
-    (['--int8', '--calib', 'x'], 'calibrates in onnxruntime'),
+    (['--int8', '--calib', 'x'], 'add --backend openvino'),
     (['--check', 'x.png'], '--check needs --backend openvino'),
 ])
 def test_flag_errors(argv, message, fused_export, tmp_path, capsys):

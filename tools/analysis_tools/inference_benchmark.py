@@ -14,6 +14,8 @@ Rows (:data:`ROWS`; ``rows=`` picks some):
   graph): the same files in OpenVINO's CPU plugin, where ``openvino`` is installed;
   ``openvino-f32-fused``, ``openvino-bf16-fused``: the graph of ``--deform-attn openvino``
   (the fused sampling of the project's extension; skipped where it cannot be built);
+  ``openvino-int8-fused``: that graph quantized in OpenVINO by NNCF (``--int8 --backend
+  openvino --deform-attn openvino``, OpenVINO IR);
 - ``tensorrt-fp16``: not measured by this tool (says why).
 
 Every row runs the same wrapper (:class:`projects.dino_dinov2.deploy.ExportableDetector`:
@@ -38,13 +40,14 @@ from typing import List, Optional, Tuple
 
 ROWS = ('pytorch-fp32', 'onnxruntime', 'onnxruntime-gridsample', 'onnxruntime-int8',
         'openvino-f32', 'openvino-bf16', 'openvino-f32-fused', 'openvino-bf16-fused',
-        'openvino-int8', 'tensorrt-fp16')
+        'openvino-int8', 'openvino-int8-fused', 'tensorrt-fp16')
 OPTIONAL_ROWS = ('pytorch-bf16', )
 GRAPHS = {'onnxruntime': 'model.onnx', 'onnxruntime-gridsample': 'model_gridsample.onnx',
           'onnxruntime-int8': 'model_int8.onnx', 'openvino-f32': 'model.onnx',
           'openvino-bf16': 'model.onnx', 'openvino-int8': 'model_int8.onnx',
           'openvino-f32-fused': 'model_openvino.onnx',
-          'openvino-bf16-fused': 'model_openvino.onnx'}
+          'openvino-bf16-fused': 'model_openvino.onnx',
+          'openvino-int8-fused': 'model_int8_openvino.xml'}
 # --check tolerances (box px, score, share) per row kind: float32, or INT8/bf16
 FLOAT_TOL, LOOSE_TOL = (0.05, 1e-4, 0.98), (2.0, 0.05, 0.5)
 
@@ -176,13 +179,18 @@ def _skip_reason(row: str, calib) -> Optional[str]:
             import openvino  # noqa: F401
         except ImportError:
             return 'openvino is not installed (pip install openvino): not measured'
+    if row == 'openvino-int8-fused':
+        try:
+            import nncf  # noqa: F401
+        except ImportError:
+            return 'nncf is not installed (pip install nncf): not measured'
     if row.endswith('fused'):
         from projects.dino_dinov2.deploy.openvino_ext import ExtensionError, library
         try:
             library()
         except ExtensionError as e:
             return f'{e}: not measured'
-    if row.endswith('int8') and not calib:
+    if 'int8' in row and not calib:
         return 'needs calibration images (--calib DIR)'
     return None
 
@@ -195,12 +203,15 @@ def _export_graphs(rows, config, checkpoint, shape, out_dir, calib, calib_images
     seconds = {}
     for name in sorted(needed):
         path = osp.join(out_dir, name)
-        if name == 'model_int8.onnx':
+        if name in ('model_int8.onnx', 'model_int8_openvino.xml'):
             from projects.dino_dinov2.deploy.calibration import calibration_images
             from projects.dino_dinov2.deploy.quantize import export_int8
+            fused = name.endswith('.xml')
             info = export_int8(config, checkpoint, path,
                                calibration_images(calib, calib_images), shape,
-                               cfg_options=cfg_options, log=lambda line: None)
+                               cfg_options=cfg_options, log=lambda line: None,
+                               deform_attn='openvino' if fused else 'onnx',
+                               backend='openvino' if fused else 'onnxruntime')
             seconds[name] = info.get('seconds')
         else:
             form = {'model_gridsample.onnx': 'pytorch',
@@ -222,7 +233,7 @@ def agreement(row: dict, reference: str, candidate: str) -> dict:
 
     from projects.dino_dinov2.deploy.onnx_export import compare_detections
     ref, got = np.load(reference), np.load(candidate)
-    loose = row['row'].endswith(('int8', 'bf16', 'bf16-fused'))
+    loose = row['row'].endswith(('int8', 'bf16', 'bf16-fused', 'int8-fused'))
     box_tol, score_tol, _ = LOOSE_TOL if loose else FLOAT_TOL
     result = compare_detections([got['boxes'], got['scores'], got['labels']],
                                 [ref['boxes'], ref['scores'], ref['labels']],

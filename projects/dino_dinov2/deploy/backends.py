@@ -4,7 +4,8 @@
 ``(boxes, scores, labels)`` for an (N, 3, H, W) float32 batch, whichever runtime runs it;
 ``describe()`` is the line the tools log. Both read the same ``.onnx`` file (float32 or
 the INT8 graph of ``tools/export.py --int8``, whose QuantizeLinear/DequantizeLinear pairs
-both runtimes execute as integer products).
+both runtimes execute as integer products); OpenVINO also reads the IR of ``--int8
+--backend openvino`` (``model_int8.xml``, NNCF's INT8 with the fused sampling).
 
 - **onnxruntime** (``pip install onnxruntime``): CPU, or CUDA where its GPU build is
   installed. Threads = the physical cores this process may use, worker threads spinning
@@ -137,13 +138,16 @@ def open_graph(path: str, backend: str = 'onnxruntime', precision: str = 'f32',
                threads: Optional[int] = None) -> GraphSession:
     """The graph at ``path`` opened by ``backend`` (one-line errors for a missing file,
     runtime or backend name)."""
-    from .onnx_export import ExportError
+    from .onnx_export import ExportError, graph_kind
     if backend not in BACKENDS:
         raise ExportError(f'--backend {backend!r}: one of {", ".join(BACKENDS)}')
     if not osp.isfile(path):
-        raise ExportError(f'ONNX file not found: {path}')
+        raise ExportError(f'{graph_kind(path)} not found: {path}')
     if backend == 'openvino':
         return OpenVinoSession(path, precision, threads=threads)
+    if path.endswith('.xml'):
+        raise ExportError(f'{path} is OpenVINO IR (tools/export.py --int8 --backend '
+                          'openvino): run it with --backend openvino')
     if _needs_extension(path):
         raise ExportError(f'{path} holds the fused OpenVINO node (--deform-attn openvino): '
                           'run it with --backend openvino, or export with --deform-attn '

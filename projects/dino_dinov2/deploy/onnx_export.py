@@ -214,6 +214,12 @@ def export(config: str, checkpoint: str, out: str, shape: Tuple[int, int] = (512
     return info
 
 
+def graph_kind(path: str) -> str:
+    """What the file at ``path`` is, for messages: ONNX, or OpenVINO IR (``--int8
+    --backend openvino``)."""
+    return 'OpenVINO IR' if path.endswith('.xml') else 'ONNX file'
+
+
 def sidecar_path(onnx_path: str) -> str:
     return osp.splitext(onnx_path)[0] + '.json'
 
@@ -221,7 +227,7 @@ def sidecar_path(onnx_path: str) -> str:
 def read_sidecar(onnx_path: str) -> dict:
     path = sidecar_path(onnx_path)
     if not osp.isfile(onnx_path):
-        raise ExportError(f'ONNX file not found: {onnx_path}')
+        raise ExportError(f'{graph_kind(onnx_path)} not found: {onnx_path}')
     if not osp.isfile(path):
         raise ExportError(f'{path} not found: the sidecar tools/export.py writes beside '
                           f'{osp.basename(onnx_path)} (classes, input size, resize rule)')

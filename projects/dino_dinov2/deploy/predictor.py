@@ -90,7 +90,8 @@ class Detector:
     def from_openvino(cls, path: str, precision: str = 'f32',
                       threads: Optional[int] = None) -> 'Detector':
         """The graph in OpenVINO's CPU plugin (``precision`` ``'f32'`` pinned, or
-        ``'bf16'``); ``pip install openvino``."""
+        ``'bf16'``): an ``.onnx`` of ``tools/export.py``, or the ``.xml`` of its ``--int8
+        --backend openvino``; ``pip install openvino``."""
         from .backends import open_graph
         return cls._graph(path, lambda: open_graph(path, 'openvino', precision,
                                                    threads=threads))

@@ -65,31 +65,41 @@ def _last_box_layers(names: Iterable[str]) -> set:
     return {name for _, name in last.values()}
 
 
-def plan(model, scope: str = 'default') -> Tuple[List[str], Dict[str, str]]:
-    """(names of the products to quantize, {product kept in float: why}) for ``scope``
-    on a pre-processed graph (constants folded: a learned weight is an initializer)."""
+def decide(products: Iterable[Tuple[str, bool, bool]],
+           scope: str = 'default') -> Tuple[List[str], Dict[str, str]]:
+    """(names to quantize, {kept in float: why}) for ``scope`` from the graph's products as
+    (name, has a learned weight, its input comes from a Softmax): the one rule both
+    quantizers follow (onnxruntime's on the ONNX graph, NNCF's on OpenVINO's)."""
     if scope not in SCOPES:
         raise QuantizationError(f'--int8-scope {scope!r}: one of {", ".join(SCOPES)}')
+    products = list(products)
+    box_last = _last_box_layers(name for name, _, _ in products)
+    quantize, kept = [], {}
+    for name, weight, after_softmax in products:
+        if scope != 'default':
+            quantize.append(name)
+        elif not weight:
+            kept[name] = 'attention product (two activations)'
+        elif after_softmax:
+            kept[name] = 'attention-value product'
+        elif 'cls_branches' in name:
+            kept[name] = 'final class layer'
+        elif name in box_last:
+            kept[name] = 'final box layer'
+        else:
+            quantize.append(name)
+    return quantize, kept
+
+
+def plan(model, scope: str = 'default') -> Tuple[List[str], Dict[str, str]]:
+    """:func:`decide` on a pre-processed ONNX graph (constants folded: a learned weight is
+    an initializer)."""
     graph = model.graph
     weights = {init.name for init in graph.initializer}
     producers = _producers(graph)
-    products = [n for n in graph.node if n.op_type in PRODUCTS]
-    box_last = _last_box_layers(n.name for n in products)
-    quantize, kept = [], {}
-    for node in products:
-        if scope != 'default':
-            quantize.append(node.name)
-        elif len(node.input) < 2 or node.input[1] not in weights:
-            kept[node.name] = 'attention product (two activations)'
-        elif _from_softmax(node, producers):
-            kept[node.name] = 'attention-value product'
-        elif 'cls_branches' in node.name:
-            kept[node.name] = 'final class layer'
-        elif node.name in box_last:
-            kept[node.name] = 'final box layer'
-        else:
-            quantize.append(node.name)
-    return quantize, kept
+    return decide(((n.name, len(n.input) > 1 and n.input[1] in weights,
+                    _from_softmax(n, producers))
+                   for n in graph.node if n.op_type in PRODUCTS), scope)
 
 
 def summarize(kept: Dict[str, str]) -> str:
@@ -176,35 +186,53 @@ def export_int8(config: str, checkpoint: str, out: str, calib_images: List[str],
                 shape: Tuple[int, int] = (512, 512), batch: int = 1, scope: str = 'default',
                 max_drop: Optional[float] = None, val: Optional[str] = None,
                 val_images: Optional[int] = None, cfg_options: Optional[dict] = None,
-                deform_attn: str = 'onnx', log: Callable[[str], None] = print) -> dict:
-    """The float32 graph (:func:`.onnx_export.export`), quantized on ``calib_images``
-    (:func:`quantize`), written to ``out`` with its sidecar. With ``max_drop``, the
-    float32 and INT8 graphs are first evaluated on the validation set (``val`` or the
-    config's, :func:`.runtime.evaluate_graph`) and nothing is written when the INT8 bbox
-    mAP is lower by more than ``max_drop`` (:class:`GateError`, both APs in it)."""
+                deform_attn: str = 'onnx', log: Callable[[str], None] = print,
+                backend: str = 'onnxruntime') -> dict:
+    """The float32 graph (:func:`.onnx_export.export`), quantized on ``calib_images``,
+    written to ``out`` with its sidecar: by onnxruntime (:func:`quantize`, a QDQ ``.onnx``
+    both runtimes run) or, ``backend='openvino'``, by NNCF in OpenVINO
+    (:func:`.nncf_quantize.quantize`, OpenVINO IR: ``out`` ends in ``.xml``, its ``.bin``
+    beside; the fused sampling of ``deform_attn='openvino'`` stays in it). With
+    ``max_drop``, the float32 and INT8 graphs are first evaluated in ``backend`` on the
+    validation set (``val`` or the config's, :func:`.runtime.evaluate_graph`) and nothing
+    is written when the INT8 bbox mAP is lower by more than ``max_drop``
+    (:class:`GateError`, both APs in it)."""
     import json
 
     from ..checkpoint import atomic_write
     from .calibration import letterboxed
-    from .onnx_export import export, sidecar_path
+    from .onnx_export import export, needs_extension, sidecar_path
     if scope not in SCOPES:
         raise QuantizationError(f'--int8-scope {scope!r}: one of {", ".join(SCOPES)}')
     if max_drop is not None and max_drop < 0:
         raise QuantizationError(f'--max-drop {max_drop}: must be 0 or more')
-    if not out.endswith('.onnx'):
-        raise ExportError(f'--out {out}: the file name must end in .onnx')
+    openvino = backend == 'openvino'
+    suffix = '.xml' if openvino else '.onnx'
+    if not out.endswith(suffix):
+        raise ExportError(f'--out {out}: the file name must end in {suffix}' + (
+            ' (--int8 --backend openvino writes OpenVINO IR: MODEL.xml and MODEL.bin)'
+            if openvino else ''))
+    if openvino:
+        require('openvino', 'openvino')
+        require('nncf', 'openvino')
     folder = osp.dirname(osp.abspath(out))
     os.makedirs(folder, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder, prefix='.export-') as tmp:
-        float_path, int8_path = osp.join(tmp, 'float32.onnx'), osp.join(tmp, 'int8.onnx')
+        float_path, int8_path = osp.join(tmp, 'float32.onnx'), osp.join(tmp, 'int8' + suffix)
         info = export(config, checkpoint, float_path, shape, batch, cfg_options=cfg_options,
                       deform_attn=deform_attn)
         log(f'float32 graph exported in {info["seconds"]} s; calibrating on '
-            f'{len(calib_images)} images')
+            f'{len(calib_images)} images' + (' in OpenVINO (NNCF)' if openvino else ''))
         height, width = info['input']['shape'][2:]
         pad = info['preprocess']['pad_value']
-        done = quantize(float_path, int8_path,
-                        lambda: letterboxed(calib_images, height, width, pad, batch), scope)
+        batches = lambda: letterboxed(calib_images, height, width, pad, batch)  # noqa: E731
+        if openvino:
+            from . import nncf_quantize
+            done = nncf_quantize.quantize(float_path, int8_path, batches, scope,
+                                          extension=needs_extension(info),
+                                          subset=-(-len(calib_images) // batch))
+        else:
+            done = quantize(float_path, int8_path, batches, scope)
         log(f'INT8 ({scope}): {done["quantized"]} of {done["products"]} products quantized'
             + (f'; kept in float: {summarize(done["kept"])}' if done['kept'] else '')
             + f' ({done["seconds"]} s)')
@@ -214,27 +242,42 @@ def export_int8(config: str, checkpoint: str, out: str, calib_images: List[str],
                             weights='int8 symmetric, per output channel'
                             if scope != 'everything' else 'int8 symmetric, per tensor',
                             calibration_images=done['images'], format='QDQ')
+        if openvino:
+            info['int8'].update(
+                format='OpenVINO IR (FakeQuantize)', quantizer=f'nncf {done["nncf"]}',
+                activations='uint8 asymmetric, per tensor, the mean of the images\' '
+                            'min/max (NNCF MIXED preset)',
+                weights='int8 symmetric, per output channel (NNCF MIXED preset)',
+                fake_quantize=done['fake_quantize'])
         if max_drop is not None:
             from .runtime import evaluate_graph
+            with open(sidecar_path(int8_path), 'w') as f:  # what opens it reads its sidecar
+                json.dump(info, f)
             aps = {}
             for name, path in (('float32', float_path), ('int8', int8_path)):
                 metrics = evaluate_graph(config, path, info, osp.join(tmp, name), val,
-                                         val_images, cfg_options=cfg_options)
+                                         val_images, backend=backend,
+                                         cfg_options=cfg_options)
                 aps[name] = _bbox_map(metrics)
-                log(f'gate: {name} bbox mAP {aps[name]:.4f}')
+                log(f'gate: {name} bbox mAP {aps[name]:.4f} ({backend})')
             drop = aps['float32'] - aps['int8']
             info['int8']['gate'] = dict(float32_map=aps['float32'], int8_map=aps['int8'],
-                                        max_drop=max_drop, val=val or "the config's")
+                                        max_drop=max_drop, val=val or "the config's",
+                                        backend=backend)
             if drop > max_drop:
                 raise GateError(
                     f'INT8 bbox mAP {aps["int8"]:.4f} is {drop:.4f} below the float32 graph\'s '
                     f'{aps["float32"]:.4f}, more than --max-drop {max_drop}: {out} not '
                     'written (try --int8-scope default, more --calib-images, or keep the '
                     'float32 graph)', aps['float32'], aps['int8'])
+        if openvino:  # the weights first: an .xml is only ever beside its own .bin
+            with open(osp.splitext(int8_path)[0] + '.bin', 'rb') as f:
+                atomic_write(f.read(), osp.splitext(out)[0] + '.bin')
         with open(int8_path, 'rb') as f:
             atomic_write(f.read(), out)
         atomic_write(json.dumps(info, indent=1), sidecar_path(out))
-    info['bytes'] = osp.getsize(out)
+    info['bytes'] = osp.getsize(out) + (osp.getsize(osp.splitext(out)[0] + '.bin')
+                                        if openvino else 0)
     return info
 
 
