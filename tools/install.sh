@@ -172,16 +172,16 @@ where=$(cd / && "$PYTHON" -c 'import importlib.util as u, os; s = u.find_spec("p
 (cd / && "$PYTHON" - <<'PY') || die "the installation is broken (see the line above)"
 import importlib, sys
 for mod in ('torchvision.ops', 'timm', 'mmcv.ops', 'mmdet', 'mmengine', 'pycocotools.coco',
-            'wandb', 'onnx', 'onnxruntime', 'openvino', 'projects.dino_dinov2'):
+            'wandb', 'onnx', 'onnxruntime', 'openvino', 'nncf', 'projects.dino_dinov2'):
     try:
         importlib.import_module(mod)
     except Exception as e:
         sys.exit(f'[install] ERROR: import {mod} failed: {type(e).__name__}: {e}')
-import torch, torchvision, mmcv, mmdet, mmengine, timm, onnxruntime, openvino
+import torch, torchvision, mmcv, mmdet, mmengine, timm, onnxruntime, openvino, nncf
 print('[install] ok: torch', torch.__version__, '| torchvision', torchvision.__version__,
       '| mmcv', mmcv.__version__, '| mmengine', mmengine.__version__, '| mmdet',
       mmdet.__version__, '| timm', timm.__version__, '| onnxruntime', onnxruntime.__version__,
-      '| openvino', openvino.__version__.split('-')[0])
+      '| openvino', openvino.__version__.split('-')[0], '| nncf', nncf.__version__)
 from projects.dino_dinov2.models import HAS_TRITON, mmcv_has_cuda_ops, resolve_impl
 paths = ['pytorch (any device)']
 if HAS_TRITON:

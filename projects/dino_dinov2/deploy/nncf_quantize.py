@@ -105,7 +105,7 @@ def quantize(float_path: str, out_path: str, batches: Callable[[], Iterable[np.n
     if not everything:  # what NNCF left float of the plan: a product of constants
         done = {op.get_friendly_name() for op in ops if op.get_type_name() == 'MatMul'
                 and _source(op.input(0)).get_type_name() == 'FakeQuantize'}
-        kept.update((name, 'product of constants (nothing to calibrate)')
+        kept.update((name, 'constant product (nothing to calibrate)')
                     for name in names if name not in done)
         names = [name for name in names if name in done]
     ov.save_model(quantized, out_path, compress_to_fp16=False)  # kept layers stay float32
