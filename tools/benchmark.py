@@ -82,7 +82,8 @@ def parse_args(argv=None):
                         help='with --inference: the rows to measure (default: all of '
                         'pytorch-fp32 onnxruntime onnxruntime-gridsample onnxruntime-int8 '
                         'openvino-f32 openvino-bf16 openvino-f32-fused openvino-bf16-fused '
-                        'openvino-int8 tensorrt-fp16; also pytorch-bf16)')
+                        'openvino-int8 openvino-int8-fused tensorrt-fp16; also '
+                        'pytorch-bf16)')
     parser.add_argument('--calib', metavar='DIR',
                         help='with --inference: calibration images for the INT8 rows')
     parser.add_argument('--calib-images', type=int, default=300,

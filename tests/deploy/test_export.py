@@ -216,20 +216,22 @@ def test_inference_benchmark_rows(synthetic_export, synthetic_data, tmp_path):
     ckpt, _ = synthetic_export
     from analysis_tools import inference_benchmark as ib
     rows = ('pytorch-fp32', 'onnxruntime', 'onnxruntime-gridsample', 'openvino-int8',
-            'tensorrt-fp16')
+            'openvino-int8-fused', 'tensorrt-fp16')
     results = ib.run(SYNTHETIC_CONFIG, ckpt, (128, 128), iters=2, warmup=1,
                      out_dir=str(tmp_path), device='cpu', rows=rows,
                      calib=osp.join(synthetic_data, 'val'), calib_images=4,
                      image=first_val_image(synthetic_data), interleave=2)
     by_row = {r['row']: r for r in results}
     assert tuple(by_row) == rows
-    for name in rows[:4]:
+    for name in rows[:5]:
         assert by_row[name]['median_ms'] > 0 and by_row[name]['peak_mb'] > 0, by_row[name]
         assert by_row[name]['interleaved_ms'] > 0
     assert 'interleaved_ms' not in by_row['tensorrt-fp16']
     for name in ('onnxruntime', 'onnxruntime-gridsample'):  # float32: the same detections
         assert by_row[name]['agree'] >= 0.98 and by_row[name]['max_box_diff'] < 0.05
-    assert by_row['openvino-int8']['agree'] > 0.3  # INT8: its AP is the test (test_int8)
+    for name in ('openvino-int8', 'openvino-int8-fused'):  # INT8: its AP is the test
+        assert by_row[name]['agree'] > 0.3, by_row[name]
+    assert 'fused deformable sampling' in by_row['openvino-int8-fused']['runtime']
     assert 'not measured' in by_row['tensorrt-fp16']['skipped']
     text = ib.table(results, 'title')
     assert 'onnxruntime (onnxruntime CPUExecutionProvider' in text and 'openvino CPU' in text

@@ -102,10 +102,10 @@ def quantize(float_path: str, out_path: str, batches: Callable[[], Iterable[np.n
         raise QuantizationError('calibration saw no image')
     ops = quantized.get_ordered_ops()
     fake = sum(op.get_type_name() == 'FakeQuantize' for op in ops)
-    if not everything:  # what NNCF left float of the plan: a product of constants
+    if not everything:  # what NNCF placed no quantizer on (a constant input, its own patterns)
         done = {op.get_friendly_name() for op in ops if op.get_type_name() == 'MatMul'
                 and _source(op.input(0)).get_type_name() == 'FakeQuantize'}
-        kept.update((name, 'constant product (nothing to calibrate)')
+        kept.update((name, 'NNCF-skipped product (no quantizer placed)')
                     for name in names if name not in done)
         names = [name for name in names if name in done]
     ov.save_model(quantized, out_path, compress_to_fp16=False)  # kept layers stay float32

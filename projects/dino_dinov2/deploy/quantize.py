@@ -221,8 +221,9 @@ def export_int8(config: str, checkpoint: str, out: str, calib_images: List[str],
         float_path, int8_path = osp.join(tmp, 'float32.onnx'), osp.join(tmp, 'int8' + suffix)
         info = export(config, checkpoint, float_path, shape, batch, cfg_options=cfg_options,
                       deform_attn=deform_attn)
-        log(f'float32 graph exported in {info["seconds"]} s; calibrating on '
-            f'{len(calib_images)} images' + (' in OpenVINO (NNCF)' if openvino else ''))
+        n = len(calib_images)
+        log(f'float32 graph exported in {info["seconds"]} s; calibrating on {n} '
+            f'image{"s" if n != 1 else ""}' + (' in OpenVINO (NNCF)' if openvino else ''))
         height, width = info['input']['shape'][2:]
         pad = info['preprocess']['pad_value']
         batches = lambda: letterboxed(calib_images, height, width, pad, batch)  # noqa: E731
