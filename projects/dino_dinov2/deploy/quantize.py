@@ -1,4 +1,6 @@
-"""INT8 post-training quantization of an exported graph (``tools/export.py --int8``).
+"""INT8 post-training quantization of an exported graph (``tools/export.py --int8``); the
+same rule (:func:`decide`) in OpenVINO by NNCF is :mod:`.nncf_quantize` (``--backend
+openvino``), and :func:`export_int8` runs either.
 
 onnxruntime's static quantizer in QDQ form (QuantizeLinear/DequantizeLinear around the
 quantized products, which onnxruntime and OpenVINO both run as integer products):
