@@ -73,7 +73,7 @@ def quantize(float_path: str, out_path: str, batches: Callable[[], Iterable[np.n
     """Write the INT8 IR of the ONNX graph ``float_path`` to ``out_path`` (``.xml``, its
     ``.bin`` beside); ``batches()`` yields the calibration inputs (``subset`` of them are
     used: all by default); ``extension``: the graph holds the fused node. Returns what was
-    done, as :func:`.quantize.quantize`."""
+    done, as :func:`.quantize.quantize` (``described``: what the sidecar says of it)."""
     ov = require('openvino', 'openvino')
     nncf = require('nncf', 'openvino')
     from nncf.common.logging import nncf_logger
@@ -109,6 +109,11 @@ def quantize(float_path: str, out_path: str, batches: Callable[[], Iterable[np.n
                     for name in names if name not in done)
         names = [name for name in names if name in done]
     ov.save_model(quantized, out_path, compress_to_fp16=False)  # kept layers stay float32
+    described = dict(format='OpenVINO IR (FakeQuantize)', quantizer=f'nncf {nncf.__version__}',
+                     activations="uint8 asymmetric, per tensor, the mean of the images' "
+                                 'min/max (NNCF MIXED preset)',
+                     weights='int8 symmetric, per output channel (NNCF MIXED preset)',
+                     fake_quantize=fake)
     return dict(scope=scope, quantized=(len(names) if not everything else 'all'),
-                products=len(found), kept=kept, images=data.count, fake_quantize=fake,
-                nncf=nncf.__version__, seconds=round(time.time() - start, 1))
+                products=len(found), kept=kept, images=data.count, described=described,
+                seconds=round(time.time() - start, 1))

@@ -167,9 +167,12 @@ def quantize(float_path: str, out_path: str, batches: Callable[[], Iterable[np.n
             extra_options={'WeightSymmetric': True, 'ActivationSymmetric': False})
     if not reader.count:
         raise QuantizationError('calibration saw no image')
+    described = dict(format='QDQ', activations='uint8 asymmetric, per tensor, min/max',
+                     weights='int8 symmetric, per tensor' if everything else
+                     'int8 symmetric, per output channel')
     return dict(scope=scope, quantized=(len(nodes) if not everything else 'all'),
                 products=len(nodes) + len(kept), kept=kept, images=reader.count,
-                seconds=round(time.time() - start, 1))
+                described=described, seconds=round(time.time() - start, 1))
 
 
 def size_mb(path: str) -> float:
@@ -241,17 +244,7 @@ def export_int8(config: str, checkpoint: str, out: str, calib_images: List[str],
             + f' ({done["seconds"]} s)')
         info['int8'] = dict(scope=scope, quantized=done['quantized'],
                             products=done['products'], kept_float=summarize(done['kept']),
-                            activations='uint8 asymmetric, per tensor, min/max',
-                            weights='int8 symmetric, per output channel'
-                            if scope != 'everything' else 'int8 symmetric, per tensor',
-                            calibration_images=done['images'], format='QDQ')
-        if openvino:
-            info['int8'].update(
-                format='OpenVINO IR (FakeQuantize)', quantizer=f'nncf {done["nncf"]}',
-                activations='uint8 asymmetric, per tensor, the mean of the images\' '
-                            'min/max (NNCF MIXED preset)',
-                weights='int8 symmetric, per output channel (NNCF MIXED preset)',
-                fake_quantize=done['fake_quantize'])
+                            calibration_images=done['images'], **done['described'])
         if max_drop is not None:
             from .runtime import evaluate_graph
             with open(sidecar_path(int8_path), 'w') as f:  # what opens it reads its sidecar
