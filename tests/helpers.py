@@ -115,6 +115,20 @@ def run_export(argv, capsys, code: int = 0):
     return out
 
 
+def gated_int8_export(synthetic_run: str, synthetic_data: str, out: str, *options: str):
+    """The 2-epoch synthetic detector through ``tools/export.py --int8`` at 128x128,
+    calibrated on its training images, gated (``--max-drop 0.05``) on its val split, with
+    ``options`` (the quantizer's); returns (checkpoint, out, the log's lines joined)."""
+    ckpt = osp.join(synthetic_run, 'epoch_2.pth')
+    with captured_log() as log:
+        code = load_tool('export').main([
+            SYNTHETIC_CONFIG, ckpt, '--out', out, '--shape', '128x128', '--int8',
+            '--calib', synthetic_data, *options, '--max-drop', '0.05', '--val',
+            synthetic_data])
+    assert code == 0
+    return ckpt, out, '\n'.join(log)
+
+
 def exit_code(main, argv) -> int:
     """A tool's ``main(argv)`` run as its ``__main__`` block runs it (inside
     ``exit_on_user_error``): the exit status it would end with (0, 2 for bad input, 1 for a

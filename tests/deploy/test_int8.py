@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import (SYNTHETIC_CONFIG, captured_log, data_cfg_options, load_tool,
-                     run_export)
+from helpers import (SYNTHETIC_CONFIG, captured_log, data_cfg_options, gated_int8_export,
+                     load_tool, run_export)
 from projects.dino_dinov2 import deploy
 from projects.dino_dinov2.deploy import calibration, quantize
 
@@ -18,15 +18,9 @@ from projects.dino_dinov2.deploy import calibration, quantize
 def int8_export(synthetic_run, synthetic_data, tmp_path_factory):
     """The 2-epoch synthetic detector in INT8, calibrated on its 16 training images (the
     dataset root), gated on its val split."""
-    ckpt = osp.join(synthetic_run, 'epoch_2.pth')
-    out = str(tmp_path_factory.mktemp('int8') / 'model_int8.onnx')
-    with captured_log() as log:
-        code = load_tool('export').main([
-            SYNTHETIC_CONFIG, ckpt, '--out', out, '--shape', '128x128', '--int8',
-            '--calib', synthetic_data, '--calib-images', '32', '--max-drop', '0.05',
-            '--val', synthetic_data])
-    assert code == 0
-    return ckpt, out, "\n".join(log)
+    return gated_int8_export(synthetic_run, synthetic_data,
+                             str(tmp_path_factory.mktemp('int8') / 'model_int8.onnx'),
+                             '--calib-images', '32')
 
 
 def test_int8_graph_sidecar_and_what_stays_float(int8_export):

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import SYNTHETIC_CONFIG, captured_log, data_cfg_options, load_tool, run_export
+from helpers import (SYNTHETIC_CONFIG, data_cfg_options, gated_int8_export, load_tool,
+                     run_export)
 from projects.dino_dinov2 import deploy
 from projects.dino_dinov2.deploy import nncf_quantize, quantize
 
@@ -18,15 +19,10 @@ from projects.dino_dinov2.deploy import nncf_quantize, quantize
 def ov_int8_export(synthetic_run, synthetic_data, tmp_path_factory):
     """The 2-epoch synthetic detector, its fused graph in INT8 by NNCF, calibrated on its
     16 training images, gated in OpenVINO on its val split."""
-    ckpt = osp.join(synthetic_run, 'epoch_2.pth')
-    out = str(tmp_path_factory.mktemp('ov_int8') / 'model_int8.xml')
-    with captured_log() as log:
-        code = load_tool('export').main([
-            SYNTHETIC_CONFIG, ckpt, '--out', out, '--shape', '128x128', '--int8',
-            '--calib', synthetic_data, '--calib-images', '16', '--backend', 'openvino',
-            '--deform-attn', 'openvino', '--max-drop', '0.05', '--val', synthetic_data])
-    assert code == 0
-    return ckpt, out, '\n'.join(log)
+    return gated_int8_export(synthetic_run, synthetic_data,
+                             str(tmp_path_factory.mktemp('ov_int8') / 'model_int8.xml'),
+                             '--calib-images', '16', '--backend', 'openvino',
+                             '--deform-attn', 'openvino')
 
 
 def _matmuls(path):
