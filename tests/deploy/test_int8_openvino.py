@@ -26,11 +26,8 @@ def ov_int8_export(synthetic_run, synthetic_data, tmp_path_factory):
 
 
 def _matmuls(path):
-    import openvino as ov
-    from projects.dino_dinov2.deploy.openvino_ext import add_to
-    core = ov.Core()
-    add_to(core)
-    model = core.read_model(path)
+    from projects.dino_dinov2.upstream.openvino_core import core
+    model = core(extension=True).read_model(path)
     ops = model.get_ordered_ops()
     return ops, [op for op in ops if op.get_type_name() == 'MatMul']
 
@@ -90,27 +87,21 @@ def test_ir_through_tools_test_and_check(ov_int8_export, synthetic_data, tmp_pat
         deploy.open_graph(str(tmp_path / 'none.xml'), 'openvino')
 
 
-def test_gate_refuses_everything_on_a_black_image(ov_int8_export, synthetic_data, tmp_path):
-    """The gated export as a user runs it, in its own process (in this pytest process,
-    after the other files' OpenVINO work, NNCF's `everything` on the fused graph crashed
-    once: the defect is open, docs/deploy.md): both APs printed, exit 1, nothing written."""
-    import subprocess
-    import sys
+def test_gate_refuses_everything_on_a_black_image(ov_int8_export, synthetic_data, tmp_path,
+                                                  capsys):
     ckpt, _, _ = ov_int8_export
     blank = tmp_path / 'calib'
     blank.mkdir()
     Image.new('RGB', (128, 128), (0, 0, 0)).save(blank / 'black.png')
     out = tmp_path / 'out' / 'bad_int8.xml'
-    proc = subprocess.run(
-        [sys.executable, 'tools/export.py', SYNTHETIC_CONFIG, ckpt, '--out', str(out),
-         '--shape', '128x128', '--int8', '--calib', str(blank), '--int8-scope',
-         'everything', '--backend', 'openvino', '--deform-attn', 'openvino', '--max-drop',
-         '0.01', '--val', synthetic_data], capture_output=True, text=True)
-    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith('gate: float32 bbox')][-1]
+    printed = run_export([SYNTHETIC_CONFIG, ckpt, '--out', str(out), '--shape', '128x128',
+                          '--int8', '--calib', str(blank), '--int8-scope', 'everything',
+                          '--backend', 'openvino', '--deform-attn', 'openvino',
+                          '--max-drop', '0.01', '--val', synthetic_data], capsys, code=1)
+    line = [ln for ln in printed.out.splitlines() if ln.startswith('gate: float32')][-1]
     float_map, int8_map = (float(v.strip(',')) for v in line.split()[4:7:2])
     assert float_map - int8_map > 0.01, line
-    assert 'more than --max-drop 0.01' in proc.stderr and 'not written' in proc.stderr
+    assert 'more than --max-drop 0.01' in printed.err and 'not written' in printed.err
     assert os.listdir(out.parent) == []  # neither the .xml nor the .bin
 
 

@@ -39,7 +39,6 @@ from projects.dino_dinov2.deploy.backends import physical_cores
 from projects.dino_dinov2.models.deformable_attention import OpenVinoSampling, msda_pytorch
 
 HEADS, DIM, POINTS = 8, 32, 4
-_CORES = []
 
 
 def levels_for(size: int) -> List[Tuple[int, int]]:
@@ -150,16 +149,12 @@ def runners(model: bytes, feeds: Dict[str, np.ndarray], threads: int, fused: boo
         options.intra_op_num_threads = threads
         session = ort.InferenceSession(model, options, providers=['CPUExecutionProvider'])
         out['onnxruntime'] = lambda: session.run(None, feeds)[0]
+    from projects.dino_dinov2.upstream.openvino_core import core as shared_core
     try:
-        import openvino as ov
-    except ImportError:
+        core = shared_core(fused)  # the process's one Core (upstream/openvino_core.py)
+    except ImportError:  # no openvino
         return out
-    core = ov.Core()
-    if fused:
-        from projects.dino_dinov2.deploy.openvino_ext import add_to
-        add_to(core)
     ov_model = core.read_model(model=model)
-    _CORES.append(core)  # outlives the requests it compiles
     for precision in ('f32', 'bf16'):
         compiled = core.compile_model(ov_model, 'CPU', {
             'INFERENCE_PRECISION_HINT': precision, 'PERFORMANCE_HINT': 'LATENCY',

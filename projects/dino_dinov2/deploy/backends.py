@@ -100,19 +100,17 @@ class OpenVinoSession(GraphSession):
         from .onnx_export import ExportError
         if precision not in PRECISIONS:
             raise ExportError(f'--precision {precision!r}: one of {", ".join(PRECISIONS)}')
-        ov = require('openvino', 'openvino')
-        core = ov.Core()
+        require('openvino', 'openvino')
+        from ..upstream.openvino_core import core as shared_core
         self.threads = threads or physical_cores()
         self.precision, self.device = precision, device
         config = {'INFERENCE_PRECISION_HINT': precision, 'PERFORMANCE_HINT': 'LATENCY'}
         if device == 'CPU':
             config['INFERENCE_NUM_THREADS'] = self.threads
-        self.extension = None
-        if _needs_extension(path):
-            from .openvino_ext import add_to
-            self.extension = add_to(core)
-        self.core = core  # outlives the compiled model (and the extension it may hold)
-        self.compiled = core.compile_model(path, device, config)
+        self.extension = _needs_extension(path)
+        # the process's one Core (an OpenVINO bug frees signal stacks of Cores that die
+        # out of order: upstream/openvino_core.py)
+        self.compiled = shared_core(self.extension).compile_model(path, device, config)
         self.request = self.compiled.create_infer_request()
         self.outputs = [self.compiled.output(i) for i in range(3)]
 

@@ -20,6 +20,7 @@ from typing import Callable, Iterable, List, Optional, Tuple
 
 import numpy as np
 
+from ..upstream.openvino_core import core, signal_stack_kept
 from .onnx_export import require
 from .quantize import QuantizationError, decide
 
@@ -79,11 +80,7 @@ def quantize(float_path: str, out_path: str, batches: Callable[[], Iterable[np.n
     from nncf.common.logging import nncf_logger
     nncf_logger.setLevel(logging.WARNING)  # a line per operator it leaves alone otherwise
     start = time.time()
-    core = ov.Core()
-    if extension:
-        from .openvino_ext import add_to
-        add_to(core)
-    model = core.read_model(float_path)
+    model = core(extension).read_model(float_path)
     everything = scope == 'everything'
     found = products(model)
     names, kept = decide(found, scope)
@@ -92,12 +89,13 @@ def quantize(float_path: str, out_path: str, batches: Callable[[], Iterable[np.n
         others = sorted({op.get_type_name() for op in model.get_ordered_ops()} - {'MatMul'})
         ignored = nncf.IgnoredScope(names=sorted(kept), types=others, validate=False)
     data = _Calibration(batches)
-    quantized = nncf.quantize(
-        model, nncf.Dataset(data), preset=nncf.QuantizationPreset.MIXED,
-        model_type=None if everything else nncf.ModelType.TRANSFORMER,
-        subset_size=subset or 10 ** 9, ignored_scope=ignored,
-        advanced_parameters=nncf.AdvancedQuantizationParameters(
-            smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=-1)))
+    with signal_stack_kept():  # NNCF compiles in Cores of its own (upstream/openvino_core.py)
+        quantized = nncf.quantize(
+            model, nncf.Dataset(data), preset=nncf.QuantizationPreset.MIXED,
+            model_type=None if everything else nncf.ModelType.TRANSFORMER,
+            subset_size=subset or 10 ** 9, ignored_scope=ignored,
+            advanced_parameters=nncf.AdvancedQuantizationParameters(
+                smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=-1)))
     if not data.count:
         raise QuantizationError('calibration saw no image')
     ops = quantized.get_ordered_ops()

@@ -1,4 +1,5 @@
-"""Workarounds for what mmengine, mmdet or mmcv lack or break on today's torch, in one place.
+"""Workarounds for what mmengine, mmdet, mmcv (on today's torch) and OpenVINO lack or break,
+in one place.
 
 Each module names the upstream issue or code it works around and when it can be deleted:
 
@@ -15,7 +16,9 @@ Each module names the upstream issue or code it works around and when it can be 
 - :mod:`.launcher`: the process group without CUDA (gloo) and SLURM without ``scontrol``;
 - :mod:`.config_check`: ``--cfg-options`` keys and types checked before merging;
 - :mod:`.config_text`: a config's formatted text computed once (mmcv#2466);
-- :mod:`.runner`: the Runner's private state, read in one place.
+- :mod:`.runner`: the Runner's private state, read in one place;
+- :mod:`.openvino_core`: one ``openvino.Core`` per process and the signal stack kept valid
+  around NNCF (OpenVINO's CPU plugin restores a freed signal stack: a SIGSEGV).
 
 Importing it registers the hooks, loop, backends, loss and wrapper base in mmengine's and
 mmdet's registries; it changes nothing else.
