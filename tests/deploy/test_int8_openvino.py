@@ -26,8 +26,8 @@ def ov_int8_export(synthetic_run, synthetic_data, tmp_path_factory):
 
 
 def _matmuls(path):
-    from projects.dino_dinov2.upstream.openvino_core import core
-    model = core(extension=True).read_model(path)
+    from projects.dino_dinov2.deploy.openvino_ext import shared_core
+    model = shared_core(extension=True).read_model(path)
     ops = model.get_ordered_ops()
     return ops, [op for op in ops if op.get_type_name() == 'MatMul']
 

@@ -149,7 +149,7 @@ def runners(model: bytes, feeds: Dict[str, np.ndarray], threads: int, fused: boo
         options.intra_op_num_threads = threads
         session = ort.InferenceSession(model, options, providers=['CPUExecutionProvider'])
         out['onnxruntime'] = lambda: session.run(None, feeds)[0]
-    from projects.dino_dinov2.upstream.openvino_core import core as shared_core
+    from projects.dino_dinov2.deploy.openvino_ext import shared_core
     try:
         core = shared_core(fused)  # the process's one Core (upstream/openvino_core.py)
     except ImportError:  # no openvino

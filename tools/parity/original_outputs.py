@@ -24,6 +24,9 @@ and writes to DIR:
   Hungarian assignments of every call of its matcher, and its weighted loss dict.
 
 ``--check`` only builds the model and runs one image (the installer's check).
+``--time HxW [--iters 10]`` times the original's eager inference on one HxW image (the
+latency table's row, docs/benchmarks.md): the median and p90 seconds over the iterations
+after one warm-up, with ``torch.get_num_threads()`` threads.
 """
 from __future__ import annotations
 
@@ -233,6 +236,33 @@ def record_train(model, rec: Recorder, samples: list, boxes: list, labels: list,
         losses={k: v.detach().clone() for k, v in losses.items()})
 
 
+def time_inference(model, size: str, iters: int, preset: str, n_params: int) -> None:
+    """Median and p90 seconds of the original's eager ``model([{'image': ...}])`` on one
+    seeded HxW uint8 image (its preprocessing and postprocess included)."""
+    import time
+
+    import numpy as np
+    import torch
+    try:
+        h, w = (int(v) for v in size.lower().split('x'))
+    except ValueError:
+        sys.exit(f'error: --time {size!r}: give HxW, e.g. 512x512')
+    gen = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen)
+    batch = [{'image': image, 'height': h, 'width': w}]
+    times = []
+    with torch.no_grad():
+        for i in range(iters + 1):
+            start = time.perf_counter()
+            model(batch)
+            if i:  # the first is the warm-up
+                times.append(time.perf_counter() - start)
+    median, p90 = np.median(times), np.percentile(times, 90)
+    print(f'[original] {preset}: {n_params / 1e6:.1f}M values, eager float32 {h}x{w}, '
+          f'batch 1, {torch.get_num_threads()} threads: {median:.2f} s median, '
+          f'{p90:.2f} s p90 over {iters}')
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--src', default=os.environ.get('ORIGINAL_SRC'),
@@ -249,6 +279,10 @@ def main(argv=None) -> None:
                         help='round every weight to float16 and store it so (the fixture)')
     parser.add_argument('--out', help='output folder')
     parser.add_argument('--check', action='store_true', help='build and run one image only')
+    parser.add_argument('--time', metavar='HxW',
+                        help='time eager inference on one HxW image (no --out needed)')
+    parser.add_argument('--iters', type=int, default=10, help='timed iterations (--time)')
+    parser.add_argument('--threads', type=int, help='torch threads (default: every core)')
     args = parser.parse_args(argv)
     if not args.src:
         found = [p for p in sys.path if osp.basename(p.rstrip('/')) == 'edge']
@@ -260,9 +294,12 @@ def main(argv=None) -> None:
     import numpy as np
     import timm
     import torch
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads or max(1, os.cpu_count() or 1))
     model, overrides = build_model(edge, args.preset, args.seed)
     n_params = sum(p.numel() for p in model.parameters())
+    if args.time:
+        time_inference(model, args.time, args.iters, args.preset, n_params)
+        return
     if args.check:
         x = torch.zeros(3, 64, 80, dtype=torch.uint8)
         with torch.no_grad():

@@ -101,7 +101,7 @@ class OpenVinoSession(GraphSession):
         if precision not in PRECISIONS:
             raise ExportError(f'--precision {precision!r}: one of {", ".join(PRECISIONS)}')
         require('openvino', 'openvino')
-        from ..upstream.openvino_core import core as shared_core
+        from .openvino_ext import shared_core
         self.threads = threads or physical_cores()
         self.precision, self.device = precision, device
         config = {'INFERENCE_PRECISION_HINT': precision, 'PERFORMANCE_HINT': 'LATENCY'}

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, List, Optional, Tuple
 
 import numpy as np
 
-from ..upstream.openvino_core import core, signal_stack_kept
+from ..upstream.openvino_core import signal_stack_kept
 from .onnx_export import require
 from .quantize import QuantizationError, decide
 
@@ -80,7 +80,8 @@ def quantize(float_path: str, out_path: str, batches: Callable[[], Iterable[np.n
     from nncf.common.logging import nncf_logger
     nncf_logger.setLevel(logging.WARNING)  # a line per operator it leaves alone otherwise
     start = time.time()
-    model = core(extension).read_model(float_path)
+    from .openvino_ext import shared_core
+    model = shared_core(extension).read_model(float_path)
     everything = scope == 'everything'
     found = products(model)
     names, kept = decide(found, scope)

@@ -115,10 +115,9 @@ def _fused_or_standard(deform_attn: str) -> str:
         return deform_attn
     from mmengine.logging import print_log
 
-    from ..upstream.openvino_core import core
-    from .openvino_ext import ExtensionError
+    from .openvino_ext import ExtensionError, shared_core
     try:
-        core(extension=True)  # ImportError without openvino
+        shared_core(extension=True)  # ImportError without openvino
     except (ImportError, ExtensionError) as e:
         print_log(f'--deform-attn openvino: {e}; writing the standard graph '
                   '(--deform-attn onnx) instead', logger='current', level=logging.WARNING)

@@ -147,6 +147,22 @@ def add_to(core) -> str:
     return path
 
 
+_ADDED = set()  # the libraries added to the shared Core
+
+
+def shared_core(extension: bool = False):
+    """The process's one ``openvino.Core`` (upstream/openvino_core.py: OpenVINO frees
+    signal stacks of Cores that die out of order); ``extension``: with this library added
+    (built first where needed; :class:`ExtensionError` where it cannot be)."""
+    from ..upstream.openvino_core import core
+    shared = core()
+    if extension:
+        path = library()
+        if path not in _ADDED:
+            _ADDED.add(add_to(shared))
+    return shared
+
+
 def main(argv=None) -> int:
     path = built()
     if path:

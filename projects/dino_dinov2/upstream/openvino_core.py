@@ -14,8 +14,8 @@ delivered and the process dies of SIGSEGV, with no traceback (openvino 2026.4.1;
 The workaround:
 
 - :func:`core`: every Core the project uses is this one, its CPU plugin loaded at once, so
-  its signal stack is set first and never freed before the process ends; the fused-op
-  extension is added to it once;
+  its signal stack is set first and never freed before the process ends (the fused-op
+  extension is added to it once: ``deploy.openvino_ext.shared_core``);
 - :func:`signal_stack_kept`: around code that makes and drops its own Cores (NNCF's
   quantization compiles the graph in Cores of its own), the thread gets back the stack it
   had before (the shared Core's, alive for the process); the plugins still alive then free
@@ -33,13 +33,10 @@ import gc
 import sys
 
 _CORE = None
-_ADDED = set()  # the extension libraries added to it
 
 
-def core(extension: bool = False):
-    """The process's ``openvino.Core`` (made and its CPU plugin loaded on first use);
-    ``extension``: with the project's fused deformable-attention operation added (raises
-    :class:`..deploy.openvino_ext.ExtensionError` where it cannot be built or loaded)."""
+def core():
+    """The process's ``openvino.Core``, made and its CPU plugin loaded on first use."""
     global _CORE
     if _CORE is None:
         import openvino as ov
@@ -49,10 +46,6 @@ def core(extension: bool = False):
         except RuntimeError:  # no CPU plugin: compile_model says so where it is asked for
             pass
         _CORE = made
-    if extension:
-        from ..deploy.openvino_ext import add_to, library
-        if library() not in _ADDED:  # built here first where needed
-            _ADDED.add(add_to(_CORE))
     return _CORE
 
 

@@ -34,6 +34,9 @@ static void sample_query(const float* value, const float* loc, const float* att,
             const float* vl = value + start[l] * H * C + h * C;
             for (size_t p = 0; p < P; ++p, loc += 2, ++att) {
                 const float x = loc[0] * wl - 0.5f, y = loc[1] * hl - 0.5f;
+                // wholly outside (or NaN): zero padding adds nothing; the casts below
+                // then only see values inside the level
+                if (!(x > -1.f && y > -1.f && x < wl && y < hl)) continue;
                 const float fx0 = std::floor(x), fy0 = std::floor(y);
                 const long x0 = static_cast<long>(fx0), y0 = static_cast<long>(fy0);
                 const float dx = x - fx0, dy = y - fy0, a = *att;
