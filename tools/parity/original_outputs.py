@@ -236,29 +236,39 @@ def record_train(model, rec: Recorder, samples: list, boxes: list, labels: list,
         losses={k: v.detach().clone() for k, v in losses.items()})
 
 
-def time_inference(model, size: str, iters: int, preset: str, n_params: int) -> None:
-    """Median and p90 seconds of the original's eager ``model([{'image': ...}])`` on one
-    seeded HxW uint8 image (its preprocessing and postprocess included)."""
-    import time
-
-    import numpy as np
+def eager_call(model, size: str):
+    """A function running the original's eager ``model([{'image': ...}])`` (its
+    preprocessing and postprocess included) on one seeded HxW uint8 image, no grad."""
     import torch
     try:
         h, w = (int(v) for v in size.lower().split('x'))
     except ValueError:
-        sys.exit(f'error: --time {size!r}: give HxW, e.g. 512x512')
+        sys.exit(f'error: {size!r}: give HxW, e.g. 512x512')
     gen = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen)
     batch = [{'image': image, 'height': h, 'width': w}]
+
+    def call():
+        with torch.no_grad():
+            return model(batch)
+    return call
+
+
+def time_inference(model, size: str, iters: int, preset: str, n_params: int) -> None:
+    """Median and p90 seconds of :func:`eager_call` over ``iters`` after one warm-up."""
+    import time
+
+    import numpy as np
+    import torch
+    call = eager_call(model, size)
     times = []
-    with torch.no_grad():
-        for i in range(iters + 1):
-            start = time.perf_counter()
-            model(batch)
-            if i:  # the first is the warm-up
-                times.append(time.perf_counter() - start)
+    for i in range(iters + 1):
+        start = time.perf_counter()
+        call()
+        if i:  # the first is the warm-up
+            times.append(time.perf_counter() - start)
     median, p90 = np.median(times), np.percentile(times, 90)
-    print(f'[original] {preset}: {n_params / 1e6:.1f}M values, eager float32 {h}x{w}, '
+    print(f'[original] {preset}: {n_params / 1e6:.1f}M values, eager float32 {size}, '
           f'batch 1, {torch.get_num_threads()} threads: {median:.2f} s median, '
           f'{p90:.2f} s p90 over {iters}')
 
