@@ -35,8 +35,8 @@ optim_wrapper = dict(
                                     'neck.0': dict(lr_mult=1.0)}))
 # Epoch-based (passes over 256 images), unlike the recipe's iteration schedule.
 max_epochs = 12
-train_cfg = dict(_delete_=True, type='EpochBasedTrainLoop', max_epochs=max_epochs,
-                 val_interval=2)
+train_cfg = dict(_delete_=True, type='ResumableEpochBasedTrainLoop',
+                 max_epochs=max_epochs, val_interval=2)
 param_scheduler = [
     dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[10],
          gamma=0.1)

@@ -3,7 +3,8 @@ they write (scalars, W&B run files). ``config_runs.py`` beside it makes user-sha
 for the config runs.
 
 Also imported by training subprocesses (``custom_imports``, with this folder on
-PYTHONPATH) for :class:`RankWeightsHook`.
+PYTHONPATH) for :class:`RankWeightsHook`, :class:`SignalAtIterationHook` and
+:class:`ProgressHook`.
 """
 import glob
 import importlib.util
@@ -274,6 +275,66 @@ class RankWeightsHook(Hook):
         model = runner.model.module if hasattr(runner.model, 'module') else runner.model
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()},
                    osp.join(runner.work_dir, f'rank{runner.rank}_weights.pth'))
+
+
+@HOOKS.register_module()
+class SignalAtIterationHook(Hook):
+    """Sends ``signal`` to this process after training iteration ``iteration`` (1-based) on
+    the given ranks (all when None): a scheduler's signal landing at a known iteration, to
+    one process of a job or to all. The PreemptionHook (priority VERY_LOW) sees it after the
+    same iteration."""
+
+    def __init__(self, iteration: int, signal: str = 'SIGTERM', ranks=None):
+        self.iteration = iteration
+        self.signal = signal
+        self.ranks = ranks
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        import signal as signal_module
+        if runner.iter + 1 == self.iteration and (self.ranks is None
+                                                   or runner.rank in self.ranks):
+            os.kill(os.getpid(), getattr(signal_module, self.signal))
+
+
+@HOOKS.register_module()
+class ProgressHook(Hook):
+    """Writes the iterations done to ``<work_dir>/progress`` (rank 0) after each training
+    iteration, then waits ``delay_s``: a run slow enough to be signalled mid-way."""
+
+    def __init__(self, delay_s: float = 0.0):
+        self.delay_s = delay_s
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        if runner.rank == 0:
+            tmp = osp.join(runner.work_dir, 'progress.tmp')
+            with open(tmp, 'w') as f:
+                f.write(str(runner.iter + 1))
+            os.replace(tmp, osp.join(runner.work_dir, 'progress'))
+        time.sleep(self.delay_s)
+
+
+def hooked_config(path, *hooks: str) -> str:
+    """Write a config at ``path``: the synthetic one plus the test hooks ``hooks`` (each
+    ``"dict(type=..., ...)"``) from this module; returns the path."""
+    with open(path, 'w') as f:
+        f.write(f'_base_ = [{SYNTHETIC_CONFIG!r}]\n'
+                "custom_imports = dict(imports=['projects.dino_dinov2', 'helpers'], "
+                'allow_failed_imports=False)\n'
+                f"custom_hooks = [{', '.join(hooks)}]\n")
+    return str(path)
+
+
+def pythonpath_with_tests() -> str:
+    """PYTHONPATH for a training subprocess that imports this module (its test hooks)."""
+    return os.pathsep.join(filter(None, [HERE, os.environ.get('PYTHONPATH')]))
+
+
+def read_progress(work_dir: str) -> int:
+    try:
+        with open(osp.join(work_dir, 'progress')) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
 
 
 def read_checkpoint(path: str, map_location='cpu'):

@@ -3,17 +3,30 @@
 #
 #   sbatch tools/sbatch_preemptible.sh CONFIG WORK_DIR [tools/train.py args...]
 #
-# Submit from the repository root. 120 s before the time limit SLURM sends SIGUSR1 to
-# this batch shell (--signal=B:USR1@120; a preemption sends SIGTERM). The shell forwards
-# the signal to the training tasks, which finish the current iteration, write
-# WORK_DIR/iter_N.pth (last_checkpoint points to it) and exit with 75. The shell then
-# submits this script again with the same arguments; the new job resumes (--resume).
-# Any other exit status ends the chain (0: training done).
+# Submit from the repository root. The training tasks write WORK_DIR/iter_N.pth (and point
+# WORK_DIR/last_checkpoint at it) and exit 75 when they get SIGTERM or SIGUSR1: from a
+# preemption (SLURM signals the tasks), or from this batch shell, which SLURM signals before
+# the time limit (--signal=B:USR1@120 below; B:TERM works too). The shell passes what it gets
+# on to the tasks as SIGUSR1 (srun would kill them on SIGTERM), then decides:
 #
-# Edit the #SBATCH lines for your cluster (partition, GPUs, time). Variables:
+#   training done (exit 0)                      -> ends the chain
+#   a new checkpoint, after a signal or exit 75 -> submits this script again (same
+#                                                  arguments, --resume): the chain goes on
+#   the job was cancelled (`scancel JOB`)       -> ends the chain; the tasks saved a checkpoint
+#   no new checkpoint since the job started     -> ends the chain (no progress: never a loop)
+#   any other failure                           -> ends the chain with its exit status
+#
+# Stop a chain for good with `scancel JOB` (checkpoint kept: submit again to continue);
+# `scancel --signal=USR1 JOB` checkpoints and resubmits, as a preemption does.
+#
+# Edit the #SBATCH lines for your cluster (partition, GPUs, time), or override them on the
+# sbatch command line (a CPU partition: -p cpu --gres=none -n 2 --cpus-per-task=1). The log is work_dirs/slurm-NAME-JOB.out, then WORK_DIR/slurm-NAME-JOB.out for the
+# resubmitted jobs. Variables:
 #   SBATCH_ARGS ("")     extra sbatch options for the resubmission (e.g. "--partition=p")
 #   SRUN_ARGS ("")       extra srun options
 #   MAX_RESUBMITS (50)   stop resubmitting after this many
+#   NO_PROGRESS_RESUBMITS (0)  resubmit this many jobs in a row that wrote no checkpoint
+#                        (e.g. preempted while loading the model on a busy cluster)
 #   PYTHON (python3)
 #   DRY_RUN=1            print the training and resubmission commands, run nothing.
 #
@@ -27,7 +40,7 @@
 #SBATCH --signal=B:USR1@120
 #SBATCH --no-requeue
 #SBATCH --open-mode=append
-#SBATCH --output=slurm-%x-%j.out
+#SBATCH --output=work_dirs/slurm-%x-%j.out
 set -uo pipefail
 PREEMPTED=75  # tools/train.py's exit code after a preemption checkpoint
 if [ $# -lt 2 ]; then
@@ -40,6 +53,8 @@ shift 2
 PYTHON=${PYTHON:-python3}
 MAX_RESUBMITS=${MAX_RESUBMITS:-50}
 RESUBMIT_COUNT=${RESUBMIT_COUNT:-0}
+NO_PROGRESS_RESUBMITS=${NO_PROGRESS_RESUBMITS:-0}
+NO_PROGRESS_COUNT=${NO_PROGRESS_COUNT:-0}
 read -r -a srun_args <<< "${SRUN_ARGS:-}"
 read -r -a sbatch_args <<< "${SBATCH_ARGS:-}"
 # SLURM runs a copy of this script from its spool directory: paths are taken relative to
@@ -50,29 +65,53 @@ SELF=tools/sbatch_preemptible.sh
 train=(srun --kill-on-bad-exit=1 ${srun_args[@]+"${srun_args[@]}"}
        "$PYTHON" -u tools/train.py "$CONFIG" --work-dir="$WORK_DIR" --launcher=slurm
        --resume "$@")
-resubmit=(sbatch --export=ALL,RESUBMIT_COUNT=$(( RESUBMIT_COUNT + 1 ))
-          ${sbatch_args[@]+"${sbatch_args[@]}"} "$SELF" "$CONFIG" "$WORK_DIR" "$@")
+# resubmit N_NO_PROGRESS: the command submitting the next job of the chain
+resubmit() {
+    local no_progress=$1
+    shift
+    resubmit=(sbatch "--export=ALL,RESUBMIT_COUNT=$(( RESUBMIT_COUNT + 1 )),NO_PROGRESS_COUNT=$no_progress"
+              "--output=$WORK_DIR/slurm-%x-%j.out" ${sbatch_args[@]+"${sbatch_args[@]}"}
+              "$SELF" "$CONFIG" "$WORK_DIR" "$@")
+}
 
 log() { echo "[sbatch_preemptible] $*"; }
 
 if [ "${DRY_RUN:-0}" = 1 ]; then
+    resubmit 0 "$@"
     printf '%q ' "${train[@]}"; echo
     printf '%q ' "${resubmit[@]}"; echo
     exit 0
 fi
 
+# The checkpoint a resume starts from: WORK_DIR/last_checkpoint's file and its time.
+checkpoint() {
+    local path
+    path=$(cat "$WORK_DIR/last_checkpoint" 2>/dev/null) || return 0
+    [ -n "$path" ] && [ -e "$path" ] && echo "$path $(stat -c %Y "$path")"
+    return 0
+}
+# This job's state and reason as slurmctld has them (empty without scontrol).
+job_field() {
+    scontrol show job -o "${SLURM_JOB_ID:-}" 2>/dev/null | tr ' ' '\n' \
+        | sed -n "s/^$1=//p" | head -1
+}
+
 # bash runs a trap only between commands: start srun in the background and wait for it,
-# so a signal is forwarded at once.
+# so a signal is passed on at once. srun takes SIGTERM as "kill the tasks now" and forwards
+# SIGUSR1: the tasks get SIGUSR1 whatever the shell got.
 child=
 signalled=
 forward() {
     signalled=$1
-    log "got SIG$1: forwarding it to the training tasks"
-    if [ -n "$child" ]; then kill -s "$1" "$child" 2>/dev/null; fi
+    log "got SIG$1: asking the training tasks for a checkpoint (SIGUSR1)"
+    if [ -n "$child" ]; then kill -s USR1 "$child" 2>/dev/null; fi
 }
 trap 'forward USR1' USR1
 trap 'forward TERM' TERM
 
+before=$(checkpoint)
+log "job ${SLURM_JOB_ID:-?} (resubmission $RESUBMIT_COUNT of at most $MAX_RESUBMITS):" \
+    "${before:+resuming from ${before% *}}${before:-no checkpoint yet: starting}"
 "${train[@]}" &
 child=$!
 while true; do
@@ -81,17 +120,43 @@ while true; do
     # wait returns early (status > 128) when a trapped signal arrives; the step runs on
     kill -0 "$child" 2>/dev/null || break
 done
+after=$(checkpoint)
+state=$(job_field JobState)
+reason=$(job_field Reason)
 
-# 75 from the tasks; after a signal srun may also report a task it killed on the way out
-# (--kill-on-bad-exit) instead: a signalled job that did not finish counts as preempted.
-if [ "$rc" -eq "$PREEMPTED" ] || { [ -n "$signalled" ] && [ "$rc" -ne 0 ]; }; then
-    if [ "$RESUBMIT_COUNT" -ge "$MAX_RESUBMITS" ]; then
-        log "preempted (exit $rc) but MAX_RESUBMITS=$MAX_RESUBMITS reached: not resubmitting"
-        exit "$rc"
-    fi
-    log "preempted (exit $rc): checkpoint in $WORK_DIR; resubmitting"
-    "${resubmit[@]}" || { log "resubmission failed"; exit "$rc"; }
+if [ "$rc" -eq 0 ]; then
+    log "training finished"
     exit 0
 fi
-log "training ended with exit status $rc"
-exit "$rc"
+if [ -z "$after" ]; then
+    log "training stopped (exit $rc) with no checkpoint in $WORK_DIR: not resubmitting"
+    exit "$rc"
+fi
+if [ "$state" = CANCELLED ] || { [ "$state" = COMPLETING ] && [ "$reason" != TimeLimit ]; }; then
+    log "job cancelled (exit $rc): not resubmitting; checkpoint ${after% *}. Continue with:" \
+        "sbatch $SELF $CONFIG $WORK_DIR $*"
+    exit "$rc"
+fi
+if [ "$rc" -ne "$PREEMPTED" ] && [ -z "$signalled" ]; then
+    log "training failed (exit $rc): not resubmitting; last checkpoint ${after% *}"
+    exit "$rc"
+fi
+no_progress=0
+if [ "$after" = "$before" ]; then
+    no_progress=$(( NO_PROGRESS_COUNT + 1 ))
+    if [ "$no_progress" -gt "$NO_PROGRESS_RESUBMITS" ]; then
+        log "stopped (exit $rc) without a new checkpoint since this job started (still" \
+            "${after% *}): not resubmitting a job that made no progress" \
+            "(NO_PROGRESS_RESUBMITS=$NO_PROGRESS_RESUBMITS)"
+        exit "$rc"
+    fi
+fi
+if [ "$RESUBMIT_COUNT" -ge "$MAX_RESUBMITS" ]; then
+    log "preempted (exit $rc) but MAX_RESUBMITS=$MAX_RESUBMITS reached: not resubmitting;" \
+        "checkpoint ${after% *}"
+    exit "$rc"
+fi
+resubmit "$no_progress" "$@"
+log "preempted (exit $rc): checkpoint ${after% *}; resubmitting"
+"${resubmit[@]}" || { log "resubmission failed"; exit "$rc"; }
+exit 0

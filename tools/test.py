@@ -64,7 +64,9 @@ def main(argv=None):
         line, _ = cli.use_dataset(cfg, args.data_root, files, test=True)
         cli.log_at_start(cfg, line)
     cli.use_checked_loading(cfg)  # bad images: one line naming the file
-    cli.setup_launcher(cfg, args.launcher)  # process group before the Runner
+    launch = cli.setup_launcher(cfg, args.launcher)  # process group before the Runner
+    if launch.distributed:
+        cli.log_at_start(cfg, launch.describe())
     cli.check_data_paths(cfg, ['test_dataloader'])
     if onnx_info is not None:  # the graph's letterbox replaces the pipeline's resize
         from projects.dino_dinov2.deploy.runtime import prepare_graph_test

@@ -99,6 +99,8 @@ def main(argv=None):
                                                       if cfg.get('val_cfg') else []))
     cli.check_config_device(cfg)
     launch = cli.setup_launcher(cfg, args.launcher)  # process group before the Runner
+    if launch.distributed:
+        cli.log_at_start(cfg, launch.describe())
     if args.amp:
         cli.enable_amp(cfg)
     if args.seed is not None:

@@ -17,7 +17,9 @@ default_hooks = dict(
     # step, and checked for NaN/Inf there (the NaN guard)
     runtime_info=dict(type='DeferredRuntimeInfoHook'),
     timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=20),
+    # every epoch's last batch logged too (mmengine skips it unless the epoch is a
+    # multiple of the interval), also after a resume inside the epoch
+    logger=dict(type='LoggerHook', interval=20, ignore_last=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(type='AtomicCheckpointHook', by_epoch=False, interval=2500,
                     max_keep_ckpts=3),

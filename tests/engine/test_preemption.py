@@ -12,8 +12,8 @@ import torch
 from helpers import (REPO, SYNTHETIC_CONFIG, clean_env, free_port, open_without_the_plugin,
                      read_checkpoint, read_scalars, tiny_run_options, wait_for_iteration)
 from projects.dino_dinov2.engine import PREEMPTED_EXIT_CODE, PreemptionHook
-from projects.dino_dinov2.engine.hooks.preemption_hook import (
-    SkipFirstBatches, get_rng_state, set_rng_state)
+from projects.dino_dinov2.engine.hooks.preemption_hook import get_rng_state, set_rng_state
+from projects.dino_dinov2.upstream.loops import SkipFirstBatches
 
 LOSS_KEYS = ('loss', 'loss_cls', 'loss_bbox', 'loss_iou', 'dn_loss_cls', 'enc_loss_cls')
 ITERS = 8  # 2 epochs of 4 iterations
@@ -89,7 +89,7 @@ def test_skip_first_batches_draws_the_same_batches():
     calls = []
     skipped = SkipFirstBatches(BatchSampler(RandomSampler(range(10), generator=g), 3, False),
                                2, on_start=lambda: calls.append(1))
-    assert len(skipped) == 2
+    assert len(skipped) == 4  # the whole pass: what follows keeps its place in it
     assert list(skipped) == full[2:] and calls == [1]
 
 
@@ -145,11 +145,12 @@ def test_sbatch_script_forwards_the_signal_and_resubmits(tiny_synthetic_data, tm
                 os.killpg(proc.pid, signal.SIGKILL)
     log = log_path.read_text()
     assert rc == 0, log[-3000:]
-    assert 'got SIGUSR1: forwarding' in log and 'Preempted by SIGUSR1' in log, log[-3000:]
-    assert 'preempted (exit 75)' in log
+    assert 'got SIGUSR1: asking the training tasks for a checkpoint' in log, log[-3000:]
+    assert 'Preempted by SIGUSR1' in log and 'preempted (exit 75)' in log, log[-3000:]
     last = open(osp.join(work_dir, 'last_checkpoint')).read().strip()
     assert re.fullmatch(r'iter_\d+\.pth', osp.basename(last)) and osp.isfile(last)
     # the slurm launcher ran for real: a one-task job step
     assert 'Distributed launcher: slurm' in log
     assert calls.read_text().splitlines() == [
-        '--export=ALL,RESUBMIT_COUNT=1', 'tools/sbatch_preemptible.sh', *args]
+        '--export=ALL,RESUBMIT_COUNT=1,NO_PROGRESS_COUNT=0',
+        f'--output={work_dir}/slurm-%x-%j.out', 'tools/sbatch_preemptible.sh', *args]

@@ -164,6 +164,28 @@ def test_slurm_train_dry_run():
     assert '--gres=gpu:1' in cmd and '--ntasks=2' in cmd and '--ntasks-per-node=1' in cmd
 
 
+def test_slurm_train_on_a_cpu_partition_asks_for_no_gpu():
+    [cmd] = dry_run('tools/slurm_train.sh', 'cpu', 'j', 'c.py', 'w', GPUS='2',
+                    GPUS_PER_NODE='0', CPUS_PER_TASK='1')
+    assert cmd[:6] == ['srun', '-p', 'cpu', '--job-name=j', '--ntasks=2', '--cpus-per-task=1']
+    assert not any(a.startswith(('--gres', '--ntasks-per-node')) for a in cmd)
+    [cmd] = dry_run('tools/slurm_train.sh', 'cpu', 'j', 'c.py', 'w', GPUS='4',
+                    GPUS_PER_NODE='0', TASKS_PER_NODE='2')
+    assert '--ntasks-per-node=2' in cmd and not any(a.startswith('--gres') for a in cmd)
+
+
+@pytest.mark.parametrize('env,names', [
+    (dict(GPUS='0'), 'GPUS=0'), (dict(GPUS='two'), 'GPUS=two'),
+    (dict(GPUS_PER_NODE='x'), 'GPUS_PER_NODE=x'), (dict(CPUS_PER_TASK='0'), 'CPUS_PER_TASK=0'),
+    (dict(TASKS_PER_NODE='-1'), 'TASKS_PER_NODE=-1')])
+def test_slurm_scripts_refuse_counts_in_one_line(env, names):
+    proc = subprocess.run(['bash', 'tools/slurm_train.sh', 'p', 'j', 'c.py', 'w'], cwd=REPO,
+                          capture_output=True, text=True, env=clean_env(dict(DRY_RUN='1', **env)))
+    assert proc.returncode == 2
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith('error: ') and names in line
+
+
 def test_slurm_test_dry_run():
     [cmd] = dry_run('tools/slurm_test.sh', 'p', 'j', 'c.py', 'e.pth', '--out', 'x.pkl',
                     GPUS='4', PYTHON='py')
@@ -178,7 +200,8 @@ def test_sbatch_preemptible_dry_run():
                               PYTHON='py')
     assert train == ['srun', '--kill-on-bad-exit=1', 'py', '-u', 'tools/train.py', 'c.py',
                      '--work-dir=work_dirs/d', '--launcher=slurm', '--resume', '--wandb']
-    assert resubmit == ['sbatch', '--export=ALL,RESUBMIT_COUNT=4', '--partition=other',
+    assert resubmit == ['sbatch', '--export=ALL,RESUBMIT_COUNT=4,NO_PROGRESS_COUNT=0',
+                        '--output=work_dirs/d/slurm-%x-%j.out', '--partition=other',
                         'tools/sbatch_preemptible.sh', 'c.py', 'work_dirs/d', '--wandb']
     text = open(os.path.join(REPO, 'tools/sbatch_preemptible.sh')).read()
     assert '#SBATCH --signal=B:USR1@' in text and 'PREEMPTED=75' in text

@@ -10,6 +10,7 @@ import os.path as osp
 import tempfile
 from typing import Optional
 
+import torch.distributed as torch_dist
 from mmengine.config import Config
 from mmengine.logging import print_log
 
@@ -192,9 +193,21 @@ def check_config_device(cfg: Config) -> None:
                           'on the CPU)')
 
 
+def process_rank() -> int:
+    """This process's rank in its job, before or after the process group starts."""
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        return torch_dist.get_rank()
+    for key in ('RANK', 'SLURM_PROCID'):
+        if os.environ.get(key, '').isdigit():
+            return int(os.environ[key])
+    return 0
+
+
 def log_at_start(cfg, line: str) -> None:
-    """Print ``line`` now and have the run's log say it (a :class:`RunInfoHook`)."""
-    print(line, flush=True)
+    """Print ``line`` now (the first process of a job alone) and have the run's log say it
+    (a :class:`RunInfoHook`)."""
+    if process_rank() == 0:
+        print(line, flush=True)
     hooks = list(cfg.get('custom_hooks', None) or [])
     for hook in hooks:
         if hook.get('type') == 'RunInfoHook':

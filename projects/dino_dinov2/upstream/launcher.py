@@ -58,11 +58,11 @@ class LaunchInfo:
         return self.launcher != 'none'
 
     def describe(self) -> str:
+        """The run's line (the same on every rank): launcher, processes, backend, master."""
         if not self.distributed:
             return 'launcher: none (one process)'
-        return (f'launcher: {self.launcher}, rank {self.rank}/{self.world_size}, '
-                f'local rank {self.local_rank}, backend {self.backend}, '
-                f'master {self.master_addr}:{self.master_port}')
+        return (f'launcher: {self.launcher}, {self.world_size} processes, backend '
+                f'{self.backend}, master {self.master_addr}:{self.master_port}')
 
 
 # --- SLURM node lists --------------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""An iteration-based training loop that resumes without reloading the data it trained on.
+"""Training loops that resume inside the data without reloading what they trained on.
 
 Upstream: open-mmlab/mmengine#1520 (open; the fixes proposed, #1548 and #1608, are not
 merged in 0.10.7). Delete :class:`ResumableIterBasedTrainLoop` when mmengine's loop skips
-the trained batches at the sampler, and :func:`release_dataloader_workers` when a Runner
+the trained batches at the sampler, :class:`ResumableEpochBasedTrainLoop` when mmengine's
+epoch loop continues an epoch it resumed inside (0.10.7 restarts it at its first batch and
+counts its iterations again), and :func:`release_dataloader_workers` when a Runner
 stops its dataloaders' workers itself (mmengine 0.10.7 leaves them to the garbage
 collector).
 
@@ -18,6 +20,8 @@ would have drawn, and no image is loaded for the skipped ones.
 With a finite sampler (mmengine's ``DefaultSampler``, passes over the data) whole passes
 are skipped by setting the sampler's epoch, then the rest of the pass at the batch level;
 with ``InfiniteSampler`` (the recipe's) the stream's first N batches are drawn and dropped.
+:class:`ResumableEpochBasedTrainLoop` does the same inside the interrupted epoch, and counts
+its batches on from there (the log's ``[2][6/8]``; the epoch's last batch ends it as usual).
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from typing import Callable, List, Optional, Tuple
 
 from mmengine.dataset import InfiniteSampler
 from mmengine.logging import print_log
-from mmengine.runner import IterBasedTrainLoop
+from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop
 from mmengine.runner.base_loop import BaseLoop
 from mmengine.runner.loops import _InfiniteDataloaderIterator
 from mmengine.runner.utils import calc_dynamic_intervals
@@ -42,8 +46,10 @@ class SkipFirstBatches:
     The indices of skipped batches are drawn and thrown away (cheap: no data is loaded),
     so the batches that follow are exactly those the full pass would have given. After
     the first pass it passes every batch through (``skip`` is reset), so it can stay in
-    place for the passes that follow. ``on_start`` runs right before the first remaining
-    batch is drawn, i.e. after the DataLoader iterator was created.
+    place for the passes that follow. Its length is the whole pass's, so the batches that
+    follow keep their places in it (``enumerate(loader, skip)``). ``on_start`` runs right
+    before the first remaining batch is drawn, i.e. after the DataLoader iterator was
+    created.
     """
 
     def __init__(self, batch_sampler, skip: int, on_start: Optional[Callable[[], None]] = None):
@@ -63,7 +69,7 @@ class SkipFirstBatches:
         yield from it
 
     def __len__(self) -> int:
-        return max(len(self.batch_sampler) - self.skip, 0)
+        return len(self.batch_sampler)
 
     def __getattr__(self, name):
         # sampler, batch_size, drop_last... of the wrapped batch sampler
@@ -154,6 +160,47 @@ class ResumableIterBasedTrainLoop(IterBasedTrainLoop):
         print_log(f'Resuming at iteration {done}: skipped the {done} batches already '
                   'trained at the sampler (no image loaded for them)', logger='current')
         return passes
+
+
+@LOOPS.register_module()
+class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
+    """mmengine's ``EpochBasedTrainLoop``; a resume inside an epoch continues that epoch.
+
+    Same arguments as ``EpochBasedTrainLoop``. The batches of the interrupted epoch already
+    trained are skipped at the sampler (no image loaded for them) and the epoch counts on
+    from the next one; ``on_data_resumed`` (set by a hook before the epoch starts, e.g.
+    :class:`PreemptionHook` restoring RNG states) is called right before it is drawn.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_data_resumed: Optional[Callable[[], None]] = None
+
+    def run_epoch(self) -> None:
+        self.runner.call_hook('before_train_epoch')
+        self.runner.model.train()
+        dataloader = self.dataloader
+        done = self._iter - self._epoch * len(dataloader)
+        unwrapped = dataloader.batch_sampler
+        if 0 < done < len(dataloader) and unwrapped is not None:
+            object.__setattr__(dataloader, 'batch_sampler', SkipFirstBatches(
+                unwrapped, done, self.on_data_resumed))
+            print_log(f'Resuming inside epoch {self._epoch + 1}: skipped the {done} batches '
+                      'already trained at the sampler (no image loaded for them)',
+                      logger='current')
+        elif done:
+            print_log(f'Resuming inside epoch {self._epoch + 1} after {done} batches: this '
+                      'dataloader cannot skip them; the epoch restarts from its first batch',
+                      logger='current', level=logging.WARNING)
+            done = 0
+        self.on_data_resumed = None
+        try:
+            for idx, data_batch in enumerate(dataloader, done):
+                self.run_iter(idx, data_batch)
+        finally:
+            object.__setattr__(dataloader, 'batch_sampler', unwrapped)
+        self.runner.call_hook('after_train_epoch')
+        self._epoch += 1
 
 
 def release_dataloader_workers(runner) -> None:

@@ -53,6 +53,7 @@ class DeferredRuntimeInfoHook(RuntimeInfoHook):
         self.check = NonFiniteLossCheck(max_skipped)
         self._keys: Optional[Tuple[str, ...]] = None
         self._pending: List[Tuple[int, int, int, torch.Tensor]] = []
+        self._device = torch.device('cpu')  # where the values are (the flag of a flush)
 
     def before_train(self, runner) -> None:
         super().before_train(runner)
@@ -84,19 +85,28 @@ class DeferredRuntimeInfoHook(RuntimeInfoHook):
             row = torch.cat([row, norm.float().reshape(1)])
         if row is None or (self._keys is not None and keys != self._keys):
             # not one scalar tensor each, or other keys than before: as mmengine does
-            self.flush(runner)
+            self.flush(runner, agree=False)
             for key, value in (outputs or {}).items():
                 runner.message_hub.update_scalar(f'train/{key}', value)
             if norm is not None:
                 runner.message_hub.update_scalar('train/grad_norm', float(norm))
         elif keys:
             self._keys = keys
+            self._device = row.device
             self._pending.append((runner.iter, runner.epoch, batch_idx, row))
         if self._due(runner, batch_idx):
             self.flush(runner)
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        self.flush(runner)
+        # mmengine saves on rank 0 alone: no collective here (the other ranks are not in
+        # save_checkpoint), so this rank's values are checked by themselves. The checkpoint
+        # took the message hub's state before this hook: it gets the flushed values too.
+        if not self._pending:
+            return
+        self.flush(runner, agree=False)
+        if 'message_hub' in checkpoint:
+            checkpoint['message_hub']['log_scalars'] = \
+                runner.message_hub.state_dict()['log_scalars']
 
     def after_train(self, runner) -> None:
         self.flush(runner)
@@ -118,25 +128,44 @@ class DeferredRuntimeInfoHook(RuntimeInfoHook):
         except TypeError:  # a loader without a length
             return False
 
-    def flush(self, runner) -> None:
+    def flush(self, runner, agree: bool = True) -> None:
         """Copy the held iterations' values to the host (one transfer), check the losses
-        for NaN/Inf and give every value to the message hub."""
-        if not self._pending:
-            return
+        (and the gradient norm, the same on every rank) for NaN/Inf and give every value
+        to the message hub.
+
+        ``agree``: all ranks call this at the same point (a log line, the end of an epoch
+        or of the training, a validation) and agree on the check with one all-reduce of
+        one flag, made whether or not this rank holds values (an earlier rank-0-only
+        flush, ``before_save_checkpoint``, may have emptied them), so every rank makes
+        the same collective calls. ``agree=False``: this rank alone.
+        """
         pending, self._pending = self._pending, []
-        values = torch.stack([p[-1] for p in pending])
         keys = self._keys
-        check_here = 'loss' in keys and self.check.loss_scaler(runner) is None
-        if check_here:
-            bad = (~torch.isfinite(values[:, keys.index('loss')])).float()
-            if is_distributed():
-                bad = bad.clone()
-                all_reduce(bad, op='max')
-            values = torch.cat([values, bad[:, None]], 1)
-        host = to_host(values).tolist()  # the one device-to-host copy
-        for (it, epoch, batch_idx, _), row in zip(pending, host):
-            if check_here and row[-1] > 0:
-                self.check.raise_non_finite(runner, it, dict(zip(keys, row[:len(keys)])),
-                                            epoch, batch_idx)
+        checked = [keys.index(k) for k in ('loss', 'grad_norm') if k in (keys or ())]
+        collective = (agree and is_distributed() and bool(checked)
+                      and self.check.loss_scaler(runner) is None)
+        if not pending and not collective:
+            return
+        values = torch.stack([p[-1] for p in pending]) if pending else None
+        bad_rows = None
+        if checked and self.check.loss_scaler(runner) is None:
+            if values is not None:
+                bad_rows = (~torch.isfinite(values[:, checked])).any(1).float()
+            any_bad = (bad_rows.amax().reshape(1) if bad_rows is not None
+                       else torch.zeros(1, device=self._device))
+            if collective:
+                all_reduce(any_bad, op='max')
+            parts = [values.flatten(), bad_rows, any_bad] if values is not None else [any_bad]
+            host = to_host(torch.cat(parts)).tolist()  # the one device-to-host copy
+        else:
+            host = to_host(values.flatten()).tolist()
+        n = len(keys or ()) if pending else 0
+        rows = [host[i * n:(i + 1) * n] for i in range(len(pending))]
+        for i, ((it, epoch, batch_idx, _), row) in enumerate(zip(pending, rows)):
+            if bad_rows is not None and host[len(pending) * n + i] > 0:
+                self.check.raise_non_finite(runner, it, dict(zip(keys, row)), epoch,
+                                            batch_idx)
             for key, value in zip(keys, row):
                 runner.message_hub.update_scalar(f'train/{key}', value)
+        if collective and host[-1] > 0:  # another rank's loss
+            self.check.raise_non_finite_elsewhere(runner)

@@ -101,6 +101,20 @@ class NonFiniteLossCheck:
         raise NonFiniteLossError(self._message(runner, batch_idx, values, iteration + 1,
                                                epoch))
 
+    def raise_non_finite_elsewhere(self, runner) -> None:
+        """Stop: another rank's loss (or the gradient norm) was not finite."""
+        raise NonFiniteLossError(
+            f'non-finite loss on another process at or before iteration {runner.iter + 1}'
+            f'; training stopped before saving anything: {self._kept(runner)} (that '
+            "process's log names the iteration and the terms)")
+
+    @staticmethod
+    def _kept(runner) -> str:
+        last = read_last_checkpoint(runner.work_dir) or \
+            runner.message_hub.get_info('last_ckpt', None)
+        return (f'the last good checkpoint is {last}; continue from it with --resume after '
+                'fixing the cause' if last else 'no checkpoint had been saved yet')
+
     def _message(self, runner, batch_idx: int, outputs: dict,
                  iteration: Optional[int] = None, epoch: Optional[int] = None) -> str:
         terms = []
@@ -118,10 +132,7 @@ class NonFiniteLossCheck:
         if isinstance(runner.train_loop, EpochBasedTrainLoop):
             where = f' (epoch {(runner.epoch if epoch is None else epoch) + 1}, ' \
                 f'batch {batch_idx + 1})'
-        last = read_last_checkpoint(runner.work_dir) or \
-            runner.message_hub.get_info('last_ckpt', None)
-        kept = (f'the last good checkpoint is {last}; continue from it with --resume after '
-                'fixing the cause' if last else 'no checkpoint had been saved yet')
+        kept = self._kept(runner)
         skipped = (f' after {self._skipped - 1} steps skipped by the loss scaler'
                    if self._skipped > 1 else '')
         iteration = runner.iter + 1 if iteration is None else iteration

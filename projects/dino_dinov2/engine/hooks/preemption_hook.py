@@ -15,11 +15,10 @@ turns that into:
    destroyed and every rank exits with :data:`PREEMPTED_EXIT_CODE` (75, ``EX_TEMPFAIL``
    of sysexits.h: "temporary failure, try again"), which job scripts use to resubmit.
 
-``--resume`` then continues from that checkpoint. An epoch-based loop would restart the
-interrupted epoch from its first batch; instead the batches already trained in it are
-skipped at the sampler (no image is loaded for them; :class:`ResumableIterBasedTrainLoop`
-does the same for iteration-based runs) and the RNG states are restored right before the
-next batch is drawn, so with ``num_workers=0`` and a fixed seed in
+``--resume`` then continues from that checkpoint. The project's loops
+(``ResumableIterBasedTrainLoop``, ``ResumableEpochBasedTrainLoop``) skip the batches
+already trained at the sampler (no image is loaded for them) and this hook restores the
+RNG states right before the next batch is drawn, so with ``num_workers=0`` and a fixed seed in
 deterministic mode the following iterations equal those of an uninterrupted run.
 (With ``num_workers > 0`` the data order is the same but worker-side augmentation
 randomness is not carried over.)
@@ -45,7 +44,6 @@ from mmengine.runner import EpochBasedTrainLoop
 
 from ...errors import ConfigError
 from ...upstream.atomic_checkpoint import ATOMIC_BACKEND_ARGS, write_last_checkpoint
-from ...upstream.loops import ResumableIterBasedTrainLoop, SkipFirstBatches
 from ...upstream.runner import built_loop
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: a temporary failure; run it again (with --resume)
@@ -114,7 +112,6 @@ class PreemptionHook(Hook):
         self._previous: Dict[int, object] = {}
         self._pending_rng: Optional[List[dict]] = None
         self._save_rng: Optional[List[dict]] = None
-        self._wrapped = None
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -134,6 +131,8 @@ class PreemptionHook(Hook):
                 return
 
     def after_run(self, runner) -> None:
+        if self.received is not None:
+            return  # stopping: _exit sets what the signals do until the process is gone
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
@@ -190,6 +189,11 @@ class PreemptionHook(Hook):
         if is_distributed():
             barrier()
             torch_dist.destroy_process_group()
+        # Ignored from here to the end of the process: a launcher that sees one rank exit
+        # signals the others (torchrun: SIGTERM), and Python's shutdown gives a Python
+        # handler back to the default (death by the signal, not 75); an ignored one stays.
+        for sig in self.signals:
+            signal.signal(sig, signal.SIG_IGN)
         raise SystemExit(self.exit_code)
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
@@ -219,39 +223,19 @@ class PreemptionHook(Hook):
 
     def before_train_epoch(self, runner) -> None:
         loop = runner.train_loop
-        if isinstance(loop, ResumableIterBasedTrainLoop):
-            # the loop skips the trained batches itself; the RNG goes back right after
-            if runner.iter > 0:
-                loop.on_data_resumed = self._rng_restorer(runner)
-            self._pending_rng = None
+        if runner.iter > 0 and hasattr(loop, 'on_data_resumed'):
+            # a Resumable*TrainLoop skips the trained batches itself; the RNG states go
+            # back right before the next batch is drawn
+            loop.on_data_resumed = self._rng_restorer(runner)
             return
-        if not isinstance(loop, EpochBasedTrainLoop):
-            self._pending_rng = None
-            return  # another loop: it positions its data itself, or not at all
-        dataloader = loop.dataloader
-        done = runner.iter - runner.epoch * len(dataloader)
-        if done <= 0:
-            self._pending_rng = None
-            return
-        if done > len(dataloader) or dataloader.batch_sampler is None:
-            runner.logger.warning(f'PreemptionHook: cannot skip {done} trained batches of '
-                                  f'epoch {runner.epoch + 1} ({len(dataloader)} batches); '
-                                  'the epoch restarts from its first batch')
-            return
-        on_start = self._rng_restorer(runner)
-        self._wrapped = dataloader.batch_sampler
-        # DataLoader refuses to change batch_sampler after construction; the wrapper only
-        # drops the first batches of this epoch and is removed after it.
-        object.__setattr__(dataloader, 'batch_sampler',
-                           SkipFirstBatches(self._wrapped, done, on_start))
-        runner.logger.info(f'Resuming inside epoch {runner.epoch + 1}: skipping the {done} '
-                           f'batches already trained')
-
-    def after_train_epoch(self, runner) -> None:
-        if self._wrapped is not None:
-            object.__setattr__(runner.train_loop.dataloader, 'batch_sampler', self._wrapped)
-            self._wrapped = None
+        if self._pending_rng and isinstance(loop, EpochBasedTrainLoop):
+            done = runner.iter - runner.epoch * len(loop.dataloader)
+            if done > 0:
+                runner.logger.warning(
+                    f'PreemptionHook: mmengine\'s EpochBasedTrainLoop restarts epoch '
+                    f'{runner.epoch + 1} from its first batch ({done} batches of it were '
+                    "trained); train_cfg.type='ResumableEpochBasedTrainLoop' continues it")
+        self._pending_rng = None
 
 
-__all__ = ['PREEMPTED_EXIT_CODE', 'PreemptionHook', 'SkipFirstBatches', 'get_rng_state',
-           'set_rng_state']
+__all__ = ['PREEMPTED_EXIT_CODE', 'PreemptionHook', 'get_rng_state', 'set_rng_state']
