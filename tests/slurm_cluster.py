@@ -189,7 +189,13 @@ PartitionName=urgent Nodes={self.node} MaxTime=INFINITE State=UP PriorityTier=10
 
     def stop(self) -> None:
         if self.pids.get('slurmctld'):
-            self.run(['scancel', '--user', 'root'], timeout=30)
+            # no job outlives the cluster: cancel them all and wait (SIGKILL after KillWait)
+            self.run(['scancel', '--user', 'root', '--signal=KILL'], timeout=30)
+            deadline = time.time() + self.kill_wait_s + 30
+            while time.time() < deadline and any(
+                    j.get('JobState') in ('RUNNING', 'COMPLETING', 'CONFIGURING')
+                    for j in self.jobs()):
+                time.sleep(0.5)
         for name in ('slurmd', 'slurmctld', 'munged'):
             pid = self.pids.pop(name, None)
             if pid is None:

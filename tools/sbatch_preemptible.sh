@@ -20,8 +20,9 @@
 # `scancel --signal=USR1 JOB` checkpoints and resubmits, as a preemption does.
 #
 # Edit the #SBATCH lines for your cluster (partition, GPUs, time), or override them on the
-# sbatch command line (a CPU partition: -p cpu --gres=none -n 2 --cpus-per-task=1). The log is work_dirs/slurm-NAME-JOB.out, then WORK_DIR/slurm-NAME-JOB.out for the
-# resubmitted jobs. Variables:
+# sbatch command line (a CPU partition: -p cpu --gres=none -n 2 --cpus-per-task=1). The log
+# is work_dirs/slurm-NAME-JOB.out, then WORK_DIR/slurm-NAME-JOB.out for the resubmitted
+# jobs. Variables:
 #   SBATCH_ARGS ("")     extra sbatch options for the resubmission (e.g. "--partition=p")
 #   SRUN_ARGS ("")       extra srun options
 #   MAX_RESUBMITS (50)   stop resubmitting after this many
@@ -69,7 +70,8 @@ train=(srun --kill-on-bad-exit=1 ${srun_args[@]+"${srun_args[@]}"}
 resubmit() {
     local no_progress=$1
     shift
-    resubmit=(sbatch "--export=ALL,RESUBMIT_COUNT=$(( RESUBMIT_COUNT + 1 )),NO_PROGRESS_COUNT=$no_progress"
+    resubmit=(sbatch
+              "--export=ALL,RESUBMIT_COUNT=$(( RESUBMIT_COUNT + 1 )),NO_PROGRESS_COUNT=$no_progress"
               "--output=$WORK_DIR/slurm-%x-%j.out" ${sbatch_args[@]+"${sbatch_args[@]}"}
               "$SELF" "$CONFIG" "$WORK_DIR" "$@")
 }
@@ -110,8 +112,9 @@ trap 'forward USR1' USR1
 trap 'forward TERM' TERM
 
 before=$(checkpoint)
-log "job ${SLURM_JOB_ID:-?} (resubmission $RESUBMIT_COUNT of at most $MAX_RESUBMITS):" \
-    "${before:+resuming from ${before% *}}${before:-no checkpoint yet: starting}"
+start="no checkpoint yet: starting"
+if [ -n "$before" ]; then start="resuming from ${before% *}"; fi
+log "job ${SLURM_JOB_ID:-?} (resubmission $RESUBMIT_COUNT of at most $MAX_RESUBMITS): $start"
 "${train[@]}" &
 child=$!
 while true; do
@@ -134,7 +137,7 @@ if [ -z "$after" ]; then
 fi
 if [ "$state" = CANCELLED ] || { [ "$state" = COMPLETING ] && [ "$reason" != TimeLimit ]; }; then
     log "job cancelled (exit $rc): not resubmitting; checkpoint ${after% *}. Continue with:" \
-        "sbatch $SELF $CONFIG $WORK_DIR $*"
+        "sbatch $SELF $(printf '%q ' "$CONFIG" "$WORK_DIR" "$@")"
     exit "$rc"
 fi
 if [ "$rc" -ne "$PREEMPTED" ] && [ -z "$signalled" ]; then

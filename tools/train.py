@@ -138,7 +138,27 @@ def main(argv=None):
         cli.release_dataloader_workers(runner)
 
 
+PREEMPTED_EXIT_CODE = 75  # the package's (engine.PREEMPTED_EXIT_CODE); importing it takes seconds
+
+
+def exit_on_stop_signals():
+    """Until the run's PreemptionHook takes SIGTERM/SIGUSR1 over (when training starts), a
+    stop signal exits 75 at once: nothing was trained, nothing to save. (Python's default
+    for SIGUSR1 would kill the process: a preemption during the start-up seen as a crash.)"""
+    import signal
+
+    def stop(signum, frame):
+        print(f'Stopped by {signal.Signals(signum).name} before training started: nothing '
+              f'to save; exiting with code {PREEMPTED_EXIT_CODE}. Continue with --resume.',
+              file=sys.stderr, flush=True)
+        raise SystemExit(PREEMPTED_EXIT_CODE)
+
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, stop)
+
+
 if __name__ == '__main__':
+    exit_on_stop_signals()  # first: the imports below take seconds
     from projects.dino_dinov2.cli.error_exit import exit_on_user_error
     with exit_on_user_error():  # bad data/config/checkpoint: 'error: ...', exit 2
         main()

@@ -50,8 +50,8 @@ def test_main_block_prints_one_line_and_exits_2(tiny_synthetic_data, tmp_path):
     line, _ = _subprocess(['tools/train.py', *_train_args(
         tmp_path, tiny_synthetic_data, 'train_cfg.max_epoch=24')], tmp_path)
     assert line.startswith("error: --cfg-options train_cfg.max_epoch: unknown key "
-                           "'max_epoch' in train_cfg (EpochBasedTrainLoop); did you mean "
-                           'train_cfg.max_epochs?')
+                           "'max_epoch' in train_cfg (ResumableEpochBasedTrainLoop); did you "
+                           'mean train_cfg.max_epochs?')
 
 
 def test_missing_data_root(tmp_path, monkeypatch, capsys):

@@ -5,12 +5,14 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
-from helpers import (REPO, SYNTHETIC_CONFIG, clean_env, free_port, open_without_the_plugin,
-                     read_checkpoint, read_scalars, tiny_run_options, wait_for_iteration)
+from helpers import (REPO, SYNTHETIC_CONFIG, clean_env, free_port, load_tool,
+                     open_without_the_plugin, read_checkpoint, read_scalars, tiny_run_options,
+                     wait_for_iteration)
 from projects.dino_dinov2.engine import PREEMPTED_EXIT_CODE, PreemptionHook
 from projects.dino_dinov2.engine.hooks.preemption_hook import get_rng_state, set_rng_state
 from projects.dino_dinov2.upstream.loops import SkipFirstBatches
@@ -26,6 +28,7 @@ def _checkpoint_of(run):
 
 def test_exit_code_is_documented():
     assert PREEMPTED_EXIT_CODE == 75
+    assert load_tool('train').PREEMPTED_EXIT_CODE == PREEMPTED_EXIT_CODE  # its start-up's
     doc = open(osp.join(REPO, 'docs', 'launching.md')).read()
     assert '75' in doc and 'SIGTERM' in doc
 
@@ -154,3 +157,36 @@ def test_sbatch_script_forwards_the_signal_and_resubmits(tiny_synthetic_data, tm
     assert calls.read_text().splitlines() == [
         '--export=ALL,RESUBMIT_COUNT=1,NO_PROGRESS_COUNT=0',
         f'--output={work_dir}/slurm-%x-%j.out', 'tools/sbatch_preemptible.sh', *args]
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` (``SigCgt`` in /proc)."""
+    try:
+        with open(f'/proc/{pid}/status') as f:
+            mask = next(int(line.split()[1], 16) for line in f if line.startswith('SigCgt'))
+    except (OSError, StopIteration):
+        return False
+    return bool(mask >> (signum - 1) & 1)
+
+
+@pytest.mark.skipif(not osp.exists('/proc/self/status'), reason='reads /proc')
+def test_a_signal_during_the_start_up_exits_75(tiny_synthetic_data, tmp_path):
+    """A preemption while the tool still imports and builds: nothing to save, exit 75 (not
+    death by the signal, which a job script would take for a crash)."""
+    proc = subprocess.Popen([sys.executable, 'tools/train.py', SYNTHETIC_CONFIG, '--work-dir',
+                             str(tmp_path / 'work'), '--cfg-options',
+                             *tiny_run_options(tiny_synthetic_data, epochs=1)],
+                            cwd=REPO, env=clean_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not _catches(proc.pid, signal.SIGUSR1) and time.time() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGUSR1)  # the imports take seconds: still starting
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == PREEMPTED_EXIT_CODE, err[-3000:]
+    assert 'Stopped by SIGUSR1 before training started: nothing to save' in err
+    assert not osp.exists(tmp_path / 'work' / 'last_checkpoint')

@@ -30,7 +30,7 @@ ESCAPE = (f' If the key is right, set it in a config file that inherits {SYNTHET
 
 @pytest.mark.parametrize('option, message', [
     ('train_cfg.max_epoch=24', "--cfg-options train_cfg.max_epoch: unknown key 'max_epoch' "
-     'in train_cfg (EpochBasedTrainLoop); did you mean train_cfg.max_epochs?' + ESCAPE),
+     'in train_cfg (ResumableEpochBasedTrainLoop); did you mean train_cfg.max_epochs?' + ESCAPE),
     ('model.bbox_head.num_clases=3', "--cfg-options model.bbox_head.num_clases: unknown key "
      "'num_clases' in model.bbox_head (BatchMatchingDINOHead); did you mean "
      'model.bbox_head.num_classes?' + ESCAPE),

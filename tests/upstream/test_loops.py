@@ -86,11 +86,12 @@ def _run_epochs(work_dir, max_epochs, resume_from=None, save_at=None):
     return record, list(LOADED)
 
 
-def test_an_epoch_resumed_inside_continues_at_its_next_batch(tmp_path):
+@pytest.mark.parametrize('stop', [3, 5])  # inside the first epoch / after its last batch
+def test_an_epoch_resumed_inside_continues_at_its_next_batch(stop, tmp_path):
     full, _ = _run_epochs(tmp_path / 'full', 2)  # 5 batches an epoch
     assert full.places == [(e, i) for e in range(2) for i in range(5)]
-    _run_epochs(tmp_path / 'cut', 1, save_at=3)  # iter_3.pth: 3 batches into epoch 1
-    rest, loaded = _run_epochs(tmp_path / 'cut', 2, str(tmp_path / 'cut' / 'iter_3.pth'))
-    assert rest.batches == full.batches[3:]
-    assert rest.places == [(0, 3), (0, 4)] + [(1, i) for i in range(5)]
-    assert sorted(loaded) == sorted(i for batch in full.batches[3:] for i in batch)
+    _run_epochs(tmp_path / 'cut', 1, save_at=stop)  # iter_N.pth: N batches into epoch 1
+    rest, loaded = _run_epochs(tmp_path / 'cut', 2, str(tmp_path / 'cut' / f'iter_{stop}.pth'))
+    assert rest.batches == full.batches[stop:]
+    assert rest.places == full.places[stop:]  # the epoch counts on from the next batch
+    assert sorted(loaded) == sorted(i for batch in full.batches[stop:] for i in batch)

@@ -172,8 +172,15 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
     :class:`PreemptionHook` restoring RNG states) is called right before it is drawn.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self,
+                 runner,
+                 dataloader,
+                 max_epochs: int,
+                 val_begin: int = 1,
+                 val_interval: int = 1,
+                 dynamic_intervals: Optional[List[Tuple[int, int]]] = None) -> None:
+        super().__init__(runner, dataloader, max_epochs, val_begin, val_interval,
+                         dynamic_intervals)
         self.on_data_resumed: Optional[Callable[[], None]] = None
 
     def run_epoch(self) -> None:
@@ -182,7 +189,9 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         dataloader = self.dataloader
         done = self._iter - self._epoch * len(dataloader)
         unwrapped = dataloader.batch_sampler
-        if 0 < done < len(dataloader) and unwrapped is not None:
+        # done == len: stopped after the epoch's last batch, before its end (checkpoint,
+        # validation): no batch is left, the epoch's end runs
+        if 0 < done <= len(dataloader) and unwrapped is not None:
             object.__setattr__(dataloader, 'batch_sampler', SkipFirstBatches(
                 unwrapped, done, self.on_data_resumed))
             print_log(f'Resuming inside epoch {self._epoch + 1}: skipped the {done} batches '
