@@ -10,7 +10,8 @@
 #   DRY_RUN=1   print the exact command instead of running it.
 #
 # --batch-size is per process: total batch = batch x GPUS x NNODES (docs/launching.md).
-# SIGTERM/SIGUSR1 to this script: checkpoint at the current iteration, exit 75.
+# SIGTERM/SIGUSR1 to this script: checkpoint at the current iteration, exit 75; Ctrl-C: the
+# same, exit 130.
 set -euo pipefail
 if [ $# -lt 2 ]; then
     echo "usage: $0 CONFIG GPUS [tools/train.py args...]" >&2
@@ -21,18 +22,24 @@ GPUS=$2
 source "$(dirname "$0")/dist_common.sh"
 dist_command "$GPUS" train.py "$CONFIG" --launcher pytorch "${@:3}"
 
-# Preemption: SIGTERM/SIGUSR1 go straight to the training processes (torchrun's children),
-# which checkpoint and exit 75. torchrun itself would stop them after 30 s, and reports
-# any worker exit as its own status 1: after a signal this script exits 75 instead.
+# Preemption: SIGTERM/SIGUSR1/SIGINT go straight to the training processes (torchrun's
+# children), which checkpoint and exit 75 (130 after SIGINT). torchrun itself would stop
+# them after 30 s, and reports any worker exit as its own status 1: after a signal this
+# script exits 75 (130) instead. torchrun runs in its own session, so Ctrl-C in the
+# terminal reaches this script alone and the training processes once, through it: a
+# second Ctrl-C aborts them without saving.
 PREEMPTED=75
+INTERRUPTED=130
 signalled=
 forward() {
     signalled=$1
-    echo "[dist_train] got SIG$1: forwarding it to the training processes" >&2
+    echo "[dist_train] got SIG$1: passing it to the training processes" >&2
     pkill -"$1" -P "$child" 2>/dev/null || kill -TERM "$child" 2>/dev/null
 }
 trap 'forward TERM' TERM
 trap 'forward USR1' USR1
+trap 'forward INT' INT
+if command -v setsid >/dev/null 2>&1; then cmd=(setsid "${cmd[@]}"); fi
 "${cmd[@]}" &
 child=$!
 while true; do
@@ -41,8 +48,10 @@ while true; do
     kill -0 "$child" 2>/dev/null || break  # a trapped signal only interrupted the wait
 done
 if [ -n "$signalled" ] && [ "$rc" -ne 0 ]; then
-    echo "[dist_train] stopped by SIG$signalled (torchrun status $rc): exit $PREEMPTED," \
+    code=$PREEMPTED
+    if [ "$signalled" = INT ]; then code=$INTERRUPTED; fi
+    echo "[dist_train] stopped by SIG$signalled (torchrun status $rc): exit $code," \
          "continue with --resume" >&2
-    exit "$PREEMPTED"
+    exit "$code"
 fi
 exit "$rc"

@@ -11,7 +11,7 @@
 #
 #   training done (exit 0)                      -> ends the chain
 #   a new checkpoint, after a signal or exit 75 -> submits this script again (same
-#                                                  arguments, --resume): the chain goes on
+#                                                  arguments, --resume auto): the chain goes on
 #   the job was cancelled (`scancel JOB`)       -> ends the chain; the tasks saved a checkpoint
 #   no new checkpoint since the job started     -> ends the chain (no progress: never a loop)
 #   any other failure                           -> ends the chain with its exit status
@@ -65,7 +65,7 @@ SELF=tools/sbatch_preemptible.sh
 
 train=(srun --kill-on-bad-exit=1 ${srun_args[@]+"${srun_args[@]}"}
        "$PYTHON" -u tools/train.py "$CONFIG" --work-dir="$WORK_DIR" --launcher=slurm
-       --resume "$@")
+       --resume auto "$@")
 # resubmit N_NO_PROGRESS: the command submitting the next job of the chain
 resubmit() {
     local no_progress=$1

@@ -21,9 +21,10 @@ def parse_args(argv=None):
                         choices=['linear', 'sqrt'],
                         help='scale the lr by total batch / base batch (linear) or its '
                              'square root (sqrt)')
-    parser.add_argument('--resume', nargs='?', type=str, const='auto',
-                        help='resume from PATH, or from the latest checkpoint in the work '
-                             'dir when no PATH is given')
+    parser.add_argument('--resume', nargs='?', type=str, const='latest', metavar='PATH|auto',
+                        help='resume from PATH; alone: from the latest checkpoint in the work '
+                             'dir (an error when there is none); auto: from it when there is '
+                             'one, else a new run (jobs that are resubmitted)')
     parser.add_argument('--batch-size', '--batch_size', type=int,
                         help='images per process (GPU); total batch = this x processes')
     parser.add_argument('--lr', type=float, help="the head's base lr (the backbone's "
@@ -138,22 +139,24 @@ def main(argv=None):
         cli.release_dataloader_workers(runner)
 
 
-PREEMPTED_EXIT_CODE = 75  # the package's (engine.PREEMPTED_EXIT_CODE); importing it takes seconds
+# the package's (engine.PREEMPTED_EXIT_CODE, INTERRUPTED_EXIT_CODE): importing it takes seconds
+PREEMPTED_EXIT_CODE, INTERRUPTED_EXIT_CODE = 75, 130
 
 
 def exit_on_stop_signals():
-    """Until the run's PreemptionHook takes SIGTERM/SIGUSR1 over (when training starts), a
-    stop signal exits 75 at once: nothing was trained, nothing to save. (Python's default
-    for SIGUSR1 would kill the process: a preemption during the start-up seen as a crash.)"""
+    """Until the run's PreemptionHook takes the signals over (when training starts), a stop
+    signal exits at once, 75 (SIGTERM, SIGUSR1) or 130 (Ctrl-C): nothing was trained,
+    nothing to save. (Python's default for SIGUSR1 kills the process: a preemption during
+    the start-up seen as a crash; for Ctrl-C it prints a traceback.)"""
     import signal
 
     def stop(signum, frame):
-        print(f'Stopped by {signal.Signals(signum).name} before training started: nothing '
-              f'to save; exiting with code {PREEMPTED_EXIT_CODE}. Continue with --resume.',
-              file=sys.stderr, flush=True)
-        raise SystemExit(PREEMPTED_EXIT_CODE)
+        code = INTERRUPTED_EXIT_CODE if signum == signal.SIGINT else PREEMPTED_EXIT_CODE
+        print(f'Stopped by {signal.Signals(signum).name} while not training: nothing to '
+              f'save; exiting with code {code}.', file=sys.stderr, flush=True)
+        raise SystemExit(code)
 
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         signal.signal(sig, stop)
 
 

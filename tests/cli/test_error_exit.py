@@ -164,3 +164,24 @@ def test_corrupt_image_in_a_dataloader_worker(tiny_synthetic_data, tmp_path, mon
     log = open(next((tmp_path / 'work').glob('*/*.log'))).read()
     assert log.rstrip().endswith(f'{bad}: cannot decode the image (corrupt, truncated or not '
                                  'an image)')  # also in the run's log file
+
+
+def test_resume_with_nothing_to_resume_says_so(tiny_synthetic_data, tmp_path, monkeypatch,
+                                                capsys):
+    """A typo in --work-dir: one line naming the folder, not a silent new run."""
+    work = tmp_path / 'typo'
+    line = _error_line(_train_args(work, tiny_synthetic_data) + ['--resume'], 'train',
+                       monkeypatch, capsys)
+    assert line.startswith(f'error: --resume: nothing to resume in {work}')
+    assert '--resume auto' in line
+
+
+def test_resume_auto_starts_a_new_run_when_there_is_nothing(tmp_path):
+    from projects.dino_dinov2.cli import load_config, set_resume
+    cfg = load_config(SYNTHETIC_CONFIG)
+    cfg.work_dir = str(tmp_path / 'first_job')
+    set_resume(cfg, 'auto')
+    assert cfg.resume is False and cfg.load_from is None  # no 'resumed from None'
+    assert ['--resume auto: no checkpoint in' in line
+            for hook in cfg.custom_hooks if hook['type'] == 'RunInfoHook'
+            for line in hook['lines']] == [True]

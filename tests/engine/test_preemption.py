@@ -188,5 +188,67 @@ def test_a_signal_during_the_start_up_exits_75(tiny_synthetic_data, tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == PREEMPTED_EXIT_CODE, err[-3000:]
-    assert 'Stopped by SIGUSR1 before training started: nothing to save' in err
+    assert 'Stopped by SIGUSR1 while not training: nothing to save' in err
     assert not osp.exists(tmp_path / 'work' / 'last_checkpoint')
+
+
+def _interrupted_run(work_dir, data, presses):
+    """tools/train.py as preempted_runs trains it, with Ctrl-C (SIGINT) pressed once
+    iteration 1 is logged, and again (``presses=2``) once the first was acknowledged;
+    returns (exit status, output)."""
+    import threading
+    proc = subprocess.Popen([sys.executable, 'tools/train.py', SYNTHETIC_CONFIG, '--seed', '0',
+                             '--deterministic', '--batch-size', '2', '--work-dir', work_dir,
+                             '--cfg-options', *tiny_run_options(data, epochs=2)],
+                            cwd=REPO, env=clean_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines, acknowledged = [], threading.Event()
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith('Ctrl-C: finishing'):
+                acknowledged.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        wait_for_iteration(work_dir, 1, proc)
+        proc.send_signal(signal.SIGINT)
+        if presses == 2:
+            assert acknowledged.wait(60), ''.join(lines)[-3000:]
+            proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=300)
+        reader.join(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, ''.join(lines)
+
+
+def test_ctrl_c_saves_exits_130_and_resumes_to_the_same_weights(preempted_runs,
+                                                                 tiny_synthetic_data, tmp_path):
+    work_dir = str(tmp_path / 'interrupted')
+    rc, out = _interrupted_run(work_dir, tiny_synthetic_data, presses=1)
+    assert rc == 130, out[-3000:]
+    assert 'Ctrl-C: finishing this iteration, then saving a checkpoint' in out
+    assert re.search(r'Interrupted by SIGINT \(Ctrl-C\): saved \S+iter_\d+\.pth', out)
+    assert 'Traceback' not in out and 'KeyboardInterrupt' not in out
+    proc = subprocess.run([sys.executable, 'tools/train.py', SYNTHETIC_CONFIG, '--seed', '0',
+                           '--deterministic', '--batch-size', '2', '--work-dir', work_dir,
+                           '--resume', '--cfg-options',
+                           *tiny_run_options(tiny_synthetic_data, epochs=2)],
+                          cwd=REPO, env=clean_env(), capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ref = read_checkpoint(osp.join(preempted_runs['reference']['work_dir'], 'epoch_2.pth'))
+    got = read_checkpoint(osp.join(work_dir, 'epoch_2.pth'))
+    for k, v in ref['state_dict'].items():
+        torch.testing.assert_close(got['state_dict'][k], v, rtol=0, atol=0, msg=k)
+
+
+def test_a_second_ctrl_c_aborts_without_saving(tiny_synthetic_data, tmp_path):
+    rc, out = _interrupted_run(str(tmp_path / 'aborted'), tiny_synthetic_data, presses=2)
+    assert rc == 130, out[-3000:]
+    assert 'Ctrl-C again: aborting without saving' in out
+    assert 'Traceback' not in out

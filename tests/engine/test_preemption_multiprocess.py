@@ -106,3 +106,39 @@ def test_the_log_counts_on_inside_the_resumed_epoch(runs):
     # printed once and logged once (rank 0 alone), besides the config's copy in the log
     assert len(re.findall(r'^launcher: pytorch, 2 processes, backend gloo', log, re.M)) == 1
     assert len(re.findall(r'INFO - launcher: pytorch, 2 processes', log)) == 1
+
+
+def test_ctrl_c_in_the_terminal_stops_every_rank_with_130(tiny_synthetic_data, tmp_path):
+    """Ctrl-C goes to the terminal's process group: dist_train.sh (torchrun runs in a
+    session of its own) passes it to the workers once; each rank saves and exits 130,
+    dist_train.sh exits 130."""
+    import os
+    import signal
+    import time
+
+    from helpers import read_progress
+    config = hooked_config(tmp_path / 'progress.py', "dict(type='ProgressHook', delay_s=0.5)")
+    work_dir = str(tmp_path / 'work')
+    env = clean_env(dict(PORT=str(free_port()), OMP_NUM_THREADS='1', PYTHON=sys.executable,
+                         PYTHONPATH=pythonpath_with_tests()))
+    proc = subprocess.Popen(['bash', 'tools/dist_train.sh', config, '2', '--work-dir', work_dir,
+                             '--batch-size', '1', '--cfg-options',
+                             *tiny_run_options(tiny_synthetic_data, epochs=2)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while read_progress(work_dir) < 1 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, out[-4000:]
+    assert 'Interrupted by SIGINT (Ctrl-C): saved' in out
+    exits = re.findall(r'^\s*rank\s*:\s*(\d+) \(local_rank.*\n\s*exitcode\s*:\s*(-?\d+)', out,
+                       re.M)
+    assert sorted(exits) == [('0', '130'), ('1', '130')], out[-4000:]
+    last = open(osp.join(work_dir, 'last_checkpoint')).read().strip()
+    assert len(read_checkpoint(last)['preemption']['rng_states']) == 2

@@ -199,7 +199,8 @@ def test_sbatch_preemptible_dry_run():
                               SBATCH_ARGS='--partition=other', RESUBMIT_COUNT='3',
                               PYTHON='py')
     assert train == ['srun', '--kill-on-bad-exit=1', 'py', '-u', 'tools/train.py', 'c.py',
-                     '--work-dir=work_dirs/d', '--launcher=slurm', '--resume', '--wandb']
+                     '--work-dir=work_dirs/d', '--launcher=slurm', '--resume', 'auto',
+                     '--wandb']
     assert resubmit == ['sbatch', '--export=ALL,RESUBMIT_COUNT=4,NO_PROGRESS_COUNT=0',
                         '--output=work_dirs/d/slurm-%x-%j.out', '--partition=other',
                         'tools/sbatch_preemptible.sh', 'c.py', 'work_dirs/d', '--wandb']

@@ -69,7 +69,7 @@ def torchrun_run(tiny_synthetic_data, tmp_path_factory):
 def test_preemption_stops_both_ranks_with_exit_75(torchrun_run):
     log = torchrun_run['preempted_log']
     assert torchrun_run['preempted_rc'] == 75, log[-4000:]
-    assert 'got SIGUSR1: forwarding it to the training processes' in log
+    assert 'got SIGUSR1: passing it to the training processes' in log
     assert 'Preempted by SIGUSR1' in log and re.search(r'exitcode\s*:\s*75', log)
     ckpt = read_checkpoint(torchrun_run['last_checkpoint'], map_location='cpu')
     stopped = ckpt['meta']['iter']

@@ -109,27 +109,29 @@ def use_checked_loading(cfg: Config, key: str = 'test_dataloader') -> None:
 
 
 def set_resume(cfg: Config, resume: Optional[str]) -> None:
-    """``--resume`` alone: the latest checkpoint of the work dir; ``--resume PATH``: that file.
+    """``--resume`` alone (``'latest'``): the latest checkpoint of the work dir;
+    ``--resume auto``: the same when there is one, else a new run (the first run of a job
+    resubmitted with it); ``--resume PATH``: that file.
 
     The checkpoint is checked before anything is built: a missing or truncated file is
-    a ``CheckpointError`` naming it, never a silent start from scratch. ``--resume``
-    alone in a work dir without a ``last_checkpoint`` starts from scratch (first run of
-    a job that is resubmitted with ``--resume``).
+    a ``CheckpointError`` naming it, never a silent start from scratch; so is ``--resume``
+    alone with nothing to resume (a typo in the work dir).
     """
-    if resume == 'auto':
+    if resume in ('latest', 'auto'):
         cfg.resume = True
         cfg.load_from = None
         work_dir = cfg.get('work_dir', None)
         latest = read_last_checkpoint(work_dir) if work_dir else None
         pointer = osp.join(work_dir, 'last_checkpoint') if work_dir else ''
-        if latest is not None:
-            if not latest:
-                raise CheckpointError(f'{pointer} is empty: pass the checkpoint to resume '
-                                      'from, --resume PATH')
-            try:
-                check_checkpoint_file(latest)
-            except CheckpointError as e:
-                raise type(e)(f'--resume: {pointer} names a bad checkpoint: {e}') from None
+        if latest is None:
+            cfg.resume = False
+            if resume == 'latest':
+                raise CheckpointError(
+                    f'--resume: nothing to resume in {work_dir} (no last_checkpoint there): '
+                    'check --work-dir; to start a new run, drop --resume; to resume when '
+                    'there is something and start otherwise, --resume auto')
+            log_at_start(cfg, f'--resume auto: no checkpoint in {work_dir} yet: a new run')
+            return
     elif resume is not None:
         try:
             check_checkpoint_file(resume)

@@ -1,4 +1,5 @@
-"""Preemption: SIGTERM/SIGUSR1 -> a resumable checkpoint at this iteration, then exit 75.
+"""Preemption and Ctrl-C: SIGTERM/SIGUSR1/SIGINT -> a resumable checkpoint at this iteration,
+then exit 75 (130 after Ctrl-C).
 
 SLURM (``--signal=B:TERM@120``, preemption, the time limit), Kubernetes and most job
 schedulers send SIGTERM some seconds before they kill a job. :class:`PreemptionHook`
@@ -26,12 +27,18 @@ randomness is not carried over.)
 A signal during validation inside training stops after the current validation batch;
 the checkpoint then holds the end of the epoch and the rest of that validation is not
 re-run on resume.
+
+Ctrl-C (SIGINT) stops the same way, with exit code 130 (128 + SIGINT, as a shell reports
+an interrupted command); a second Ctrl-C aborts at once without saving (the checkpoints
+already written stay: they are written atomically).
 """
 from __future__ import annotations
 
+import os
 import os.path as osp
 import random
 import signal
+import sys
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -47,6 +54,7 @@ from ...upstream.atomic_checkpoint import ATOMIC_BACKEND_ARGS, write_last_checkp
 from ...upstream.runner import built_loop
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: a temporary failure; run it again (with --resume)
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT: stopped by Ctrl-C (checkpoint saved)
 CHECKPOINT_KEY = 'preemption'
 
 
@@ -78,12 +86,21 @@ def set_rng_state(state: dict) -> None:
             torch.cuda.set_rng_state_all(cuda)
 
 
+def _abort() -> None:
+    print('Ctrl-C again: aborting without saving', file=sys.stderr, flush=True)
+    raise SystemExit(INTERRUPTED_EXIT_CODE)
+
+
+def _abort_handler(signum, frame) -> None:
+    _abort()
+
+
 @HOOKS.register_module()
 class PreemptionHook(Hook):
     """Checkpoint at the current iteration on SIGTERM/SIGUSR1, then exit (see module doc).
 
     Args:
-        signals: signal names to handle.
+        signals: signal names to handle (SIGINT: Ctrl-C, exit 130, a second one aborts).
         exit_code: the exit status of every rank after a preemption checkpoint.
         filename_tmpl: checkpoint file name, formatted with the iterations done.
         out_dir, backend_args: where and how to write it (default: the work dir, atomic
@@ -94,7 +111,7 @@ class PreemptionHook(Hook):
     # state includes everything the iteration changed, and is logged.
     priority = 'VERY_LOW'
 
-    def __init__(self, signals: Sequence[str] = ('SIGTERM', 'SIGUSR1'),
+    def __init__(self, signals: Sequence[str] = ('SIGTERM', 'SIGUSR1', 'SIGINT'),
                  exit_code: int = PREEMPTED_EXIT_CODE, filename_tmpl: str = 'iter_{}.pth',
                  out_dir: Optional[str] = None, backend_args: Optional[dict] = None):
         self.signals = []
@@ -112,16 +129,27 @@ class PreemptionHook(Hook):
         self._previous: Dict[int, object] = {}
         self._pending_rng: Optional[List[dict]] = None
         self._save_rng: Optional[List[dict]] = None
+        self._pid: Optional[int] = None
 
     # -- signals ---------------------------------------------------------------------------
 
     def _handle(self, signum, frame) -> None:
         # Only record: saving from inside a signal handler could interrupt a collective
         # or an optimizer step half-way.
+        if signum == signal.SIGINT and self.received is not None:
+            _abort()
         if self.received is None:
             self.received = signum
+            if signum == signal.SIGINT and get_rank() == 0 and os.getpid() == self._pid:
+                print('Ctrl-C: finishing this iteration, then saving a checkpoint and exiting '
+                      '(Ctrl-C again: abort now, without saving)', file=sys.stderr, flush=True)
+
+    @property
+    def _exit_code(self) -> int:
+        return INTERRUPTED_EXIT_CODE if self.received == signal.SIGINT else self.exit_code
 
     def before_run(self, runner) -> None:
+        self._pid = os.getpid()  # data-loader workers inherit the handler: they say nothing
         for sig in self.signals:
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -181,9 +209,11 @@ class PreemptionHook(Hook):
 
     def _exit(self, runner, saved: Optional[str]) -> None:
         name = signal.Signals(self.received).name if self.received else 'a signal'
+        stopped = ('Interrupted by SIGINT (Ctrl-C)' if self.received == signal.SIGINT
+                   else f'Preempted by {name}')
         where = f'saved {saved}' if saved else 'nothing new to save'
-        runner.logger.warning(f'Preempted by {name}: {where}; exiting with code '
-                              f'{self.exit_code}. Continue with --resume.')
+        runner.logger.warning(f'{stopped}: {where}; exiting with code {self._exit_code}. '
+                              'Continue with --resume.')
         runner.call_hook('after_train')
         runner.call_hook('after_run')
         if is_distributed():
@@ -192,9 +222,10 @@ class PreemptionHook(Hook):
         # Ignored from here to the end of the process: a launcher that sees one rank exit
         # signals the others (torchrun: SIGTERM), and Python's shutdown gives a Python
         # handler back to the default (death by the signal, not 75); an ignored one stays.
+        # Ctrl-C still aborts.
         for sig in self.signals:
-            signal.signal(sig, signal.SIG_IGN)
-        raise SystemExit(self.exit_code)
+            signal.signal(sig, signal.SIG_IGN if sig != signal.SIGINT else _abort_handler)
+        raise SystemExit(self._exit_code)
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         if self._save_rng is not None:
@@ -238,4 +269,5 @@ class PreemptionHook(Hook):
         self._pending_rng = None
 
 
-__all__ = ['PREEMPTED_EXIT_CODE', 'PreemptionHook', 'get_rng_state', 'set_rng_state']
+__all__ = ['INTERRUPTED_EXIT_CODE', 'PREEMPTED_EXIT_CODE', 'PreemptionHook', 'get_rng_state',
+           'set_rng_state']
