@@ -54,7 +54,10 @@ def parse_args(argv=None):
                            'highest validation mAP, beside the last ones (resume-safe)')
     tune.add_argument('--early-stop', type=int, metavar='N',
                       help='stop after N validations without a better bbox mAP (resume-safe; '
-                           'turns --save-best on)')
+                           'turns --save-best on); better: higher, a tie is not')
+    tune.add_argument('--early-stop-delta', type=float, default=0.0, metavar='D',
+                      help='with --early-stop: better means higher than the best by more than '
+                           'D (default 0)')
     tune.add_argument('--aug', choices=['recipe', 'small'], default='recipe',
                       help="recipe: the config's augmentation; small: + mild photometric "
                            'jitter, scale/translate jitter and more cropping, for datasets '
@@ -115,7 +118,8 @@ def main(argv=None):
     cli.log_batch_and_lr(cfg, batch_lr)
     for line in cli.apply_run_options(cfg, own_data=files is not None, ema=args.ema,
                                       save_best=args.save_best,
-                                      early_stop=args.early_stop, aug=args.aug):
+                                      early_stop=args.early_stop,
+                                      early_stop_delta=args.early_stop_delta, aug=args.aug):
         cli.log_at_start(cfg, line)
     load_from = args.load_from or cfg.get('load_from', None)
     if load_from and args.resume is None:  # fine-tuning: checked, class-aware loading

@@ -233,12 +233,35 @@ def test_early_stop_fires_at_the_right_validation_and_resumes_its_count(
     assert 'early stopping: resumed at 1 of 2 validations without a better coco/bbox_mAP' in log
     best = osp.join(work, 'best_coco_bbox_mAP_epoch_2.pth')
     assert (f'early stop: coco/bbox_mAP did not improve in 2 validations (best 0.3500 at '
-            f'iteration 4); best checkpoint: {best}') in log
+            f'epoch 2); best checkpoint: {best}') in log
     assert osp.isfile(osp.join(work, 'epoch_4.pth'))
     assert not osp.exists(osp.join(work, 'epoch_5.pth'))
     # a run resumed after it stopped early stops again at once
     _train(config, tiny_synthetic_data, work, 6, '--early-stop', '2', '--resume')
     assert not osp.exists(osp.join(work, 'epoch_5.pth'))
+
+
+def test_a_tie_is_not_better_for_the_best_checkpoint_nor_for_early_stopping(
+        tmp_path, tiny_synthetic_data, one_torch_thread):
+    config = _config(tmp_path, scores={1: 0.30, 2: 0.35, 3: 0.35, 4: 0.90})
+    work = str(tmp_path / 'work')
+    _train(config, tiny_synthetic_data, work, 4, '--early-stop', '1')  # 0.35 again: stop
+    best = osp.join(work, 'best_coco_bbox_mAP_epoch_2.pth')
+    assert _best_files(work) == ['best_coco_bbox_mAP_epoch_2.pth']
+    assert (f'early stop: coco/bbox_mAP did not improve in 1 validation (best 0.3500 at '
+            f'epoch 2); best checkpoint: {best}') in _log(work)
+    assert not osp.exists(osp.join(work, 'epoch_4.pth'))
+
+
+def test_early_stop_delta(tmp_path, tiny_synthetic_data, one_torch_thread):
+    config = _config(tmp_path, scores={1: 0.30, 2: 0.31, 3: 0.90})
+    work = str(tmp_path / 'work')
+    _train(config, tiny_synthetic_data, work, 3, '--early-stop', '1',
+           '--early-stop-delta', '0.02')  # +0.01 is not better by more than 0.02
+    log = _log(work)
+    assert 'early stop: coco/bbox_mAP did not improve by more than 0.02 in 1 validation ' \
+           '(best 0.3000 at epoch 1)' in log
+    assert not osp.exists(osp.join(work, 'epoch_3.pth'))
 
 
 def test_switches_need_validation_and_positive_patience(tmp_path):

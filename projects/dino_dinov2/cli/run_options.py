@@ -56,24 +56,31 @@ def set_save_best(cfg, on: bool) -> str:
             'kept beside the last checkpoints; survives --resume)')
 
 
-def set_early_stop(cfg, patience: int) -> str:
-    """Stop after ``patience`` validations without a better ``coco/bbox_mAP``."""
+def set_early_stop(cfg, patience: int, min_delta: float = 0.0) -> str:
+    """Stop after ``patience`` validations without a better ``coco/bbox_mAP`` (above the
+    best by more than ``min_delta``; a tie is not better, as for the best checkpoint)."""
     if patience < 1:
         raise ConfigError(f'--early-stop {patience}: give the number of validations without '
                           'a better mAP to wait (1 or more)')
+    if min_delta < 0:
+        raise ConfigError(f'--early-stop-delta {min_delta}: give how much higher than the best '
+                          'a mAP must be to count as better (0 or more, e.g. 0.001)')
     _needs_validation(cfg, '--early-stop')
     hooks = [h for h in (cfg.get('custom_hooks', None) or [])
              if h.get('type') not in ('EarlyStoppingHook', 'ResumableEarlyStoppingHook')]
-    hooks.append(dict(type='ResumableEarlyStoppingHook', monitor=MONITOR, patience=patience))
+    hooks.append(dict(type='ResumableEarlyStoppingHook', monitor=MONITOR, patience=patience,
+                      min_delta=min_delta))
     cfg.custom_hooks = hooks
     interval = cfg.train_cfg.get('val_interval', 1)
     unit = 'iterations' if 'max_iters' in cfg.train_cfg else 'epochs'
+    better = f'higher by more than {min_delta:g}' if min_delta else 'higher (a tie is not)'
     return (f'early stopping: after {patience} validations (every {interval} {unit}) without a '
-            f'better {MONITOR}')
+            f'better {MONITOR} ({better})')
 
 
 def apply_run_options(cfg, own_data: bool, ema: Optional[bool] = None,
                       save_best: Optional[bool] = None, early_stop: Optional[int] = None,
+                      early_stop_delta: float = 0.0,
                       aug: str = 'recipe') -> List[str]:
     """The four switches; ``None`` = the default (on with ``own_data`` for EMA and the best
     checkpoint; ``--early-stop`` turns the best checkpoint on unless ``--no-save-best``)."""
@@ -87,7 +94,7 @@ def apply_run_options(cfg, own_data: bool, ema: Optional[bool] = None,
             cfg.default_hooks.checkpoint.get('save_best', None))
     lines.append(set_save_best(cfg, save_best))
     if early_stop is not None:
-        lines.append(set_early_stop(cfg, early_stop))
+        lines.append(set_early_stop(cfg, early_stop, early_stop_delta))
     lines.append(set_augmentation(cfg, aug))
     return lines
 
