@@ -79,3 +79,23 @@ def test_classes_differing_between_splits_is_an_error(tmp_path, capsys):
     json.dump(data, open(ann, 'w'))
     assert load_tool('check_dataset').main(['--data-root', root, '--no-images']) == 1
     assert "error: test: the test file" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('layout', ['coco2017', 'folders', 'yolo'])
+def test_show_draws_samples_of_every_layout(layout, tmp_path, capsys):
+    """--show reads each split as training does: a YOLO data.yaml too (it was read as JSON)."""
+    from projects.dino_dinov2.datasets.layouts_out import write_yolo
+    from projects.dino_dinov2.datasets.synthetic import generate_synthetic_coco
+    root = str(tmp_path / 'data')
+    if layout == 'yolo':  # the project's own generator's YOLO export
+        generate_synthetic_coco(str(tmp_path / 'coco'), num_train=8, num_val=4)
+        write_yolo(str(tmp_path / 'coco'), root)
+    else:
+        write_own_dataset(root, layout)
+    out = str(tmp_path / 'show')
+    code = load_tool('check_dataset').main(['--data-root', root, '--show', '4', '--out-dir', out])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    written = [line.split(' ', 1)[1] for line in printed.splitlines()
+               if line.startswith('wrote ')]
+    assert len(written) >= 2 and all(osp.getsize(p) > 1000 for p in written), printed

@@ -136,12 +136,12 @@ def format_report(report: DatasetReport) -> str:
 
 def draw_samples(summary: SplitSummary, n: int, path: str, seed: int = 0,
                  thumb: int = 320, columns: int = 4) -> Optional[str]:
-    """A PNG grid of ``n`` images of the split with their boxes and class names drawn."""
-    import json
-
+    """A PNG grid of ``n`` images of the split with their boxes and class names drawn
+    (any layout the project reads: a COCO file or a YOLO ``data.yaml`` split)."""
     from PIL import Image, ImageDraw
-    with open(summary.ann_file) as f:
-        data = json.load(f)
+
+    from projects.dino_dinov2.datasets.checked_coco import read_annotations
+    data = read_annotations(summary.ann_file, summary.name)
     names = dict(zip(summary.cat_ids, summary.classes))
     by_image: Dict[int, list] = {}
     for ann in data.get('annotations', []):
