@@ -152,3 +152,25 @@ def test_epochs_and_a_schedule_in_cfg_options_conflict():
     batch = cli.apply_batch_and_lr(cfg)
     with pytest.raises(ValueError, match='--epochs and --cfg-options train_cfg'):
         cli.schedule_for_run(cfg, batch, epochs=2, user_schedule=True)
+
+
+@pytest.mark.parametrize('given', ['test', 'val'])
+def test_an_evaluation_needs_only_the_split_it_evaluates(given, tmp_path):
+    """tools/test.py --test-ann/--test-img alone (no training split: it refused before)."""
+    from config_runs import write_own_dataset
+    from projects.dino_dinov2.datasets.errors import DatasetError
+    root = str(tmp_path / 'data')
+    write_own_dataset(root, 'folders')
+    ann, img = osp.join(root, 'valid', '_annotations.coco.json'), osp.join(root, 'valid')
+    cfg = cli.load_config(osp.join(REPO, 'configs', 'dino_dinov2_b_12ep.py'))
+    train_ann = cfg.train_dataloader.dataset.ann_file
+    line, _ = cli.use_dataset(cfg, None, {given: (ann, img)}, test=True)
+    assert line.endswith(f'evaluating the {given} split')
+    assert cfg.test_dataloader.dataset.ann_file == osp.abspath(ann)
+    assert cfg.test_evaluator.ann_file == osp.abspath(ann)
+    assert cfg.model.bbox_head.num_classes == len(OWN_CLASSES)
+    assert cfg.train_dataloader.dataset.ann_file == train_ann  # not read, not changed
+    with pytest.raises(DatasetError, match='--test-ann FILE --test-img DIR'):
+        cli.use_dataset(cfg, None, {}, test=True)
+    with pytest.raises(DatasetError, match='no train split given'):  # training needs it
+        cli.use_dataset(cfg, None, {given: (ann, img)})

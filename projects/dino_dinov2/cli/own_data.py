@@ -41,26 +41,27 @@ def use_dataset(cfg: Config, data_root: Optional[str] = None,
 
     Returns ``(log line, training SplitSummary)``.
     """
-    layout = find_layout(data_root, files)
+    layout = find_layout(data_root, files, required=() if test else ('train', 'val'))
     summaries = {name: summarize_split(name, split.ann_file, split.img_dir)
                  for name, split in layout.splits.items()}
-    train = summaries['train']
+    # the classes: the training file's; for an evaluation without one, the evaluated split's
+    test_split = next(s for s in ('test', 'val', 'train') if s in summaries) if test else 'val'
+    train = summaries.get('train') or summaries[test_split]
     for other in summaries.values():
         if other is not train:
             problem = compare_classes(train, other)
             if problem:
                 raise DatasetError(problem)
-    if train.trainable_images == 0:
+    if not test and train.trainable_images == 0:
         raise DatasetError(f'{train.ann_file}: no image has a box to train on')
     classes = tuple(train.classes)
-    test_split = 'test' if test and 'test' in summaries else 'val'
     if cfg.get('test_dataloader', None) is not None and \
             cfg.get('test_dataloader') is cfg.get('val_dataloader'):
         cfg.test_dataloader = copy.deepcopy(cfg.val_dataloader)
     for key, split in (('train_dataloader', 'train'), ('val_dataloader', 'val'),
                        ('test_dataloader', test_split)):
-        if not cfg.get(key, None):
-            continue
+        if not cfg.get(key, None) or split not in layout.splits:
+            continue  # (an evaluation: the splits not given are not read)
         ds = _innermost_dataset(cfg[key])
         ds.data_root = ''  # the paths below are whole
         ds.ann_file = osp.abspath(layout.splits[split].ann_file)
@@ -70,6 +71,8 @@ def use_dataset(cfg: Config, data_root: Optional[str] = None,
             ds.type, ds.yolo_split = 'CheckedCocoDataset', split
     for key, split in (('val_evaluator', 'val'), ('test_evaluator', test_split)):
         evaluator = cfg.get(key, None)
+        if split not in layout.splits:
+            continue
         for metric in evaluator if isinstance(evaluator, list) else [evaluator]:
             if isinstance(metric, dict) and 'ann_file' in metric:
                 metric.ann_file = osp.abspath(layout.splits[split].ann_file)
@@ -82,7 +85,8 @@ def use_dataset(cfg: Config, data_root: Optional[str] = None,
                                        if len(classes) > 20 else '')
     line = (f'data: {layout.kind}' + (f' at {data_root}' if data_root else '') + '; '
             + '; '.join(s.describe() for s in summaries.values())
-            + f'; {len(classes)} classes from {osp.basename(train.ann_file)}: {shown}')
+            + f'; {len(classes)} classes from {osp.basename(train.ann_file)}: {shown}'
+            + (f'; evaluating the {test_split} split' if test else ''))
     return line, train
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import glob
 import os.path as osp
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Sequence, Dict, Optional
 
 from .errors import DatasetError
 from .yolo import find_data_yaml, is_yolo_yaml, read_data_yaml
@@ -81,12 +81,14 @@ def _folder_split(root: str, split: str) -> Optional[Split]:
     return None
 
 
-def find_layout(data_root: Optional[str] = None, files: Optional[Dict[str, tuple]] = None
-                ) -> DataLayout:
-    """The splits of ``data_root`` (train and val required, test optional).
+def find_layout(data_root: Optional[str] = None, files: Optional[Dict[str, tuple]] = None,
+                required: Sequence[str] = ('train', 'val')) -> DataLayout:
+    """The splits of ``data_root`` (the ``required`` ones, train and val for training;
+    test optional).
 
     ``files``: ``{split: (ann_file, img_dir)}`` given on the command line; they replace
-    what was found (or are all there is, without ``data_root``).
+    what was found (or are all there is, without ``data_root``). ``required=()`` (an
+    evaluation): any split found or given will do, one at least.
     """
     files = {k: v for k, v in (files or {}).items() if v and any(v)}
     for split, (ann, img) in files.items():
@@ -116,7 +118,10 @@ def find_layout(data_root: Optional[str] = None, files: Optional[Dict[str, tuple
         layout.splits = {s: sp for s, sp in found.items() if sp is not None}
     for split, (ann, img) in files.items():
         layout.splits[split] = Split(split, ann, img)
-    for split in ('train', 'val'):
+    if not required and not layout.splits:
+        raise DatasetError((f'{data_root}: no split found' if data_root else 'no split given')
+                           + '; name the one to evaluate with --test-ann FILE --test-img DIR')
+    for split in required:
         if split not in layout.splits:
             where = (f'{data_root}: no {split} split found (expected '
                      f'annotations/instances_{split}*.json for the COCO 2017 layout, '
