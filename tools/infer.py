@@ -5,8 +5,10 @@
         [--score-thr 0.3]
 
 Writes DIR/predictions.json ({images: [{image, height, width, vis, detections: [{bbox
-[x0, y0, x1, y1] in pixels, score, label, label_name}]}]}) and DIR/<image name> with the
-boxes at or above --score-thr drawn by mmdet's DetLocalVisualizer.
+[x0, y0, x1, y1] in pixels, score, label, label_name}]}], skipped: [{image, error}]}) and
+DIR/<image name> with the boxes at or above --score-thr drawn by mmdet's
+DetLocalVisualizer. A file that is not an image is skipped with a warning (one given alone:
+one line, exit 2).
 """
 import argparse
 import os.path as osp
@@ -64,7 +66,11 @@ def main(argv=None):
         top = ', '.join(f'{d["label_name"]} {d["score"]:.2f}' for d in dets[:3])
         print(f'{entry["image"]}: {len(dets)} boxes >= {args.score_thr}'
               + (f' (top: {top})' if top else ''))
-    print(f'wrote {osp.join(args.out_dir, "predictions.json")}')
+    for entry in result['skipped']:
+        print(f'warning: skipped {entry["error"]}', file=sys.stderr)
+    print(f'wrote {osp.join(args.out_dir, "predictions.json")}'
+          + (f' ({len(result["images"])} images; {len(result["skipped"])} skipped, listed '
+             'there)' if result['skipped'] else ''))
     return 0
 
 

@@ -85,3 +85,32 @@ def test_missing_inputs_are_reported(tmp_path, capsys):
     assert exit_code(main, [SYNTHETIC, str(tmp_path / 'model.pth'), str(image),
                             '--out-dir', str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith('error: checkpoint not found')
+
+
+def test_a_bad_file_among_good_ones_is_skipped_and_the_rest_written(
+        synthetic_run, synthetic_data, tmp_path, capsys):
+    import shutil
+    folder = tmp_path / 'photos'
+    folder.mkdir()
+    for i in range(2):
+        shutil.copy(osp.join(synthetic_data, 'val', f'{i:06d}.png'), folder)
+    (folder / 'broken.png').write_text('not an image')
+    main = load_tool('infer').main
+    ckpt = osp.join(synthetic_run, 'epoch_2.pth')
+    out = tmp_path / 'out'
+    assert exit_code(main, [SYNTHETIC, ckpt, str(folder), '--out-dir', str(out), '--device',
+                            'cpu', '--no-draw']) == 0
+    captured = capsys.readouterr()
+    [warning] = [ln for ln in captured.err.splitlines() if ln.startswith('warning: ')]
+    assert 'broken.png cannot be read as an image' in warning
+    assert '2 images; 1 skipped' in captured.out
+    result = json.loads((out / 'predictions.json').read_text())
+    assert [osp.basename(e['image']) for e in result['images']] == ['000000.png',
+                                                                    '000001.png']
+    assert [osp.basename(s['image']) for s in result['skipped']] == ['broken.png']
+    # the bad file alone: one line, exit 2, nothing written
+    assert exit_code(main, [SYNTHETIC, ckpt, str(folder / 'broken.png'), '--out-dir',
+                            str(tmp_path / 'alone'), '--device', 'cpu']) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and 'broken.png cannot be read as an image' in err
+    assert 'internal error' not in err and not (tmp_path / 'alone').exists()

@@ -14,7 +14,7 @@ import os.path as osp
 import uuid
 from typing import Dict, List, Optional, Sequence
 
-from .letterbox import ImageNotFoundError
+from .letterbox import ImageError, ImageNotFoundError, read_image
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
@@ -125,6 +125,10 @@ def run_inference(config: str, checkpoint: str, images: Sequence[str], out_dir: 
     """Detect on ``images``; write ``out_dir/predictions.json`` and, with ``draw``,
     ``out_dir/<image name>`` with the boxes drawn. Returns the JSON content.
 
+    A file that cannot be read as an image is skipped, the rest detected: its path and
+    why are in the JSON's ``skipped`` list. One image that cannot be read, or none that
+    can, is an :class:`ImageError` (one line, nothing written).
+
     ``model``: a detector :func:`load_detector` already built from ``config`` and
     ``checkpoint`` (they are then only recorded in the JSON).
     """
@@ -134,6 +138,18 @@ def run_inference(config: str, checkpoint: str, images: Sequence[str], out_dir: 
     images = expand_images(images)
     if model is None:
         model = load_detector(config, checkpoint, device, cfg_options)
+    skipped = []
+    for path in images:
+        try:
+            read_image(path)
+        except ImageError as e:
+            if len(images) == 1:
+                raise
+            skipped.append(dict(image=path, error=str(e)))
+    if len(skipped) == len(images):
+        raise ImageError(f'none of the {len(images)} images can be read (the first: '
+                         f'{skipped[0]["error"]})')
+    bad = {s['image'] for s in skipped}
     from .predictor import Detector
     graph = isinstance(model, Detector) and model.backend != 'pytorch'  # an exported graph
     classes = model.classes if graph else class_names(model)
@@ -141,6 +157,8 @@ def run_inference(config: str, checkpoint: str, images: Sequence[str], out_dir: 
     os.makedirs(out_dir, exist_ok=True)
     entries = []
     for path, name in zip(images, _out_names(images)):
+        if path in bad:
+            continue
         sample = _graph_sample(model, path) if graph else inference_detector(model, path)
         h, w = sample.metainfo['ori_shape'][:2]
         entry = dict(image=path, height=int(h), width=int(w),
@@ -152,7 +170,7 @@ def run_inference(config: str, checkpoint: str, images: Sequence[str], out_dir: 
                                pred_score_thr=score_thr, out_file=entry['vis'])
         entries.append(entry)
     result = dict(config=config, checkpoint=checkpoint, score_thr=score_thr,
-                  classes=list(classes), images=entries)
+                  classes=list(classes), images=entries, skipped=skipped)
     with open(osp.join(out_dir, 'predictions.json'), 'w') as f:
         json.dump(result, f, indent=1)
     return result
