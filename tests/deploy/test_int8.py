@@ -217,3 +217,34 @@ def test_per_layer_error_tool(synthetic_run, synthetic_data, tmp_path, capsys):
     assert set(result['outputs']) == {'scores', 'boxes'}
     assert result['images'] == 2 and result['calibration_images'] == 8
     assert '| attention product |' in capsys.readouterr().out
+
+
+def test_the_gate_on_the_first_images_is_the_ap_of_those_images(int8_export, synthetic_data,
+                                                                 tmp_path):
+    """--val-images N: the AP of N images (it counted every other image's boxes as missed:
+    0.18 for images that score 0.87)."""
+    import json
+    import shutil
+
+    from projects.dino_dinov2 import deploy
+    from projects.dino_dinov2.deploy.runtime import evaluate_graph
+    _, out, _ = int8_export
+    info = deploy.read_sidecar(out)
+    first = evaluate_graph(SYNTHETIC_CONFIG, out, info, str(tmp_path / 'first'),
+                           val=synthetic_data, val_images=3)
+    # the same 3 images as a dataset of their own
+    own = tmp_path / 'three'
+    own.mkdir()
+    data = json.load(open(osp.join(synthetic_data, 'annotations', 'instances_val.json')))
+    data['images'] = data['images'][:3]
+    ids = {img['id'] for img in data['images']}
+    data['annotations'] = [a for a in data['annotations'] if a['image_id'] in ids]
+    for img in data['images']:
+        shutil.copy(osp.join(synthetic_data, 'val', img['file_name']), own)
+    json.dump(data, open(own / 'annotations.json', 'w'))
+    alone = evaluate_graph(SYNTHETIC_CONFIG, out, info, str(tmp_path / 'alone'), val=str(own))
+    whole = evaluate_graph(SYNTHETIC_CONFIG, out, info, str(tmp_path / 'whole'),
+                           val=synthetic_data)
+    key = next(k for k in first if k.endswith('bbox_mAP'))
+    assert first[key] == alone[key]
+    assert first != whole  # not the whole file's

@@ -121,7 +121,7 @@ def evaluate_graph(config: str, onnx_path: str, info: dict, work_dir: str,
     cfg.test_dataloader = cfg.val_dataloader
     cfg.test_evaluator = cfg.val_evaluator
     if val_images:
-        cfg.test_dataloader.dataset.indices = int(val_images)
+        _first_images(cfg, int(val_images), work_dir)
     cli.use_checked_loading(cfg)
     cli.check_data_paths(cfg, ['test_dataloader'])
     prepare_graph_test(cfg, onnx_path, info, backend)
@@ -132,6 +132,43 @@ def evaluate_graph(config: str, onnx_path: str, info: dict, work_dir: str,
         return runner.test()
     finally:
         cli.release_dataloader_workers(runner)
+
+
+def _first_images(cfg, n: int, work_dir: str) -> None:
+    """Point the test dataloader and metric at a COCO file of the first ``n`` images of
+    the validation file (and their boxes): the AP of those images, not of the whole file
+    with the others' boxes counted as missed (mmengine's ``indices`` limits the data, not
+    the COCO file the metric reads)."""
+    import json
+    import os
+    import os.path as osp
+
+    from ..datasets.checked_coco import read_annotations
+    ds = cfg.test_dataloader.dataset
+    while 'dataset' in ds:  # a wrapper (ClassBalancedDataset, ...)
+        ds = ds.dataset
+    ann = ds.ann_file if osp.isabs(ds.ann_file) else osp.join(ds.get('data_root', '') or '',
+                                                              ds.ann_file)
+    data = read_annotations(ann, ds.get('yolo_split', None), test_mode=True)
+    images = data['images'][:n]
+    ids = {img['id'] for img in images}
+    subset = dict(images=images, categories=data['categories'],
+                  annotations=[a for a in data.get('annotations', []) if a['image_id'] in ids])
+    os.makedirs(work_dir, exist_ok=True)
+    path = osp.abspath(osp.join(work_dir, f'val_first_{len(images)}.json'))
+    with open(path, 'w') as f:
+        json.dump(subset, f)
+    prefix = (ds.get('data_prefix', None) or {}).get('img', '')
+    ds.data_prefix = dict(img=osp.abspath(osp.join(ds.get('data_root', '') or '', prefix))
+                          + osp.sep)
+    ds.ann_file, ds.data_root = path, ''
+    ds.pop('yolo_split', None)  # the subset is a COCO file
+    evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) \
+        else [cfg.test_evaluator]
+    for metric in evaluators:
+        if isinstance(metric, dict) and 'ann_file' in metric:
+            metric.ann_file = path
+            metric.pop('yolo_split', None)
 
 
 def _val_source(val: str):
