@@ -259,3 +259,19 @@ def test_the_short_real_run_is_too_short_to_forecast(synthetic_run, capsys):
     assert exit_code(main, [synthetic_run, '--target-epochs', '16']) == 2
     assert capsys.readouterr().err.strip() == (
         'error: curve: need at least 5 points to fit and backtest the models, got 2')
+
+
+def test_forecasts_stay_within_what_ap_can_be():
+    """A model forecasting more than 100 AP is not selected (it printed 104.89 AP with a
+    band to 125.65); bands stop at 0 and 100; when every model leaves the range, one line."""
+    x = np.arange(1, 13) * 1000.0
+    y = 20 + 6 * np.log(x / 1000) + x / 1000  # the log-linear fit reaches 104.6 at 60,000
+    result = fitting.forecast_curve(x, y, target=60000.0)
+    assert result.selected != 'log-linear'
+    assert any('log-linear: forecast 104.57' in n for n in result.notes)
+    for name, r in result.results.items():
+        if r.fit is not None:
+            value, lo, hi = r.predict(np.linspace(1000, 200000, 50), None, 0.95)
+            assert (lo >= 0).all() and (hi <= 100).all() and (value <= 100).all(), name
+    with pytest.raises(fitting.ForecastError, match='no model gives a forecast AP can be'):
+        fitting.forecast_curve(x, 8 * np.arange(1, 13) + 1.0, target=40000.0)

@@ -26,6 +26,9 @@ import numpy as np
 from projects.dino_dinov2.errors import UserError, first_line
 
 
+AP_RANGE = (0.0, 100.0)  # what AP (in percent) can be: forecasts and bands stay inside
+
+
 class ForecastError(UserError, ValueError):
     """A curve that cannot be forecast (too few points, NaN, bad x, ...)."""
 
@@ -283,9 +286,11 @@ class ModelResult:
     jump: Optional[Jump] = None
     error: Optional[str] = None
 
-    def predict(self, x, target_drop_at: Optional[float], level: float = 0.95
+    def predict(self, x, target_drop_at: Optional[float], level: float = 0.95,
+                bounds: Tuple[float, float] = AP_RANGE
                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(value, lower, upper) at ``x``; the jump is added where x > target_drop_at."""
+        """(value, lower, upper) at ``x``, within ``bounds`` (what AP can be); the jump is
+        added where x > target_drop_at."""
         x = np.atleast_1d(np.asarray(x, dtype=float))
         fit = self.fit
         value = fit.predict(x)
@@ -298,7 +303,9 @@ class ModelResult:
             extra_var = np.where(after, fit.sigma2 / self.jump.n_points, 0.0)
         var = np.einsum('ni,ij,nj->n', g, fit.cov, g) + extra_var
         half = fit.t_quantile(level) * np.sqrt(np.maximum(var, 0.0))
-        return value, value - half, value + half
+        lo, hi = bounds
+        return (np.clip(value, lo, hi), np.clip(value - half, lo, hi),
+                np.clip(value + half, lo, hi))
 
 
 @dataclass
@@ -330,7 +337,7 @@ class ForecastResult:
     def prediction(self, name: Optional[str] = None) -> dict:
         r = self.results[name or self.selected]
         value, lo, hi = r.predict(self.target, self.target_drop_at, self.level)
-        base = float(r.fit.predict(np.array([self.target]))[0])
+        base = float(np.clip(r.fit.predict(np.array([self.target]))[0], *AP_RANGE))
         return dict(value=float(value[0]), lower=float(lo[0]), upper=float(hi[0]),
                     without_jump=base)
 
@@ -441,11 +448,24 @@ def forecast_curve(x: Sequence[float], y: Sequence[float], target: float,
         except ForecastError as e:
             r.error = str(e)
         results[name] = r
+    # a model whose forecast leaves what AP can be (0..100) is not selected
+    for name, r in results.items():
+        if r.fit is None:
+            continue
+        value = float(r.fit.predict(np.array([float(target)]))[0])
+        if target_drop_at is not None and r.jump is not None and target > target_drop_at:
+            value += r.jump.value
+        if not AP_RANGE[0] <= value <= AP_RANGE[1]:
+            r.error = (f'{name}: forecast {value:.2f} at {target:g} lies outside '
+                       f'{AP_RANGE[0]:g}..{AP_RANGE[1]:g} (AP in percent): not selected')
+            notes.append(r.error)
     scored = [(r.backtest_rmse, r.model.num_params, n) for n, r in results.items()
-              if r.fit is not None and r.backtest_rmse is not None]
+              if r.fit is not None and r.backtest_rmse is not None and r.error is None]
     if not scored:
-        errors = '; '.join(r.error or '' for r in results.values())
-        raise ForecastError(f'no model could be fitted and backtested: {errors}')
+        errors = '; '.join(r.error for r in results.values() if r.error)
+        raise ForecastError(f'no model gives a forecast AP can be (fitted, backtested, within '
+                            f'0..100 at the target): {errors}; is the curve AP in percent, '
+                            'and long enough?')
     best = min(s[0] for s in scored)
     close = [s for s in scored if s[0] <= best * (1 + parsimony) + 1e-12]
     selected = min(close, key=lambda s: (s[1], s[0]))[2]
