@@ -35,15 +35,16 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from analysis_tools.model_cost import cost_table, measure
+    from analysis_tools.model_cost import cost_table, gflops_text, measure
     if args.threads:
         torch.set_num_threads(args.threads)
     costs = []
     for config in args.configs:
         c = measure(config, tuple(args.shape), args.iters, args.warmup, args.device,
                     args.cfg_options)
-        print(f'{config}: {c.backbone_gflops:.0f} GFLOPs, {c.backbone_params_m:.1f} M backbone '
-              f'params' + (f', {c.forward_s:.2f} s/forward' if c.forward_s else ''), flush=True)
+        print(f'{config}: {gflops_text(c.backbone_gflops)} GFLOPs, {c.backbone_params_m:.1f} M '
+              'backbone params' + (f', {c.forward_s:.2f} s/forward' if c.forward_s else ''),
+              flush=True)
         costs.append(c)
     print()
     print(cost_table(costs))

@@ -18,4 +18,9 @@ def test_costs_of_a_dinov2_and_a_dinov3_config(capsys):
                    cfg_options={'model.backbone.model_kwargs.depth': 1})
     assert 0.1 < cost.backbone_gflops < 1 and cost.forward_s > 0
     assert 7 < cost.backbone_params_m < 9  # patch embedding + 1 block of ViT-B
+    # printed to three figures, not rounded to '0 GFLOPs'
+    from analysis_tools.model_cost import gflops_text
+    assert f'dino_dinov3_b_12ep.py: {gflops_text(cost.backbone_gflops)} GFLOPs' in out
+    assert ': 0 GFLOPs' not in out and float(gflops_text(cost.backbone_gflops)) > 0.1
+    assert gflops_text(123.4) == '123' and gflops_text(0.01234) == '0.0123'
     assert cost.trainable_params_m < cost.detector_params_m  # the ViT is frozen

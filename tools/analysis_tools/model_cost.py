@@ -74,6 +74,11 @@ def measure(config: str, image_size: Tuple[int, int] = (800, 1333), iters: int =
         forward_s=float(np.median(times)) if times else None, device=device)
 
 
+def gflops_text(gflops: float) -> str:
+    """GFLOPs to three significant figures (a small model is not '0 GFLOPs')."""
+    return f'{gflops:.0f}' if gflops >= 100 else f'{gflops:.3g}'
+
+
 def cost_table(costs: Sequence[ModelCost]) -> str:
     h, w = costs[0].image_size if costs else (0, 0)
     device = costs[0].device if costs else '-'
@@ -85,5 +90,5 @@ def cost_table(costs: Sequence[ModelCost]) -> str:
         fwd = '-' if c.forward_s is None else f'{c.forward_s:.2f}'
         lines.append(f'| `{name}` | `{c.backbone}` | {c.backbone_params_m:.1f} | '
                      f'{c.detector_params_m:.1f} | {c.trainable_params_m:.1f} | '
-                     f'{c.backbone_gflops:.0f} | {fwd} |')
+                     f'{gflops_text(c.backbone_gflops)} | {fwd} |')
     return '\n'.join(lines)
