@@ -123,3 +123,21 @@ def test_report_seconds_per_iteration(torchrun_run):
     assert len(times) == 4
     print(f'\n2-process torchrun (gloo, CPU, batch 1 per process): {times} s/iter; '
           f'SIGUSR1 to exit: {torchrun_run["signal_to_exit_s"]:.1f} s')
+
+
+def test_dist_test_prints_the_metrics_once(torchrun_run, tiny_synthetic_data):
+    """tools/dist_test.sh on the run's checkpoint: 2 processes evaluate, rank 0 alone prints
+    the launch line and the metric block."""
+    env = clean_env(dict(PORT=str(free_port()), OMP_NUM_THREADS='1', PYTHON=sys.executable,
+                         PYTHONPATH=os.pathsep.join(filter(None, [
+                             HERE, os.environ.get('PYTHONPATH')]))))
+    proc = subprocess.run(
+        ['bash', 'tools/dist_test.sh', SYNTHETIC_CONFIG,
+         osp.join(torchrun_run['work_dir'], 'epoch_1.pth'), '2', '--work-dir',
+         osp.join(torchrun_run['work_dir'], 'test'), '--cfg-options',
+         *tiny_run_options(tiny_synthetic_data, epochs=1)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert len(re.findall(r'^bbox mAP: \d\.\d{3}$', out, re.M)) == 1, out[-4000:]
+    assert len(re.findall(r'^launcher: pytorch, 2 processes', out, re.M)) == 1

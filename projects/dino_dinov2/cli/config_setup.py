@@ -232,7 +232,10 @@ def enable_preemption(cfg, **kwargs) -> None:
 
 def print_metrics(metrics: dict) -> None:
     """One line per COCO bbox metric, as 'bbox mAP: 0.612', then the per-class table
-    when the metric made one (:class:`PerClassCocoMetric`)."""
+    when the metric made one (:class:`PerClassCocoMetric`); by the first process of a
+    job alone."""
+    if process_rank() != 0:
+        return
     for key, value in metrics.items():
         if key.startswith('coco/bbox'):
             name = key.split('/', 1)[1].replace('bbox_', 'bbox ')
