@@ -132,6 +132,13 @@ def set_resume(cfg: Config, resume: Optional[str]) -> None:
                     'there is something and start otherwise, --resume auto')
             log_at_start(cfg, f'--resume auto: no checkpoint in {work_dir} yet: a new run')
             return
+        if not latest:
+            raise CheckpointError(f'{pointer} is empty: pass the checkpoint to resume '
+                                  'from, --resume PATH')
+        try:
+            check_checkpoint_file(latest)
+        except CheckpointError as e:
+            raise type(e)(f'--resume: {pointer} names a bad checkpoint: {e}') from None
     elif resume is not None:
         try:
             check_checkpoint_file(resume)
