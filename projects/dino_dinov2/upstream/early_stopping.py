@@ -14,6 +14,8 @@ checkpoint of a validation's iteration is written after that validation:
 """
 from __future__ import annotations
 
+import math
+
 from mmengine.hooks import EarlyStoppingHook
 from mmengine.registry import HOOKS
 
@@ -69,6 +71,12 @@ class ResumableEarlyStoppingHook(EarlyStoppingHook):
         if self.monitor not in (metrics or {}):  # mmengine's warning (or error if strict)
             return super().after_val_epoch(runner, metrics or {})
         score = float(metrics[self.monitor])
+        if (self.check_finite and not math.isfinite(score)) or (
+                self.stopping_threshold is not None and score > self.stopping_threshold):
+            _, reason = self._check_stop_condition(score)  # mmengine's own stops
+            runner.train_loop.stop_training = True
+            runner.logger.info(f'early stop: {reason}')
+            return
         if is_better(score, self.best_score, self.min_delta):
             self.best_score, self.wait_count = score, 0
             # after a validation inside training the loop's counters have moved on: this
