@@ -10,8 +10,8 @@ import os.path as osp
 import tempfile
 from typing import Optional
 
-import torch.distributed as torch_dist
 from mmengine.config import Config
+from mmengine.dist import get_rank, is_distributed
 from mmengine.logging import print_log
 
 from ..checkpoint import CheckpointError, check_checkpoint_file, read_last_checkpoint
@@ -203,9 +203,10 @@ def check_config_device(cfg: Config) -> None:
 
 
 def process_rank() -> int:
-    """This process's rank in its job, before or after the process group starts."""
-    if torch_dist.is_available() and torch_dist.is_initialized():
-        return torch_dist.get_rank()
+    """This process's rank in its job: mmengine's once the process group is up, the
+    launcher's variables before."""
+    if is_distributed():
+        return get_rank()
     for key in ('RANK', 'SLURM_PROCID'):
         if os.environ.get(key, '').isdigit():
             return int(os.environ[key])
